@@ -1,0 +1,125 @@
+"""Functional convolution operators and their exact spectra.
+
+Conventions: kernels are (C_out, C_in, k_h, k_w) with odd sizes, applied as PyTorch's
+cross-correlation with 'same' padding ``k // 2`` (stride 1), circular or zero boundary.
+Images are (B, C, H, W).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+PADDING_MODES = ("circular", "zeros")
+
+
+def check_padding_mode(padding_mode: str) -> None:
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+
+
+def _same_padding(kernel: Tensor) -> tuple[int, int]:
+    kh, kw = kernel.shape[-2:]
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"kernel sizes must be odd for 'same' padding, got {(kh, kw)}")
+    return kh // 2, kw // 2
+
+
+def conv2d_same(x: Tensor, kernel: Tensor, bias: Tensor | None, padding_mode: str) -> Tensor:
+    """'Same'-size, stride-1 cross-correlation with circular or zero padding."""
+    ph, pw = _same_padding(kernel)
+    if padding_mode == "circular":
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph), mode="circular")
+        return F.conv2d(x, kernel, bias)
+    return F.conv2d(x, kernel, bias, padding=(ph, pw))
+
+
+def conv2d_same_adjoint(y: Tensor, kernel: Tensor, padding_mode: str) -> Tensor:
+    """Adjoint of ``conv2d_same(., kernel, None, padding_mode)`` (exact, no bias)."""
+    ph, pw = _same_padding(kernel)
+    if padding_mode == "circular":
+        flipped = kernel.transpose(0, 1).flip(-1, -2)
+        return conv2d_same(y, flipped, None, "circular")
+    return F.conv_transpose2d(y, kernel, padding=(ph, pw))
+
+
+def compose_kernels(first: Tensor, second: Tensor) -> Tensor:
+    """Kernel of ``conv(conv(x, first), second)`` on the infinite grid (cross-correlation).
+
+    first: (C_mid, C_in, a_h, a_w), second: (C_out, C_mid, b_h, b_w);
+    returns (C_out, C_in, a_h + b_h - 1, a_w + b_w - 1).
+    """
+    bh, bw = second.shape[-2:]
+    out = F.conv2d(first.transpose(0, 1), second.flip(-1, -2), padding=(bh - 1, bw - 1))
+    return out.transpose(0, 1)
+
+
+def kernel_frequency_response(kernel: Tensor, size: tuple[int, int]) -> Tensor:
+    """Transfer matrices of the circular convolution on an H x W grid.
+
+    Returns (H, W // 2 + 1, C_out, C_in) complex: the non-redundant half of the DFT grid
+    (a real kernel has conjugate-symmetric response, so the other half has the same
+    singular values). Taps wrap modulo the grid when the kernel exceeds it.
+    """
+    h, w = size
+    c_out, c_in, kh, kw = kernel.shape
+    ph, pw = kh // 2, kw // 2
+    wrapped = kernel.new_zeros(c_out, c_in, h, w)
+    for i in range(kh):
+        for j in range(kw):
+            wrapped[:, :, (i - ph) % h, (j - pw) % w] += kernel[:, :, i, j]
+    response = torch.fft.rfft2(wrapped)
+    return response.permute(2, 3, 0, 1)
+
+
+def circular_conv_singular_values(kernel: Tensor, size: tuple[int, int]) -> Tensor:
+    """All singular values (descending, with multiplicity) of the circular convolution.
+
+    Computed in float64 from the kernel's DFT; exact up to round-off. Size (H*W*min(C)).
+    """
+    h, w = size
+    response = kernel_frequency_response(kernel.detach().double(), size)
+    values = []
+    for col in range(response.shape[1]):
+        # Columns 0 and W/2 (if W even) are self-conjugate; others stand for two columns.
+        multiplicity = 1 if col == 0 or (w % 2 == 0 and col == w // 2) else 2
+        sv = torch.linalg.svdvals(response[:, col])
+        values.extend([sv] * multiplicity)
+    return torch.cat([v.reshape(-1) for v in values]).sort(descending=True).values
+
+
+def circular_conv_norm(kernel: Tensor, size: tuple[int, int], chunk: int = 2048) -> float:
+    """Exact spectral norm of the circular convolution on an H x W grid (float64)."""
+    response = kernel_frequency_response(kernel.detach().double(), size)
+    matrices = response.reshape(-1, *response.shape[-2:])
+    if matrices.shape[-1] > matrices.shape[-2]:
+        matrices = matrices.transpose(-1, -2)
+    best = 0.0
+    for start in range(0, matrices.shape[0], chunk):
+        block = matrices[start : start + chunk]
+        gram = block.mH @ block
+        top = torch.linalg.eigvalsh(gram)[..., -1].max().clamp(min=0)
+        best = max(best, math.sqrt(float(top)))
+    return best
+
+
+def conv_operator_norm_bound(kernel: Tensor, size: tuple[int, int], padding_mode: str) -> float:
+    """Certified upper bound of the norm of the 'same' convolution on an H x W image.
+
+    Circular padding: the exact norm. Zero padding: for any M >= H + k_h - 1 (same for W)
+    the zero-padded operator equals crop o (circular convolution on an M grid) o
+    zero-embedding, and crop and embedding are contractions, so the exact norm of that
+    circular convolution bounds it; the smallest over a few grids (the tight one and the
+    next power of two) is returned.
+    """
+    check_padding_mode(padding_mode)
+    if padding_mode == "circular":
+        return circular_conv_norm(kernel, size)
+    kh, kw = kernel.shape[-2:]
+    h, w = size[0] + kh - 1, size[1] + kw - 1
+    grids = {(h, w), (1 << (h - 1).bit_length(), 1 << (w - 1).bit_length())}
+    return min(circular_conv_norm(kernel, grid) for grid in grids)

@@ -1,0 +1,166 @@
+"""The 1-Lipschitz DnCNN-like denoiser of Ducotterd et al. (JMLR 2024).
+
+``N = W_depth o sigma o W_{depth-1} o ... o sigma o W_1``: ``depth`` 3x3 convolutions with a
+1-Lipschitz activation between them, no batch normalization. With orthogonal (BCOP) or
+spectrally normalized convolutions and 1-Lipschitz activations, N is 1-Lipschitz by
+construction, and ``N.averaged()`` = (Id + N) / 2 is firmly nonexpansive, which is what the
+convergent solvers need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import deepinv
+import torch
+from torch import Tensor, nn
+
+from .activations import ACTIVATION_ALIASES, ACTIVATIONS, make_activation
+from .averaged import Averaged
+from .certify import lipschitz_upper_bound
+from .layers import OrthoConv2d, SpectralNormConv2d
+
+CONV_TYPES = ("ortho", "spectral", "free")
+
+
+@dataclass
+class DenoiserConfig:
+    """Architecture of a :class:`LipschitzDenoiser`; stored with the weights.
+
+    conv: ``ortho`` (BCOP, the paper's), ``spectral`` (spectral normalization) or ``free``
+    (plain ``nn.Conv2d``: no Lipschitz guarantee, for measuring the price of the constraint).
+    sigma: the noise level the model was trained for, on the [0, 1] scale (None: unknown).
+    activation_kwargs: extra arguments of the activation (e.g. ``num_knots`` for splines).
+    """
+
+    channels: int = 64
+    depth: int = 8
+    kernel_size: int = 3
+    activation: str = "spline"
+    activation_kwargs: dict = field(default_factory=dict)
+    conv: str = "ortho"
+    padding_mode: str = "circular"
+    bias: bool = True
+    sigma: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.depth < 2:
+            raise ValueError(f"depth must be >= 2, got {self.depth}")
+        if self.channels < 1:
+            raise ValueError(f"channels must be >= 1, got {self.channels}")
+        if self.conv not in CONV_TYPES:
+            raise ValueError(f"conv must be one of {CONV_TYPES}, got {self.conv!r}")
+        name = ACTIVATION_ALIASES.get(self.activation, self.activation)
+        if name not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}")
+        if self.sigma is not None and not 0 < self.sigma < 1:
+            raise ValueError(f"sigma is on the [0, 1] scale and must be in (0, 1), got {self.sigma}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DenoiserConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown denoiser config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+SPLINE_DEFAULTS = {"num_knots": 51, "x_range": 0.1, "init": "absolute_value"}
+
+PRESETS: dict[str, DenoiserConfig] = {
+    # The paper's denoiser, sized for a GPU.
+    "paper": DenoiserConfig(channels=64, depth=8),
+    # Same family, sized to train in about an hour on 2 CPU cores.
+    "cpu": DenoiserConfig(channels=32, depth=8),
+}
+
+
+def _activation_kwargs(config: DenoiserConfig) -> dict:
+    if ACTIVATION_ALIASES.get(config.activation, config.activation) == "spline":
+        kwargs = {**SPLINE_DEFAULTS, **config.activation_kwargs}
+        if config.conv == "free":
+            kwargs.setdefault("slope_min", None)
+            kwargs.setdefault("slope_max", None)
+        return kwargs
+    return dict(config.activation_kwargs)
+
+
+def _make_conv(config: DenoiserConfig, cin: int, cout: int) -> nn.Module:
+    if config.conv == "ortho":
+        return OrthoConv2d(cin, cout, config.kernel_size, bias=config.bias, padding_mode=config.padding_mode)
+    if config.conv == "spectral":
+        return SpectralNormConv2d(cin, cout, config.kernel_size, bias=config.bias, padding_mode=config.padding_mode)
+    return nn.Conv2d(
+        cin, cout, config.kernel_size, padding=config.kernel_size // 2, bias=config.bias,
+        padding_mode=config.padding_mode,
+    )
+
+
+class LipschitzDenoiser(deepinv.models.Denoiser):
+    """1-Lipschitz CNN denoiser, a ``deepinv`` denoiser: ``forward(x, sigma=None)``.
+
+    Input (B, C, H, W) with values in [0, 1] up to noise, any H and W; colour images are
+    denoised channel by channel by the grayscale network. Output has the input's shape.
+    ``sigma`` (float or (B,) tensor, [0, 1] scale) is only checked against the noise level
+    the model was trained for: a mismatch gives a warning (the network is not
+    noise-level conditioned).
+    """
+
+    def __init__(self, config: DenoiserConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or DenoiserConfig()
+        c = self.config
+        widths = [1] + [c.channels] * (c.depth - 1) + [1]
+        layers: list[nn.Module] = []
+        for index in range(c.depth):
+            layers.append(_make_conv(c, widths[index], widths[index + 1]))
+            if index < c.depth - 1:
+                layers.append(make_activation(c.activation, c.channels, **_activation_kwargs(c)))
+        self.body = nn.Sequential(*layers)
+
+    @property
+    def is_lipschitz_constrained(self) -> bool:
+        return self.config.conv != "free"
+
+    def _check_sigma(self, sigma: float | Tensor | None) -> None:
+        trained = self.config.sigma
+        if sigma is None or trained is None:
+            return
+        values = sigma.detach().flatten().tolist() if isinstance(sigma, Tensor) else [float(sigma)]
+        if any(not math.isclose(v, trained, rel_tol=0.02, abs_tol=1e-6) for v in values):
+            warnings.warn(
+                f"this denoiser was trained for sigma={trained:.4g} ({trained * 255:.3g}/255), "
+                f"called with sigma={values[0]:.4g}; it is not noise-level conditioned",
+                stacklevel=3,
+            )
+
+    def forward(self, x: Tensor, sigma: float | Tensor | None = None, **kwargs) -> Tensor:
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"expected an image tensor of shape (B, C, H, W), got {shape}")
+        self._check_sigma(sigma)
+        b, c, h, w = x.shape
+        out = self.body(x.reshape(b * c, 1, h, w))
+        return out.reshape(b, c, h, w)
+
+    def lipschitz_certificate(self, input_shape: tuple[int, ...]) -> float:
+        """Certified Lipschitz bound on (B, C, H, W) inputs (channels are independent)."""
+        return lipschitz_upper_bound(self.body, (1, 1, *input_shape[-2:]))
+
+    def averaged(self, alpha: float = 0.5) -> Averaged:
+        """``(1 - alpha) Id + alpha N``: alpha-averaged (alpha = 1/2: firmly nonexpansive)."""
+        return Averaged(self, alpha)
+
+    def regularization(self) -> Tensor:
+        """Sum of the TV2 of all spline activations (0 if there are none)."""
+        total = torch.zeros((), device=next(self.parameters()).device)
+        for module in self.modules():
+            if hasattr(module, "tv2"):
+                total = total + module.tv2()
+        return total

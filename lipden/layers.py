@@ -1,0 +1,329 @@
+"""1-Lipschitz linear layers with signatures that mirror ``nn.Conv2d`` and ``nn.Linear``.
+
+- :class:`OrthoConv2d`: orthogonal convolution (BCOP, Li et al. 2019). With circular padding
+  and C_in == C_out the operator is orthogonal; with C_in != C_out it is an isometry or a
+  co-isometry (all singular values 1). With zero padding it is 1-Lipschitz.
+- :class:`SpectralNormConv2d`: a free kernel divided by the norm of the actual convolution
+  operator (not of the reshaped kernel), estimated by power iteration.
+- :class:`BjorckLinear`: a fully connected layer with Björck-orthonormalized weight.
+
+All take and return (B, C, H, W) (convolutions, stride 1, 'same' size) or (B, features).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .constrained import ConstrainedLayer
+from .conv_ops import (
+    check_padding_mode,
+    compose_kernels,
+    conv2d_same,
+    conv2d_same_adjoint,
+    conv_operator_norm_bound,
+)
+from .orthogonal import bjorck_orthonormalize
+
+
+def _square_odd_kernel(kernel_size: int | tuple[int, int]) -> int:
+    if isinstance(kernel_size, tuple):
+        if len(kernel_size) != 2 or kernel_size[0] != kernel_size[1]:
+            raise ValueError(f"kernel_size must be square, got {kernel_size}")
+        kernel_size = kernel_size[0]
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+    return int(kernel_size)
+
+
+def _check_conv_args(stride: int, padding: str | int, kernel_size: int) -> None:
+    if stride != 1:
+        raise ValueError(f"only stride=1 is supported, got {stride}")
+    if padding not in ("same", kernel_size // 2):
+        raise ValueError(f"only 'same' padding (= {kernel_size // 2}) is supported, got {padding!r}")
+
+
+def _check_input(x: Tensor, channels: int, name: str) -> None:
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f"{name}: expected input of shape (B, {channels}, H, W), got {tuple(x.shape)}")
+
+
+class _LipschitzConv2d(ConstrainedLayer):
+    """Shared plumbing: forward, certificate and export of a constrained 'same' conv."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+    padding_mode: str
+    bias: nn.Parameter | None
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, self.in_channels, type(self).__name__)
+        return conv2d_same(x, self.constrained_weight(), self.bias, self.padding_mode)
+
+    def lipschitz_certificate(self, input_shape: tuple[int, ...]) -> float:
+        """Certified upper bound of the layer's Lipschitz constant on (B, C, H, W) inputs.
+
+        Computed from the eval-mode weight; memoized until the parameters change.
+        """
+        key = (self._state_key(), tuple(input_shape[-2:]))
+        cached = getattr(self, "_certificate_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            weight = self.inference_weight()
+        bound = conv_operator_norm_bound(weight, tuple(input_shape[-2:]), self.padding_mode)
+        self._certificate_cache = (key, bound)
+        return bound
+
+    def to_conv2d(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` computing the same function (eval-mode weight)."""
+        weight = self.inference_weight().detach()
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            padding=self.kernel_size // 2,
+            bias=self.bias is not None,
+            padding_mode=self.padding_mode,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(weight)
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"bias={self.bias is not None}, padding_mode={self.padding_mode!r}"
+        )
+
+
+class OrthoConv2d(_LipschitzConv2d):
+    """Orthogonal convolution by block convolution orthogonal parameterization (BCOP).
+
+    With ``c = max(C_in, C_out)``, the c x c kernel is
+    ``H * [P_1, I - P_1] * ... * [P_{k-1}, I - P_{k-1}] * [R_1; I - R_1] * ...`` where ``*`` is
+    kernel composition, H is Björck-orthonormal and each P = Q Q^T (R likewise) is a
+    symmetric projector from a Björck-orthonormal Q (c x c/2). Each 1x2 / 2x1 block has a
+    unitary symbol ``P + (I - P) e^{-i w}`` at every frequency, so the composed kernel is
+    paraunitary: the circular convolution is orthogonal at every image size. The
+    (C_out, C_in) kernel is the top-left block, so all its singular values are 1.
+    Even before Björck converges, H and P have norms <= 1 and the symbol stays a
+    contraction, so the layer is 1-Lipschitz at any iteration count.
+
+    Args mirror ``nn.Conv2d``; only stride 1 and 'same' padding are supported.
+    padding_mode: ``"circular"`` (orthogonal; the paper's choice) or ``"zeros"``.
+    bjorck_iters: Björck iterations for every matrix, in training and in eval.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int] = 3,
+        stride: int = 1,
+        padding: str | int = "same",
+        bias: bool = True,
+        padding_mode: str = "circular",
+        bjorck_iters: int = 25,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        kernel_size = _square_odd_kernel(kernel_size)
+        _check_conv_args(stride, padding, kernel_size)
+        check_padding_mode(padding_mode)
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError("in_channels and out_channels must be >= 1")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.padding_mode = padding_mode
+        self.bjorck_iters = bjorck_iters
+        channels = max(in_channels, out_channels)
+        self.channels = channels
+        rank = max(1, channels // 2)
+        factory = {"device": device, "dtype": dtype}
+        self.orthogonal_matrix = nn.Parameter(torch.empty(channels, channels, **factory))
+        self.projector_matrices = nn.Parameter(
+            torch.empty(2 * (kernel_size - 1), channels, rank, **factory)
+        )
+        self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.orthogonal_(self.orthogonal_matrix)
+        for matrix in self.projector_matrices:
+            nn.init.orthogonal_(matrix)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def training_weight(self) -> Tensor:
+        c, k = self.channels, self.kernel_size
+        kernel = bjorck_orthonormalize(self.orthogonal_matrix, self.bjorck_iters)[:, :, None, None]
+        if k > 1:
+            q = bjorck_orthonormalize(self.projector_matrices, self.bjorck_iters)
+            projectors = q @ q.mT
+            complements = torch.eye(c, device=q.device, dtype=q.dtype) - projectors
+            blocks = torch.stack([projectors, complements], dim=-1)  # (2(k-1), c, c, 2)
+            for index, block in enumerate(blocks):
+                shape = (c, c, 1, 2) if index < k - 1 else (c, c, 2, 1)
+                kernel = compose_kernels(kernel, block.reshape(shape))
+        return kernel[: self.out_channels, : self.in_channels]
+
+
+class SpectralNormConv2d(_LipschitzConv2d):
+    """Convolution with its kernel divided by the spectral norm of the convolution operator.
+
+    The norm ``||A||`` of the actual padded convolution on a ``power_iteration_size`` image
+    is estimated by power iteration with a persistent vector: ``power_iterations`` steps per
+    training forward pass (the gradient flows through ``||A u||`` as in Miyato et al.), and
+    iterated to convergence (relative change < ``eval_tolerance``) for the cached eval
+    weight. The layer is then 1-Lipschitz up to the power-iteration accuracy on images of
+    that size, and for circular padding on sizes dividing it, for zero padding on smaller
+    sizes; ``lipschitz_certificate`` gives the certified value for any size.
+
+    Args mirror ``nn.Conv2d``; only stride 1 and 'same' padding are supported.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int] = 3,
+        stride: int = 1,
+        padding: str | int = "same",
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        power_iterations: int = 1,
+        power_iteration_size: int = 64,
+        eval_tolerance: float = 1e-9,
+        eval_max_iterations: int = 2000,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        kernel_size = _square_odd_kernel(kernel_size)
+        _check_conv_args(stride, padding, kernel_size)
+        check_padding_mode(padding_mode)
+        if power_iterations < 0:
+            raise ValueError(f"power_iterations must be >= 0, got {power_iterations}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.padding_mode = padding_mode
+        self.power_iterations = power_iterations
+        self.eval_tolerance = eval_tolerance
+        self.eval_max_iterations = eval_max_iterations
+        factory = {"device": device, "dtype": dtype}
+        self.raw_weight = nn.Parameter(
+            torch.empty(out_channels, in_channels, kernel_size, kernel_size, **factory)
+        )
+        self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
+        size = power_iteration_size
+        self.register_buffer("power_vector", torch.randn(1, in_channels, size, size, **factory))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.raw_weight, a=math.sqrt(5))
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+        with torch.no_grad():
+            self.power_vector.normal_()
+            self.power_vector /= self.power_vector.norm()
+
+    def _power_step(self, u: Tensor, kernel: Tensor) -> Tensor:
+        u = conv2d_same_adjoint(conv2d_same(u, kernel, None, self.padding_mode), kernel, self.padding_mode)
+        return u / u.norm().clamp(min=torch.finfo(u.dtype).tiny)
+
+    def _normalized(self, kernel: Tensor, u: Tensor) -> Tensor:
+        sigma = conv2d_same(u, kernel, None, self.padding_mode).norm()
+        return kernel / sigma
+
+    def training_weight(self) -> Tensor:
+        kernel = self.raw_weight
+        with torch.no_grad():
+            u = self.power_vector
+            for _ in range(self.power_iterations):
+                u = self._power_step(u, kernel)
+            if self.training:
+                self.power_vector.copy_(u)
+        return self._normalized(kernel, u)
+
+    def inference_weight(self) -> Tensor:
+        kernel = self.raw_weight
+        with torch.no_grad():
+            u = self.power_vector.clone()
+            previous = 0.0
+            for _ in range(self.eval_max_iterations):
+                u = self._power_step(u, kernel)
+                sigma = float(conv2d_same(u, kernel, None, self.padding_mode).norm())
+                if abs(sigma - previous) <= self.eval_tolerance * sigma:
+                    break
+                previous = sigma
+        return self._normalized(kernel, u)
+
+
+class BjorckLinear(ConstrainedLayer):
+    """Fully connected layer ``y = W x + b`` with W Björck-orthonormalized (rows or columns).
+
+    Every singular value of W is in [0, 1] at any iteration count, and 1 up to round-off
+    once converged: the layer is 1-Lipschitz, and gradient-norm preserving when square.
+
+    Args mirror ``nn.Linear``. Input (B, in_features), output (B, out_features).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        bjorck_iters: int = 25,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.bjorck_iters = bjorck_iters
+        factory = {"device": device, "dtype": dtype}
+        self.raw_weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
+        nn.init.orthogonal_(self.raw_weight)
+
+    def training_weight(self) -> Tensor:
+        return bjorck_orthonormalize(self.raw_weight, self.bjorck_iters)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"BjorckLinear: expected last dimension {self.in_features}, got {tuple(x.shape)}"
+            )
+        return F.linear(x, self.constrained_weight(), self.bias)
+
+    def lipschitz_certificate(self, input_shape: tuple[int, ...] | None = None) -> float:
+        with torch.no_grad():
+            return float(torch.linalg.matrix_norm(self.inference_weight().double(), ord=2))
+
+    def to_linear(self) -> nn.Linear:
+        """A plain ``nn.Linear`` computing the same function (eval-mode weight)."""
+        weight = self.inference_weight().detach()
+        linear = nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None,
+            device=weight.device, dtype=weight.dtype,
+        )
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -1,0 +1,281 @@
+"""Learnable linear-spline activations with a slope constraint (Ducotterd et al., JMLR 2024).
+
+One continuous piecewise-linear function per channel, on a uniform grid of ``num_knots``
+knots ``t_k = -x_range + k * h`` with ``h = 2 * x_range / (num_knots - 1)``. The learned
+coefficients are the values at the knots; outside ``[-x_range, x_range]`` the spline extends
+linearly with its boundary slopes.
+
+1-Lipschitz by construction: in every forward pass the slopes ``(c_{k+1} - c_k) / h`` are
+clipped to ``[slope_min, slope_max]`` (default ``[-1, 1]``), re-integrated and shifted back to
+the mean of the raw coefficients. The raw parameters stay unconstrained, so any optimiser
+works without a projection step, and the Lipschitz constant of every channel is
+``max_k |slope_k| <= max(|slope_min|, |slope_max|)``.
+
+A learnable per-channel scaling ``alpha > 0`` evaluates ``sigma(alpha x) / alpha``: the slopes,
+hence the Lipschitz constant and the second-order total variation, are unchanged, while the
+knot spacing seen by the input becomes ``h / alpha``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+SPLINE_INITS = ("identity", "relu", "absolute_value", "maxmin", "zero")
+
+
+def _channel_view(t: Tensor, x: Tensor) -> Tensor:
+    """Reshape a per-channel vector (C,) to broadcast against x of shape (B, C, *spatial)."""
+    return t.view(t.shape[0], *([1] * (x.dim() - 2)))
+
+
+def _interval_index(
+    x: Tensor, index_scale: Tensor, index_shift: float, num_intervals: int
+) -> Tensor:
+    """Flat int32 index ``c * num_intervals + k`` of the grid interval k holding each entry.
+
+    Entries outside the grid use the boundary intervals (linear extension); NaN maps to 0 so
+    the lookup stays in bounds (the output is NaN anyway because it is linear in x).
+    """
+    u = torch.addcmul(x.new_tensor(index_shift), x, _channel_view(index_scale, x))
+    u.floor_().clamp_(0, num_intervals - 1).nan_to_num_(0.0)
+    idx = u.to(torch.int32)
+    offsets = torch.arange(x.shape[1], device=x.device, dtype=torch.int32) * num_intervals
+    idx += _channel_view(offsets, x)
+    return idx.view(-1)
+
+
+class _LinearSplineFunction(torch.autograd.Function):
+    """y = intercepts[c, k(x)] + x * slopes[c, k(x)], with k(x) the grid interval of x.
+
+    Memory-lean: only the input and the two small tables are saved for backward (the
+    interval index is recomputed), instead of fractions plus an int64 index per entry.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        x: Tensor,
+        index_scale: Tensor,
+        index_shift: float,
+        intercepts: Tensor,
+        slopes: Tensor,
+    ) -> Tensor:
+        x = x.contiguous()
+        num_intervals = slopes.shape[1]
+        idx = _interval_index(x, index_scale, index_shift, num_intervals)
+        a = intercepts.reshape(-1).index_select(0, idx).view_as(x)
+        s = slopes.reshape(-1).index_select(0, idx).view_as(x)
+        ctx.save_for_backward(x, index_scale, intercepts, slopes)
+        ctx.index_shift = index_shift
+        return a.addcmul_(x, s)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        x, index_scale, intercepts, slopes = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        num_intervals = slopes.shape[1]
+        idx = _interval_index(x, index_scale, ctx.index_shift, num_intervals)
+        grad_x = grad_intercepts = grad_slopes = None
+        if ctx.needs_input_grad[0]:
+            grad_x = slopes.reshape(-1).index_select(0, idx).view_as(x).mul_(grad_out)
+        size = slopes.numel()
+        if ctx.needs_input_grad[3]:
+            grad_intercepts = torch.bincount(idx, weights=grad_out.view(-1), minlength=size)
+            grad_intercepts = grad_intercepts.to(intercepts.dtype).view_as(intercepts)
+        if ctx.needs_input_grad[4]:
+            weighted = (grad_out * x).view(-1)
+            grad_slopes = torch.bincount(idx, weights=weighted, minlength=size)
+            grad_slopes = grad_slopes.to(slopes.dtype).view_as(slopes)
+        return grad_x, None, None, grad_intercepts, grad_slopes
+
+
+def clip_spline_slopes(
+    coefficients: Tensor, grid: float, slope_min: float | None, slope_max: float | None
+) -> Tensor:
+    """Differentiable projection of knot values (C, K) onto splines with bounded slopes.
+
+    Clips the slopes ``diff(c) / grid`` to ``[slope_min, slope_max]``, integrates them back
+    and restores each channel's mean value. ``None`` bounds leave that side free.
+    """
+    if slope_min is None and slope_max is None:
+        return coefficients
+    slopes = torch.clamp(torch.diff(coefficients, dim=1) / grid, slope_min, slope_max)
+    zero = coefficients.new_zeros(coefficients.shape[0], 1)
+    clipped = torch.cat([zero, torch.cumsum(slopes, dim=1) * grid], dim=1)
+    return clipped + (coefficients.mean(dim=1) - clipped.mean(dim=1)).unsqueeze(1)
+
+
+def linear_spline(
+    x: Tensor,
+    coefficients: Tensor,
+    x_range: float,
+    scaling: Tensor | None = None,
+) -> Tensor:
+    """Functional linear spline: apply channel c's spline to ``x[:, c]``.
+
+    Args:
+        x: (B, C) or (B, C, *spatial), any real values.
+        coefficients: (C, K) values at the K uniform knots over ``[-x_range, x_range]``
+            (already constrained: no slope clipping happens here).
+        x_range: half-width of the knot grid.
+        scaling: optional (C,) positive alpha; evaluates ``spline(alpha x) / alpha``.
+
+    Returns:
+        Tensor of the shape of x.
+    """
+    if x.dim() < 2 or x.shape[1] != coefficients.shape[0]:
+        raise ValueError(
+            f"linear_spline: expected input of shape (B, {coefficients.shape[0]}, ...), "
+            f"got {tuple(x.shape)}"
+        )
+    num_knots = coefficients.shape[1]
+    grid = 2.0 * x_range / (num_knots - 1)
+    knots = torch.linspace(-x_range, x_range, num_knots, device=x.device, dtype=coefficients.dtype)
+    slopes = torch.diff(coefficients, dim=1) / grid
+    intercepts = coefficients[:, :-1] - knots[:-1] * slopes
+    if scaling is None:
+        scaling = coefficients.new_ones(coefficients.shape[0])
+    else:
+        intercepts = intercepts / scaling.unsqueeze(1)
+    index_scale = (scaling / grid).detach().to(x.dtype)
+    return _LinearSplineFunction.apply(
+        x, index_scale, x_range / grid, intercepts.to(x.dtype), slopes.to(x.dtype)
+    )
+
+
+@dataclass
+class SplineFunctions:
+    """Learned functions of a :class:`LinearSpline`, in input units, ready to plot.
+
+    knots: (C, K) knot positions ``t_k / alpha_c``; values: (C, K) spline values there;
+    slopes: (C, K-1) slope on each interval (also the slope of the linear extension at the
+    two ends); tv2: (C,) second-order total variation of each channel.
+    """
+
+    knots: Tensor
+    values: Tensor
+    slopes: Tensor
+    tv2: Tensor
+
+
+class LinearSpline(nn.Module):
+    """Learnable linear spline activation, one function per channel, slopes in a bounded set.
+
+    With the default ``slope_min=-1, slope_max=1`` every channel is 1-Lipschitz; with
+    ``slope_min=0`` every channel is also monotone (non-decreasing).
+
+    Args:
+        num_activations: number of channels C (conv mode: shared over space; linear mode:
+            one per neuron).
+        num_knots: number of uniform knots K (paper default for denoisers: 51).
+        x_range: the knots span ``[-x_range, x_range]`` (paper default: 0.1).
+        init: one of ``identity``, ``relu``, ``absolute_value``, ``maxmin`` (|x| on even
+            channels, x on odd ones), ``zero``.
+        slope_min, slope_max: slope bounds; ``None`` for unconstrained.
+        learn_scaling: learn a per-channel input scaling alpha (initialised to 1).
+        alpha_min: alpha is clamped to at least this positive value.
+
+    Shape: input (B, C) or (B, C, *spatial); output of the same shape.
+    """
+
+    def __init__(
+        self,
+        num_activations: int,
+        num_knots: int = 51,
+        x_range: float = 0.1,
+        init: str = "identity",
+        slope_min: float | None = -1.0,
+        slope_max: float | None = 1.0,
+        learn_scaling: bool = True,
+        alpha_min: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if num_activations < 1:
+            raise ValueError(f"num_activations must be >= 1, got {num_activations}")
+        if num_knots < 2:
+            raise ValueError(f"num_knots must be >= 2, got {num_knots}")
+        if not x_range > 0:
+            raise ValueError(f"x_range must be > 0, got {x_range}")
+        if slope_min is not None and slope_max is not None and slope_min > slope_max:
+            raise ValueError(f"slope_min {slope_min} > slope_max {slope_max}")
+        if init not in SPLINE_INITS:
+            raise ValueError(f"unknown spline init {init!r}; choose from {', '.join(SPLINE_INITS)}")
+        if not alpha_min > 0:
+            raise ValueError(f"alpha_min must be > 0, got {alpha_min}")
+        self.num_activations = num_activations
+        self.num_knots = num_knots
+        self.x_range = float(x_range)
+        self.grid = 2.0 * self.x_range / (num_knots - 1)
+        self.slope_min = slope_min
+        self.slope_max = slope_max
+        self.init = init
+        self.alpha_min = alpha_min
+        self.coefficients = nn.Parameter(self._initial_coefficients(init))
+        self.scaling = nn.Parameter(torch.ones(num_activations), requires_grad=learn_scaling)
+
+    def _initial_coefficients(self, init: str) -> Tensor:
+        knots = torch.linspace(-self.x_range, self.x_range, self.num_knots)
+        grid = knots.expand(self.num_activations, -1).clone()
+        if init == "identity":
+            return grid
+        if init == "relu":
+            return grid.clamp(min=0)
+        if init == "absolute_value":
+            return grid.abs()
+        if init == "maxmin":
+            grid[0::2] = grid[0::2].abs()
+            return grid
+        return torch.zeros_like(grid)
+
+    def knots(self) -> Tensor:
+        """(K,) knot positions of the unscaled spline."""
+        c = self.coefficients
+        return torch.linspace(-self.x_range, self.x_range, self.num_knots, device=c.device, dtype=c.dtype)
+
+    def alpha(self) -> Tensor:
+        """(C,) effective input scaling, clamped to ``>= alpha_min``."""
+        return self.scaling.clamp(min=self.alpha_min)
+
+    def constrained_coefficients(self) -> Tensor:
+        """(C, K) knot values after slope clipping (differentiable in the raw coefficients)."""
+        return clip_spline_slopes(self.coefficients, self.grid, self.slope_min, self.slope_max)
+
+    def slopes(self) -> Tensor:
+        """(C, K-1) slopes of the constrained splines (unchanged by the scaling alpha)."""
+        return torch.diff(self.constrained_coefficients(), dim=1) / self.grid
+
+    def tv2(self) -> Tensor:
+        """Second-order total variation summed over channels: sum of |slope jumps| (scalar)."""
+        return torch.diff(self.slopes(), dim=1).abs().sum()
+
+    def lipschitz_certificate(self, input_shape: tuple[int, ...] | None = None) -> float:
+        """Exact Lipschitz constant (any input shape): the largest |slope| over all channels."""
+        with torch.no_grad():
+            return float(self.slopes().abs().max())
+
+    def learned_functions(self) -> SplineFunctions:
+        """Knots, values, slopes and TV2 per channel, in input units (detached)."""
+        with torch.no_grad():
+            alpha = self.alpha().unsqueeze(1)
+            coefficients = self.constrained_coefficients()
+            slopes = torch.diff(coefficients, dim=1) / self.grid
+            return SplineFunctions(
+                knots=self.knots().unsqueeze(0) / alpha,
+                values=coefficients / alpha,
+                slopes=slopes,
+                tv2=torch.diff(slopes, dim=1).abs().sum(dim=1),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear_spline(x, self.constrained_coefficients(), self.x_range, self.alpha())
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_activations={self.num_activations}, num_knots={self.num_knots}, "
+            f"x_range={self.x_range}, init={self.init!r}, "
+            f"slopes=[{self.slope_min}, {self.slope_max}]"
+        )

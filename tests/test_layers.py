@@ -1,0 +1,158 @@
+import pytest
+import torch
+
+from lipden import BjorckLinear, OrthoConv2d, SpectralNormConv2d
+from lipden.conv_ops import (
+    circular_conv_singular_values,
+    conv2d_same,
+    conv2d_same_adjoint,
+    conv_operator_norm_bound,
+)
+
+from .conftest import full_operator
+
+CONV_CASES = [
+    ("ortho-circular", lambda ci, co: OrthoConv2d(ci, co, 3, padding_mode="circular")),
+    ("ortho-zeros", lambda ci, co: OrthoConv2d(ci, co, 3, padding_mode="zeros")),
+    ("ortho-k5", lambda ci, co: OrthoConv2d(ci, co, 5, padding_mode="circular")),
+    ("spectral-zeros", lambda ci, co: SpectralNormConv2d(ci, co, 3, padding_mode="zeros")),
+    ("spectral-circular", lambda ci, co: SpectralNormConv2d(ci, co, 3, padding_mode="circular")),
+]
+SHAPES = [(4, 4), (2, 6), (6, 2)]
+
+
+def adversarial_steps(layer, in_channels, steps=25, lr=1e-2):
+    """Adam steps that try to push the layer's gain up."""
+    opt = torch.optim.Adam(layer.parameters(), lr=lr)
+    for _ in range(steps):
+        x = torch.randn(4, in_channels, 16, 16, dtype=next(layer.parameters()).dtype)
+        loss = -layer(x).pow(2).sum() / x.pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name,make", CONV_CASES, ids=[c[0] for c in CONV_CASES])
+def test_conv_singular_values_after_training(name, make, shape):
+    cin, cout = shape
+    layer = make(cin, cout).double()
+    adversarial_steps(layer, cin)
+    layer.eval()
+    for n in (8, 16):
+        sv = torch.linalg.svdvals(full_operator(layer, (cin, n, n)))
+        assert sv.max() <= 1 + 1e-4, (name, n, float(sv.max()))
+        if name.startswith("ortho") and "circular" in name or name == "ortho-k5":
+            rank = min(cin, cout) * n * n
+            torch.testing.assert_close(sv[:rank], torch.ones(rank, dtype=sv.dtype), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("name,make", CONV_CASES[:3], ids=[c[0] for c in CONV_CASES[:3]])
+def test_ortho_conv_train_mode_weight_is_also_constrained(name, make):
+    layer = make(4, 4).double()
+    adversarial_steps(layer, 4, lr=5e-2)
+    layer.train()
+    sv = torch.linalg.svdvals(full_operator(layer, (4, 8, 8)))
+    assert sv.max() <= 1 + 1e-4
+
+
+@pytest.mark.parametrize("padding_mode", ["circular", "zeros"])
+@pytest.mark.parametrize("size", [(8, 8), (6, 10), (16, 16)])
+def test_certificate_is_exact_for_circular_and_an_upper_bound_for_zeros(padding_mode, size):
+    kernel = torch.randn(5, 3, 3, 3, dtype=torch.float64)
+    op = full_operator(lambda x: conv2d_same(x, kernel, None, padding_mode), (3, *size))
+    true_norm = float(torch.linalg.svdvals(op).max())
+    bound = conv_operator_norm_bound(kernel, size, padding_mode)
+    if padding_mode == "circular":
+        assert bound == pytest.approx(true_norm, rel=1e-10)
+        sv = circular_conv_singular_values(kernel, size)
+        torch.testing.assert_close(sv[: op.shape[1]], torch.linalg.svdvals(op)[: op.shape[1]])
+    else:
+        assert true_norm <= bound * (1 + 1e-12)
+        assert bound <= 1.2 * true_norm
+
+
+def test_certificate_wraps_kernels_larger_than_the_image():
+    kernel = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    op = full_operator(lambda x: conv2d_same(x, kernel, None, "circular"), (2, 3, 3))
+    assert conv_operator_norm_bound(kernel, (3, 3), "circular") == pytest.approx(
+        float(torch.linalg.svdvals(op).max()), rel=1e-10
+    )
+
+
+@pytest.mark.parametrize("padding_mode", ["circular", "zeros"])
+@pytest.mark.parametrize("channels", [(1, 1), (3, 5), (5, 3)])
+def test_conv_adjoint(padding_mode, channels):
+    cin, cout = channels
+    kernel = torch.randn(cout, cin, 3, 3, dtype=torch.float64)
+    x = torch.randn(2, cin, 7, 9, dtype=torch.float64)
+    y = torch.randn(2, cout, 7, 9, dtype=torch.float64)
+    lhs = (conv2d_same(x, kernel, None, padding_mode) * y).sum()
+    rhs = (x * conv2d_same_adjoint(y, kernel, padding_mode)).sum()
+    assert float(lhs) == pytest.approx(float(rhs), rel=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda: OrthoConv2d(3, 5), lambda: SpectralNormConv2d(3, 5)])
+def test_eval_weight_is_cached_until_parameters_change(make):
+    layer = make().eval()
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        first = layer.constrained_weight()
+        assert layer.constrained_weight() is first
+        before = layer(x)
+        next(layer.parameters()).add_(0.1)
+        assert layer.constrained_weight() is not first
+        assert not torch.allclose(layer(x), before)
+
+
+def test_eval_mode_still_backpropagates_to_parameters():
+    layer = OrthoConv2d(3, 3).eval()
+    layer(torch.randn(1, 3, 8, 8)).sum().backward()
+    assert layer.orthogonal_matrix.grad is not None
+
+
+@pytest.mark.parametrize("make", [lambda: OrthoConv2d(3, 5), lambda: SpectralNormConv2d(3, 5)])
+def test_export_to_plain_conv2d(make):
+    layer = make().eval()
+    x = torch.randn(2, 3, 9, 7)
+    torch.testing.assert_close(layer.to_conv2d()(x), layer(x), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("features", [(8, 8), (5, 9), (9, 5)])
+def test_bjorck_linear_singular_values_after_training(features):
+    fin, fout = features
+    layer = BjorckLinear(fin, fout).double()
+    opt = torch.optim.Adam(layer.parameters(), lr=5e-2)
+    for _ in range(25):
+        x = torch.randn(16, fin, dtype=torch.float64)
+        loss = -layer(x).pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    layer.eval()
+    sv = torch.linalg.svdvals(full_operator(layer, (fin,)))
+    assert sv.max() <= 1 + 1e-4
+    torch.testing.assert_close(sv, torch.ones_like(sv), atol=1e-3, rtol=0)
+    x = torch.randn(3, fin, dtype=torch.float64)
+    torch.testing.assert_close(layer.to_linear()(x), layer(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"stride": 2},
+        {"kernel_size": 4},
+        {"padding": 0},
+        {"padding_mode": "reflect"},
+    ],
+)
+@pytest.mark.parametrize("cls", [OrthoConv2d, SpectralNormConv2d])
+def test_bad_conv_arguments(cls, kwargs):
+    with pytest.raises(ValueError):
+        cls(3, 3, **{"kernel_size": 3, **kwargs})
+
+
+@pytest.mark.parametrize("cls", [OrthoConv2d, SpectralNormConv2d])
+def test_wrong_input_shape_is_a_clear_error(cls):
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        cls(3, 3)(torch.randn(1, 4, 8, 8))

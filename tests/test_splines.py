@@ -1,0 +1,192 @@
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from lipden import LinearSpline, linear_spline
+from lipden.splines import SPLINE_INITS, clip_spline_slopes
+
+
+def random_spline(channels=6, knots=21, x_range=0.5, dtype=torch.float64, **kwargs):
+    spline = LinearSpline(channels, num_knots=knots, x_range=x_range, **kwargs).to(dtype)
+    with torch.no_grad():
+        spline.coefficients.normal_(0, 0.5)  # far steeper than allowed: forces clipping
+        spline.scaling.uniform_(0.5, 2.0)
+    return spline
+
+
+def train_randomly(spline, steps=20, shape=(8, 6, 5, 5)):
+    opt = torch.optim.Adam(spline.parameters(), lr=1e-2)
+    for _ in range(steps):
+        x = torch.randn(shape, dtype=spline.coefficients.dtype)
+        loss = (spline(x) - 3 * x.sin()).pow(2).mean()  # target is 3-Lipschitz
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("init", SPLINE_INITS)
+def test_each_init_gives_the_named_function(init):
+    spline = LinearSpline(4, num_knots=51, x_range=0.1, init=init).double()
+    x = torch.linspace(-0.5, 0.5, 101, dtype=torch.float64).view(1, 1, -1).repeat(1, 4, 1)
+    expected = {
+        "identity": x,
+        "relu": x.clamp(min=0),
+        "absolute_value": x.abs(),
+        "zero": torch.zeros_like(x),
+        "maxmin": torch.where(torch.arange(4).view(1, 4, 1) % 2 == 0, x.abs(), x),
+    }[init]
+    torch.testing.assert_close(spline(x).detach(), expected, atol=1e-7, rtol=0)  # float32 init
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_slopes_bounded_after_training_and_random_parameters(dtype):
+    spline = random_spline(dtype=dtype)
+    assert spline.slopes().abs().max() <= 1 + 1e-6
+    train_randomly(spline)
+    slopes = spline.slopes()
+    assert slopes.min() >= -1 - 1e-6 and slopes.max() <= 1 + 1e-6
+    assert spline.lipschitz_certificate() <= 1 + 1e-6
+
+
+def test_monotone_splines_have_slopes_in_zero_one():
+    spline = random_spline(slope_min=0.0, slope_max=1.0)
+    train_randomly(spline)
+    x = torch.linspace(-3, 3, 2001, dtype=torch.float64).view(1, 1, -1).repeat(1, 6, 1)
+    y = spline(x)
+    assert (torch.diff(y, dim=-1) >= -1e-12).all()
+    assert spline.slopes().min() >= -1e-9
+
+
+def test_empirical_lipschitz_ratio_over_random_pairs():
+    spline = random_spline()
+    train_randomly(spline)
+    x = torch.randn(20000, 6, dtype=torch.float64) * 0.6
+    y = x + torch.randn_like(x) * torch.rand_like(x) * 0.3
+    ratio = (spline(x) - spline(y)).abs() / (x - y).abs()
+    assert ratio.max() <= 1 + 1e-6
+    assert ratio.max() > 0.5  # the spline is not trivially flat
+
+
+def test_tv2_equals_finite_differences():
+    spline = random_spline(knots=15, x_range=1.0)
+    functions = spline.learned_functions()
+    # Evaluate on the knots (input units) and at points outside, slopes by differences.
+    tv2 = []
+    for c in range(6):
+        knots = functions.knots[c]
+        h = knots[1] - knots[0]
+        points = torch.cat([knots[:1] - h, knots, knots[-1:] + h])
+        x = torch.zeros(len(points), 6, dtype=torch.float64)
+        x[:, c] = points
+        values = spline(x)[:, c]
+        slopes = torch.diff(values) / torch.diff(points)
+        tv2.append(torch.diff(slopes).abs().sum())
+    torch.testing.assert_close(torch.stack(tv2), functions.tv2, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(spline.tv2(), torch.stack(tv2).sum(), atol=1e-9, rtol=1e-9)
+
+
+def test_linear_extension_outside_the_range_uses_boundary_slopes():
+    spline = random_spline(channels=2, knots=11, x_range=1.0)
+    functions = spline.learned_functions()
+    far = torch.tensor([[-50.0, 50.0], [-60.0, 60.0]], dtype=torch.float64)
+    out = spline(far)
+    left = (out[1, 0] - out[0, 0]) / (-10)
+    right = (out[1, 1] - out[0, 1]) / 10
+    torch.testing.assert_close(left, functions.slopes[0, 0])
+    torch.testing.assert_close(right, functions.slopes[1, -1])
+
+
+def points_away_from_knots(spline, shape):
+    """Inputs at random fractions 0.1..0.9 inside grid intervals (and outside the grid)."""
+    channels = spline.num_activations
+    k = torch.randint(-3, spline.num_knots + 2, shape, dtype=torch.float64)
+    frac = torch.rand(shape, dtype=torch.float64) * 0.8 + 0.1
+    t = -spline.x_range + (k + frac) * spline.grid
+    alpha = spline.alpha().detach().view(1, channels, *([1] * (len(shape) - 2)))
+    return t / alpha
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (2, 4, 3, 3), (2, 4, 2, 2, 2)])
+def test_gradcheck_float64(shape):
+    spline = random_spline(channels=4, knots=9, x_range=0.4)
+    x = points_away_from_knots(spline, shape).requires_grad_(True)
+    coefficients = spline.constrained_coefficients().detach().requires_grad_(True)
+    scaling = spline.alpha().detach().requires_grad_(True)
+    assert gradcheck(lambda x, c, a: linear_spline(x, c, 0.4, a), (x, coefficients, scaling))
+
+
+def test_gradcheck_through_the_slope_clipping():
+    spline = random_spline(channels=3, knots=7, x_range=0.3)
+    x = points_away_from_knots(spline, (5, 3))
+
+    def f(coefficients, scaling):
+        constrained = clip_spline_slopes(coefficients, spline.grid, -1.0, 1.0)
+        return linear_spline(x, constrained, spline.x_range, scaling)
+
+    c0 = spline.coefficients.detach().clone().requires_grad_(True)
+    a0 = spline.scaling.detach().clone().requires_grad_(True)
+    assert gradcheck(f, (c0, a0))
+
+
+def test_backward_saves_only_the_input_and_small_tables():
+    spline = LinearSpline(16)
+    x = torch.randn(4, 16, 32, 32, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = spline(x * 1.0)
+    big = [b for b in saved if b > 100_000]
+    assert sum(big) <= x.numel() * x.element_size()  # one input-sized tensor, no int64 index
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_scaling_is_guarded_and_keeps_the_lipschitz_bound():
+    spline = random_spline(channels=3)
+    with torch.no_grad():
+        spline.scaling.copy_(torch.tensor([-2.0, 0.0, 1e-9]))
+    assert (spline.alpha() >= spline.alpha_min).all()
+    x = torch.randn(1000, 3, dtype=torch.float64)
+    y = torch.randn(1000, 3, dtype=torch.float64)
+    out_x, out_y = spline(x), spline(y)
+    assert torch.isfinite(out_x).all()
+    assert ((out_x - out_y).abs() <= (x - y).abs() * (1 + 1e-9)).all()
+
+
+def test_nan_and_inf_inputs_propagate_without_crashing():
+    spline = LinearSpline(2)
+    x = torch.tensor([[float("nan"), float("inf")], [float("-inf"), 0.05]])
+    y = spline(x)
+    assert torch.isnan(y[0, 0])
+    assert float(y[1, 1].detach()) == pytest.approx(0.05, abs=1e-6)
+
+
+def test_learned_functions_shapes():
+    spline = LinearSpline(5, num_knots=11)
+    f = spline.learned_functions()
+    assert f.knots.shape == (5, 11) and f.values.shape == (5, 11)
+    assert f.slopes.shape == (5, 10) and f.tv2.shape == (5,)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_activations": 0},
+        {"num_activations": 2, "num_knots": 1},
+        {"num_activations": 2, "x_range": 0.0},
+        {"num_activations": 2, "init": "sigmoid"},
+        {"num_activations": 2, "slope_min": 1.0, "slope_max": 0.0},
+    ],
+)
+def test_bad_arguments_raise_value_error(kwargs):
+    with pytest.raises(ValueError):
+        LinearSpline(**kwargs)
+
+
+def test_wrong_channel_count_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"\(B, 3"):
+        LinearSpline(3)(torch.randn(2, 4, 5, 5))
