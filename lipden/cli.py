@@ -12,6 +12,12 @@ EXAMPLES = {
   python cli.py certify                          # the paper's architecture, 40x40 images
   python cli.py certify --preset cpu --size 256 --activation relu --json
 """,
+    "train": """examples:
+  python cli.py train --sigma 15 --output checkpoints/spline-sigma15 --minutes 60
+  python cli.py train --sigma 15 --activation relu --output checkpoints/relu-sigma15
+  python cli.py train --preset paper --device cuda --sigma 15 --output runs/paper15
+  torchrun --nproc_per_node=4 cli.py train --preset paper --device cuda --output runs/ddp
+""",
     "benchmark": """examples:
   python cli.py benchmark layers                 # spline vs ReLU block, eval-mode overhead
   python cli.py benchmark layers --quick --output results/
@@ -59,12 +65,35 @@ def _certify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .training import TrainConfig, train
+
+    config = TrainConfig(
+        output=args.output, sigma=args.sigma, preset=args.preset, activation=args.activation,
+        conv=args.conv, train_dir=args.train_dir, val_dir=args.val_dir, batch_size=args.batch_size,
+        steps=args.steps, validate_every=args.validate_every, seed=args.seed, device=args.device,
+        max_minutes=args.minutes, compile_spline=args.compile, channels=args.channels, depth=args.depth,
+    )
+    summary = train(config, resume=not args.no_resume, progress=not args.quiet)
+    if summary["rank"] == 0:
+        print(json.dumps(summary) if args.json else
+              f"trained {summary['step']} steps in {summary['elapsed_s'] / 60:.1f} min; "
+              f"best validation PSNR {summary['best_psnr']:.2f} dB; files in {summary['output']}")
+    return 0
+
+
 def _benchmark(args: argparse.Namespace) -> int:
     try:
         from benchmarks import run_benchmark
     except ImportError as error:  # installed without the source tree
         raise UserError("benchmarks run from a source checkout: python cli.py benchmark ...") from error
     return run_benchmark(args.which, quick=args.quick, output=args.output)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +119,35 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--json", action="store_true", help="print one JSON object")
     certify.set_defaults(handler=_certify)
 
+    from .training import DEFAULT_DATA
+
+    train = sub.add_parser(
+        "train", help="train a 1-Lipschitz denoiser on image patches (CPU, GPU, torchrun)",
+        epilog=EXAMPLES["train"], formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("--output", required=True, help="folder for checkpoints, best model and log.csv")
+    train.add_argument("--sigma", type=float, default=15.0, help="noise level on the 0-255 scale")
+    train.add_argument("--preset", choices=["paper", "cpu"], default="cpu")
+    train.add_argument("--activation", default="spline",
+                       choices=["spline", "relu", "absolute_value", "prelu", "groupsort", "householder"])
+    train.add_argument("--conv", choices=["ortho", "spectral", "free"], default="ortho",
+                       help="free = unconstrained convolutions (no guarantee)")
+    train.add_argument("--train-dir", default=str(DEFAULT_DATA / "train400"))
+    train.add_argument("--val-dir", default=str(DEFAULT_DATA / "set12"))
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--channels", type=int, help="override the preset's width")
+    train.add_argument("--depth", type=int, help="override the preset's number of convolutions")
+    train.add_argument("--steps", type=int, help="total optimizer steps (default: the preset's)")
+    train.add_argument("--minutes", type=float, help="stop (and save) after this wall time")
+    train.add_argument("--validate-every", type=int, default=250)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    train.add_argument("--compile", action="store_true", help="torch.compile the spline forward")
+    train.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--json", action="store_true")
+    train.set_defaults(handler=_train)
+
     bench = sub.add_parser(
         "benchmark", help="speed and quality benchmarks (writes under results/)",
         epilog=EXAMPLES["benchmark"], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -102,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate(args: argparse.Namespace) -> None:
+    if args.command == "train":
+        if args.batch_size is not None and args.batch_size < 1:
+            raise UserError("--batch-size must be >= 1")
+        if args.steps is not None and args.steps < 1:
+            raise UserError("--steps must be >= 1")
+        if args.validate_every < 1:
+            raise UserError("--validate-every must be >= 1")
     if args.command == "certify":
         if len(args.size) not in (1, 2) or min(args.size) < 1:
             raise UserError("--size takes one or two positive integers")

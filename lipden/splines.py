@@ -47,6 +47,66 @@ def _interval_index(
     return idx.view(-1)
 
 
+def _eager_forward(x: Tensor, index_scale: Tensor, index_shift: float, intercepts: Tensor, slopes: Tensor) -> Tensor:
+    idx = _interval_index(x, index_scale, index_shift, slopes.shape[1])
+    a = intercepts.reshape(-1).index_select(0, idx).view_as(x)
+    s = slopes.reshape(-1).index_select(0, idx).view_as(x)
+    return a.addcmul_(x, s)
+
+
+def _eager_backward(
+    x: Tensor, grad_out: Tensor, index_scale: Tensor, index_shift: float, intercepts: Tensor, slopes: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    idx = _interval_index(x, index_scale, index_shift, slopes.shape[1])
+    grad_x = slopes.reshape(-1).index_select(0, idx).view_as(x).mul_(grad_out)
+    size = slopes.numel()
+    grad_a = torch.bincount(idx, weights=grad_out.view(-1), minlength=size)
+    grad_s = torch.bincount(idx, weights=(grad_out * x).view(-1), minlength=size)
+    return grad_x, grad_a.to(intercepts.dtype).view_as(intercepts), grad_s.to(slopes.dtype).view_as(slopes)
+
+
+def _fused_index(x: Tensor, index_scale: Tensor, index_shift: float, num_intervals: int) -> Tensor:
+    shape = (1, -1, *([1] * (x.dim() - 2)))
+    u = torch.floor(x * index_scale.view(shape) + index_shift)
+    local = torch.nan_to_num(torch.clamp(u, 0, num_intervals - 1), nan=0.0).to(torch.int64)
+    offsets = torch.arange(x.shape[1], device=x.device).view(shape) * num_intervals
+    return local + offsets
+
+
+def _fused_forward(x, index_scale, index_shift, intercepts, slopes):
+    idx = _fused_index(x, index_scale, index_shift, slopes.shape[1])
+    return intercepts.reshape(-1)[idx] + x * slopes.reshape(-1)[idx]
+
+
+_BACKEND = {"name": "eager"}
+_COMPILED: dict[str, object] = {}
+
+
+def set_spline_backend(name: str) -> None:
+    """Choose how spline kernels run: ``"eager"`` (default) or ``"compiled"``.
+
+    ``"compiled"`` fuses the forward pass (index computation and table lookups) with
+    ``torch.compile``: one pass over memory instead of several; the first call compiles,
+    which takes seconds. The backward pass stays eager: its table reductions
+    (``bincount``) beat the compiled scatter-add on CPU.
+    """
+    if name not in ("eager", "compiled"):
+        raise ValueError(f"spline backend must be 'eager' or 'compiled', got {name!r}")
+    if name == "compiled" and not _COMPILED:
+        _COMPILED["forward"] = torch.compile(_fused_forward, dynamic=True)
+    _BACKEND["name"] = name
+
+
+def get_spline_backend() -> str:
+    return _BACKEND["name"]
+
+
+def _kernels():
+    if _BACKEND["name"] == "compiled":
+        return _COMPILED["forward"], _eager_backward
+    return _eager_forward, _eager_backward
+
+
 class _LinearSplineFunction(torch.autograd.Function):
     """y = intercepts[c, k(x)] + x * slopes[c, k(x)], with k(x) the grid interval of x.
 
@@ -64,33 +124,20 @@ class _LinearSplineFunction(torch.autograd.Function):
         slopes: Tensor,
     ) -> Tensor:
         x = x.contiguous()
-        num_intervals = slopes.shape[1]
-        idx = _interval_index(x, index_scale, index_shift, num_intervals)
-        a = intercepts.reshape(-1).index_select(0, idx).view_as(x)
-        s = slopes.reshape(-1).index_select(0, idx).view_as(x)
         ctx.save_for_backward(x, index_scale, intercepts, slopes)
         ctx.index_shift = index_shift
-        return a.addcmul_(x, s)
+        forward, _ = _kernels()
+        return forward(x, index_scale, index_shift, intercepts, slopes)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         x, index_scale, intercepts, slopes = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        num_intervals = slopes.shape[1]
-        idx = _interval_index(x, index_scale, ctx.index_shift, num_intervals)
-        grad_x = grad_intercepts = grad_slopes = None
-        if ctx.needs_input_grad[0]:
-            grad_x = slopes.reshape(-1).index_select(0, idx).view_as(x).mul_(grad_out)
-        size = slopes.numel()
-        if ctx.needs_input_grad[3]:
-            grad_intercepts = torch.bincount(idx, weights=grad_out.view(-1), minlength=size)
-            grad_intercepts = grad_intercepts.to(intercepts.dtype).view_as(intercepts)
-        if ctx.needs_input_grad[4]:
-            weighted = (grad_out * x).view(-1)
-            grad_slopes = torch.bincount(idx, weights=weighted, minlength=size)
-            grad_slopes = grad_slopes.to(slopes.dtype).view_as(slopes)
-        return grad_x, None, None, grad_intercepts, grad_slopes
+        _, backward = _kernels()
+        grad_x, grad_a, grad_s = backward(
+            x, grad_out.contiguous(), index_scale, ctx.index_shift, intercepts, slopes
+        )
+        return grad_x, None, None, grad_a, grad_s
 
 
 def clip_spline_slopes(

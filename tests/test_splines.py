@@ -190,3 +190,23 @@ def test_bad_arguments_raise_value_error(kwargs):
 def test_wrong_channel_count_is_a_clear_error():
     with pytest.raises(ValueError, match=r"\(B, 3"):
         LinearSpline(3)(torch.randn(2, 4, 5, 5))
+
+
+def test_compiled_forward_matches_eager():
+    from lipden.splines import get_spline_backend, set_spline_backend
+
+    spline = random_spline(channels=4, knots=11, x_range=0.5, dtype=torch.float32)
+    x = torch.randn(2, 4, 9, 7, requires_grad=True)
+    eager = spline(x)
+    (g_eager,) = torch.autograd.grad(eager.sum(), x)
+    try:
+        set_spline_backend("compiled")
+        compiled = spline(x)
+        (g_compiled,) = torch.autograd.grad(compiled.sum(), x)
+    finally:
+        set_spline_backend("eager")
+    assert get_spline_backend() == "eager"
+    torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g_compiled, g_eager)
+    with pytest.raises(ValueError):
+        set_spline_backend("cuda-magic")

@@ -1,0 +1,90 @@
+"""Image loading and training patches: images are float tensors in [0, 1], shape (H, W) or (C, H, W)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files of a folder, sorted by name (the order of the evaluation protocol)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files
+
+
+def load_grayscale(path: str | Path) -> Tensor:
+    """Load an image as a (H, W) float32 tensor in [0, 1] (colour is converted to luminance)."""
+    from skimage import color, io, util
+
+    image = io.imread(str(path))
+    if image.ndim == 3:
+        if image.shape[-1] == 4:
+            image = color.rgba2rgb(image)
+        image = color.rgb2gray(image)
+    return torch.from_numpy(np.ascontiguousarray(util.img_as_float32(image)))
+
+
+class PatchSampler:
+    """Random training patches from a folder of images, seeded and reproducible.
+
+    Every image is kept at the scales ``scales`` (bicubic, antialiased); a batch draws
+    (image, scale, position) uniformly and one of the 8 flips/rotations per patch.
+    Yields clean patches (B, 1, P, P) in [0, 1]; noise is added by the trainer.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        patch_size: int = 40,
+        scales: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7),
+        seed: int = 0,
+    ) -> None:
+        self.patch_size = patch_size
+        self.images: list[Tensor] = []
+        for path in list_images(folder):
+            image = load_grayscale(path)[None, None]
+            for scale in scales:
+                size = (round(image.shape[-2] * scale), round(image.shape[-1] * scale))
+                if min(size) < patch_size:
+                    continue
+                scaled = image if scale == 1.0 else F.interpolate(
+                    image, size=size, mode="bicubic", antialias=True, align_corners=False
+                )
+                self.images.append(scaled.clamp(0, 1)[0, 0])
+        if not self.images:
+            raise ValueError(f"no image in {folder} is at least {patch_size} pixels wide")
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state(self) -> Tensor:
+        return self.generator.get_state()
+
+    def set_state(self, state: Tensor) -> None:
+        self.generator.set_state(state)
+
+    def sample(self, batch_size: int) -> Tensor:
+        p = self.patch_size
+        g = self.generator
+        picks = torch.randint(len(self.images), (batch_size,), generator=g).tolist()
+        patches = []
+        for index in picks:
+            image = self.images[index]
+            top = int(torch.randint(image.shape[0] - p + 1, (1,), generator=g))
+            left = int(torch.randint(image.shape[1] - p + 1, (1,), generator=g))
+            patch = image[top : top + p, left : left + p]
+            transform = int(torch.randint(8, (1,), generator=g))
+            patch = torch.rot90(patch, transform % 4)
+            if transform >= 4:
+                patch = patch.flip(-1)
+            patches.append(patch)
+        return torch.stack(patches)[:, None].contiguous()

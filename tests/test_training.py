@@ -1,0 +1,87 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from skimage import io
+
+from lipden.checkpoint import WeightsError, load_denoiser_file, load_tensors
+from lipden.training import TrainConfig, train
+
+from .conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def image_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3), ("val", 2)):
+        folder = root / split
+        folder.mkdir()
+        for i in range(count):
+            smooth = np.cumsum(np.cumsum(rng.normal(size=(48, 56)), 0), 1)
+            smooth = (smooth - smooth.min()) / (smooth.max() - smooth.min())
+            io.imsave(folder / f"{i:02d}.png", (smooth * 255).astype(np.uint8), check_contrast=False)
+    return root / "train", root / "val"
+
+
+def tiny_config(folders, output, **kwargs):
+    train_dir, val_dir = folders
+    values = dict(output=str(output), train_dir=str(train_dir), val_dir=str(val_dir), channels=4, depth=3,
+                  batch_size=4, patch_size=16, steps=4, validate_every=2)
+    values.update(kwargs)
+    return TrainConfig(**values)
+
+
+def test_training_reduces_the_loss_and_writes_files(image_folders, tmp_path):
+    summary = train(tiny_config(image_folders, tmp_path, steps=6, validate_every=3), progress=False)
+    assert summary["step"] == 6
+    lines = (tmp_path / "log.csv").read_text().splitlines()
+    assert lines[0].startswith("step,") and len(lines) == 3
+    model, metadata = load_denoiser_file(tmp_path / "best.safetensors")
+    assert metadata["config"]["channels"] == 4 and not model.training
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(image_folders, tmp_path):
+    train(tiny_config(image_folders, tmp_path / "straight"), progress=False)
+    train(tiny_config(image_folders, tmp_path / "split", steps=2), progress=False)
+    train(tiny_config(image_folders, tmp_path / "split"), progress=False)
+    a, _ = load_tensors(tmp_path / "straight" / "train_state.safetensors")
+    b, meta = load_tensors(tmp_path / "split" / "train_state.safetensors")
+    assert meta["step"] == 4
+    for key in a:
+        if not key.startswith("train.rng"):
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_trained_model_is_still_certified(image_folders, tmp_path):
+    train(tiny_config(image_folders, tmp_path, steps=4), progress=False)
+    model, _ = load_denoiser_file(tmp_path / "best.safetensors")
+    assert model.lipschitz_certificate((1, 1, 16, 16)) <= 1 + 1e-4
+
+
+def test_tampered_or_foreign_files_are_refused(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x80\x04not a safetensors file")
+    with pytest.raises(WeightsError):
+        load_denoiser_file(bad)
+    with pytest.raises(FileNotFoundError):
+        load_denoiser_file(tmp_path / "missing.safetensors")
+
+
+def test_torchrun_two_cpu_ranks_end_with_identical_weights(image_folders, tmp_path):
+    train_dir, val_dir = image_folders
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LIPDEN_DEVICE": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+         str(ROOT / "cli.py"), "train", "--output", str(tmp_path), "--train-dir", str(train_dir),
+         "--val-dir", str(val_dir), "--channels", "4", "--depth", "3", "--batch-size", "2",
+         "--steps", "3", "--validate-every", "3", "--device", "cpu", "--quiet", "--json"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 3 and summary["ranks_identical"] is True
