@@ -17,8 +17,10 @@ from .certify import (
     lipschitz_lower_bound,
     lipschitz_upper_bound,
 )
+from .denoiser import DenoiserConfig, LipschitzDenoiser
 from .layers import BjorckLinear, OrthoConv2d, SpectralNormConv2d
 from .orthogonal import bjorck_orthonormalize
+from .pretrained import denoiser_card, list_denoisers, load_denoiser
 from .splines import LinearSpline, linear_spline
 
 __version__ = "0.1.0"
@@ -30,15 +32,20 @@ __all__ = [
     "BjorckLinear",
     "CertificationError",
     "ClippedPReLU",
+    "DenoiserConfig",
     "GroupSort",
     "HouseHolder",
     "LinearSpline",
+    "LipschitzDenoiser",
     "OrthoConv2d",
     "ReLU",
     "SpectralNormConv2d",
     "bjorck_orthonormalize",
     "check_averaged",
+    "denoiser_card",
     "linear_spline",
+    "list_denoisers",
+    "load_denoiser",
     "lipschitz_bounds",
     "lipschitz_lower_bound",
     "lipschitz_upper_bound",

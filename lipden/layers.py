@@ -132,7 +132,7 @@ class OrthoConv2d(_LipschitzConv2d):
         padding: str | int = "same",
         bias: bool = True,
         padding_mode: str = "circular",
-        bjorck_iters: int = 25,
+        bjorck_iters: int = 15,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -285,7 +285,7 @@ class BjorckLinear(ConstrainedLayer):
         in_features: int,
         out_features: int,
         bias: bool = True,
-        bjorck_iters: int = 25,
+        bjorck_iters: int = 15,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:

@@ -35,7 +35,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # learning rates, which reach good quality within an hour on 2 cores.
 TRAINING_PRESETS = {
     "paper": {"batch_size": 128, "lr_conv": 4e-5, "lr_spline": 1e-6, "lr_scaling": 1e-5, "steps": 100_000},
-    "cpu": {"batch_size": 32, "lr_conv": 8e-4, "lr_spline": 2e-5, "lr_scaling": 2e-4, "steps": 20_000},
+    "cpu": {"batch_size": 32, "lr_conv": 8e-4, "lr_spline": 2e-5, "lr_scaling": 2e-4, "steps": 4_000},
 }
 
 

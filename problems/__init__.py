@@ -1,0 +1,1 @@
+"""Inverse problems (deblurring, MRI) built on deepinv physics."""

@@ -1,0 +1,1 @@
+"""Shipped pretrained lipden denoisers (data only): ``<activation>-sigma<N>.safetensors`` + ``.json`` cards."""
