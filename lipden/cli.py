@@ -16,6 +16,7 @@ EXAMPLES = {
 """,
     "certify": """examples:
   python cli.py certify                          # the paper's architecture, 40x40 images
+  python cli.py certify --model spline-sigma15 --size 256
   python cli.py certify --preset cpu --size 256 --activation relu --json
 """,
     "train": """examples:
@@ -40,11 +41,17 @@ def _certify(args: argparse.Namespace) -> int:
 
     from .certify import lipschitz_bounds
     from .denoiser import PRESETS, DenoiserConfig, LipschitzDenoiser
+    from .pretrained import load_denoiser
 
     torch.manual_seed(args.seed)
-    base = PRESETS[args.preset].to_dict()
-    base["activation"] = args.activation
-    model = LipschitzDenoiser(DenoiserConfig.from_dict(base)).eval()
+    if args.model:
+        model = load_denoiser(args.model)
+        label = args.model
+    else:
+        base = PRESETS[args.preset].to_dict()
+        base["activation"] = args.activation
+        model = LipschitzDenoiser(DenoiserConfig.from_dict(base)).eval()
+        label = f"{args.preset} preset, {args.activation}, random init (seed {args.seed})"
     size = args.size if len(args.size) == 2 else args.size * 2
     shape = (1, 1, *size)
     lower, upper = lipschitz_bounds(
@@ -53,7 +60,7 @@ def _certify(args: argparse.Namespace) -> int:
     )
     averaged = model.averaged()
     report = {
-        "model": f"{args.preset} preset, {args.activation}, random init (seed {args.seed})",
+        "model": label,
         "input_shape": list(shape),
         "lipschitz_lower": lower,
         "lipschitz_upper": upper,
@@ -143,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "certify", help="certified and measured Lipschitz bounds of a denoiser",
         epilog=EXAMPLES["certify"], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    certify.add_argument("--model", help="shipped model name or .safetensors path (default: a random-init preset)")
     certify.add_argument("--preset", choices=["paper", "cpu"], default="paper")
     certify.add_argument("--activation", default="spline",
                          choices=["spline", "relu", "absolute_value", "prelu", "groupsort", "householder"])

@@ -28,12 +28,53 @@ def _same_padding(kernel: Tensor) -> tuple[int, int]:
     return kh // 2, kw // 2
 
 
+class _CircularPad(torch.autograd.Function):
+    """Circular padding whose backward folds the pad strips back with thin in-place adds.
+
+    Same values as ``F.pad(x, ..., mode="circular")``; its backward costs one copy of the
+    gradient instead of a zero-filled buffer plus strided copies.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, ph: int, pw: int) -> Tensor:  # type: ignore[override]
+        ctx.pads = (ph, pw)
+        return F.pad(x, (pw, pw, ph, ph), mode="circular")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        ph, pw = ctx.pads
+        h, w = g.shape[-2] - 2 * ph, g.shape[-1] - 2 * pw
+        gx = g[..., ph : ph + h, pw : pw + w].clone()
+        if pw:
+            gx[..., :, :pw] += g[..., ph : ph + h, w + pw :]
+            gx[..., :, w - pw :] += g[..., ph : ph + h, :pw]
+        if ph:
+            gx[..., :ph, :] += g[..., h + ph :, pw : pw + w]
+            gx[..., h - ph :, :] += g[..., :ph, pw : pw + w]
+        if ph and pw:
+            gx[..., h - ph :, w - pw :] += g[..., :ph, :pw]
+            gx[..., h - ph :, :pw] += g[..., :ph, w + pw :]
+            gx[..., :ph, w - pw :] += g[..., h + ph :, :pw]
+            gx[..., :ph, :pw] += g[..., h + ph :, w + pw :]
+        return gx, None, None
+
+
+def circular_pad(x: Tensor, ph: int, pw: int) -> Tensor:
+    """Pad (B, C, H, W) circularly by ph rows and pw columns on each side (ph <= H, pw <= W)."""
+    if ph > x.shape[-2] or pw > x.shape[-1]:
+        raise ValueError(
+            f"image {tuple(x.shape[-2:])} is smaller than the circular padding {(ph, pw)}"
+        )
+    return _CircularPad.apply(x, ph, pw)
+
+
 def conv2d_same(x: Tensor, kernel: Tensor, bias: Tensor | None, padding_mode: str) -> Tensor:
     """'Same'-size, stride-1 cross-correlation with circular or zero padding."""
     ph, pw = _same_padding(kernel)
     if padding_mode == "circular":
         if ph or pw:
-            x = F.pad(x, (pw, pw, ph, ph), mode="circular")
+            x = circular_pad(x, ph, pw)
         return F.conv2d(x, kernel, bias)
     return F.conv2d(x, kernel, bias, padding=(ph, pw))
 
@@ -73,7 +114,7 @@ def kernel_frequency_response(kernel: Tensor, size: tuple[int, int]) -> Tensor:
         for j in range(kw):
             wrapped[:, :, (i - ph) % h, (j - pw) % w] += kernel[:, :, i, j]
     response = torch.fft.rfft2(wrapped)
-    return response.permute(2, 3, 0, 1)
+    return response.permute(2, 3, 0, 1).contiguous()
 
 
 def circular_conv_singular_values(kernel: Tensor, size: tuple[int, int]) -> Tensor:

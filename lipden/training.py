@@ -62,6 +62,8 @@ class TrainConfig:
     lr_spline: float | None = None
     lr_scaling: float | None = None
     tv2_weight: float = 1e-6
+    lr_decay_at: float = 0.75  # fraction of the steps after which all learning rates ...
+    lr_decay_factor: float = 0.1  # ... are multiplied by this factor
     seed: int = 0
     device: str = "cpu"
     max_minutes: float | None = None
@@ -219,7 +221,11 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     bar = tqdm(total=config.steps, initial=step, disable=not progress or rank != 0, desc="train")
     last_loss = math.nan
     model.train()
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     while step < config.steps:
+        factor = config.lr_decay_factor if step >= config.lr_decay_at * config.steps else 1.0
+        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = base * factor
         clean = sampler.sample(config.batch_size)
         noisy = clean + sigma * torch.randn(clean.shape, generator=noise_generator)
         clean, noisy = clean.to(device), noisy.to(device)

@@ -156,3 +156,15 @@ def test_bad_conv_arguments(cls, kwargs):
 def test_wrong_input_shape_is_a_clear_error(cls):
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         cls(3, 3)(torch.randn(1, 4, 8, 8))
+
+
+@pytest.mark.parametrize("size,pads", [((5, 7), (1, 1)), ((3, 4), (2, 1)), ((6, 6), (0, 2)), ((1, 1), (1, 1))])
+def test_circular_pad_matches_torch_and_passes_gradcheck(size, pads):
+    from lipden.conv_ops import circular_pad
+
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    ph, pw = pads
+    torch.testing.assert_close(circular_pad(x, ph, pw), torch.nn.functional.pad(x, (pw, pw, ph, ph), mode="circular"))
+    assert torch.autograd.gradcheck(lambda t: circular_pad(t, ph, pw), (x,))
+    with pytest.raises(ValueError, match="smaller than"):
+        circular_pad(x, size[0] + 1, 0)

@@ -1,0 +1,71 @@
+"""Shipped weights: integrity, certificates and PSNR floors on a few images."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import lipden
+from lipden.checkpoint import sha256_of
+from lipden.pretrained import weights_dir
+
+from .conftest import DATA
+
+# Mean PSNR (dB) floors on the first 3 BSD68 images with the standard protocol.
+PSNR_FLOORS = {
+    "spline-sigma5": 36.0,
+    "spline-sigma15": 29.0,
+    "spline-sigma25": 26.5,
+}
+SHIPPED = lipden.list_denoisers()
+
+
+def test_weights_folder_is_small():
+    total = sum(p.stat().st_size for p in weights_dir().glob("*") if p.is_file())
+    assert total < 20 * 2**20
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_card_matches_file_and_model_is_certified(name):
+    card = lipden.denoiser_card(name)
+    path = weights_dir() / f"{name}.safetensors"
+    assert card["sha256"] == sha256_of(path)
+    for key in ("config", "sigma_255", "training", "bsd68_psnr", "certified_lipschitz_40x40"):
+        assert key in card, key
+    model = lipden.load_denoiser(name)
+    assert model.lipschitz_bound <= 1 + 1e-4
+    assert model.config.sigma == pytest.approx(card["sigma_255"] / 255)
+    json.dumps(card)
+
+
+def _first_bsd68(count=3):
+    from lipden.data import list_images, load_grayscale
+
+    return [load_grayscale(p) for p in list_images(DATA / "bsd68")[:count]]
+
+
+@pytest.mark.skipif(not (DATA / "bsd68").is_dir(), reason="needs ../shared/data/bsd68")
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n in PSNR_FLOORS])
+def test_psnr_floor_on_bsd68(name):
+    from lipden.training import evaluate, noisy_versions
+
+    model = lipden.load_denoiser(name)
+    clean = _first_bsd68()
+    score = evaluate(model, clean, noisy_versions(clean, model.config.sigma), torch.device("cpu"))
+    assert score >= PSNR_FLOORS[name]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_denoising_improves_an_embedded_image(name):
+    from skimage import data
+
+    model = lipden.load_denoiser(name)
+    clean = torch.from_numpy(data.camera()[128:384, 128:384].astype(np.float32) / 255)[None, None]
+    generator = torch.Generator().manual_seed(0)
+    noisy = clean + model.config.sigma * torch.randn(clean.shape, generator=generator)
+    with torch.no_grad():
+        out = model(noisy).clamp(0, 1)
+    mse_in = float((noisy.clamp(0, 1) - clean).pow(2).mean())
+    mse_out = float((out - clean).pow(2).mean())
+    assert 10 * np.log10(mse_in / mse_out) > 2.0  # at least 2 dB better than the input
