@@ -58,7 +58,29 @@ class _LipschitzConv2d(ConstrainedLayer):
     out_channels: int
     kernel_size: int
     padding_mode: str
-    bias: nn.Parameter | None
+    bias: nn.Parameter | None  # registered by subclasses after their weights (checkpoint order)
+
+    def _init_conv(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int,
+        padding: str | int,
+        bias: bool,
+        padding_mode: str,
+        factory: dict,
+    ) -> None:
+        """Validate the nn.Conv2d-like arguments and set the attributes shared by all convs."""
+        kernel_size = _square_odd_kernel(kernel_size)
+        _check_conv_args(stride, padding, kernel_size)
+        check_padding_mode(padding_mode)
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError("in_channels and out_channels must be >= 1")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.padding_mode = padding_mode
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_channels, type(self).__name__)
@@ -137,23 +159,15 @@ class OrthoConv2d(_LipschitzConv2d):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        kernel_size = _square_odd_kernel(kernel_size)
-        _check_conv_args(stride, padding, kernel_size)
-        check_padding_mode(padding_mode)
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError("in_channels and out_channels must be >= 1")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = kernel_size
-        self.padding_mode = padding_mode
+        factory = {"device": device, "dtype": dtype}
+        self._init_conv(in_channels, out_channels, kernel_size, stride, padding, bias, padding_mode, factory)
         self.bjorck_iters = bjorck_iters
         channels = max(in_channels, out_channels)
         self.channels = channels
         rank = max(1, channels // 2)
-        factory = {"device": device, "dtype": dtype}
         self.orthogonal_matrix = nn.Parameter(torch.empty(channels, channels, **factory))
         self.projector_matrices = nn.Parameter(
-            torch.empty(2 * (kernel_size - 1), channels, rank, **factory)
+            torch.empty(2 * (self.kernel_size - 1), channels, rank, **factory)
         )
         self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
         self.reset_parameters()
@@ -210,22 +224,15 @@ class SpectralNormConv2d(_LipschitzConv2d):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        kernel_size = _square_odd_kernel(kernel_size)
-        _check_conv_args(stride, padding, kernel_size)
-        check_padding_mode(padding_mode)
+        factory = {"device": device, "dtype": dtype}
+        self._init_conv(in_channels, out_channels, kernel_size, stride, padding, bias, padding_mode, factory)
         if power_iterations < 0:
             raise ValueError(f"power_iterations must be >= 0, got {power_iterations}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = kernel_size
-        self.padding_mode = padding_mode
         self.power_iterations = power_iterations
         self.eval_tolerance = eval_tolerance
         self.eval_max_iterations = eval_max_iterations
-        factory = {"device": device, "dtype": dtype}
-        self.raw_weight = nn.Parameter(
-            torch.empty(out_channels, in_channels, kernel_size, kernel_size, **factory)
-        )
+        k = self.kernel_size
+        self.raw_weight = nn.Parameter(torch.empty(out_channels, in_channels, k, k, **factory))
         self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
         size = power_iteration_size
         self.register_buffer("power_vector", torch.randn(1, in_channels, size, size, **factory))

@@ -17,6 +17,7 @@ PSNR_FLOORS = {
     "spline-sigma5": 36.0,
     "spline-sigma15": 29.0,
     "spline-sigma25": 26.5,
+    "relu-sigma15": 28.7,
 }
 SHIPPED = lipden.list_denoisers()
 
@@ -37,6 +38,15 @@ def test_card_matches_file_and_model_is_certified(name):
     assert model.lipschitz_bound <= 1 + 1e-4
     assert model.config.sigma == pytest.approx(card["sigma_255"] / 255)
     json.dumps(card)
+
+
+def test_spline_beats_every_shipped_baseline_at_sigma15():
+    if "spline-sigma15" not in SHIPPED:
+        pytest.skip("spline-sigma15 not shipped")
+    spline = lipden.denoiser_card("spline-sigma15")["bsd68_psnr"]
+    for name in SHIPPED:
+        if name.endswith("-sigma15") and not name.startswith("spline"):
+            assert spline > lipden.denoiser_card(name)["bsd68_psnr"], name
 
 
 def _first_bsd68(count=3):
