@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -13,11 +12,7 @@ import torch
 
 from .imageio import READABLE, read_image, write_image
 from .pretrained import list_denoisers, load_denoiser
-
-
-def _psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
-    mse = float((x.clamp(0, 1) - ref).pow(2).mean())
-    return 10 * math.log10(1 / mse) if mse > 0 else math.inf
+from .training import psnr
 
 
 def _ssim(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -111,8 +106,8 @@ def run_denoise(args: argparse.Namespace) -> int:
             "input": label,
             "output": str(target) if target else None,
             "model": model_name,
-            "psnr_noisy": _psnr(noisy, ref) if ref is not None else None,
-            "psnr": _psnr(out, ref) if ref is not None else None,
+            "psnr_noisy": psnr(noisy, ref) if ref is not None else None,
+            "psnr": psnr(out, ref) if ref is not None else None,
             "ssim": _ssim(out, ref) if ref is not None else None,
             "seconds": seconds,
         }

@@ -122,7 +122,8 @@ def evaluate(model: nn.Module, clean: list[Tensor], noisy: list[Tensor], device:
 
 
 def make_optimizer(model: LipschitzDenoiser, config: TrainConfig) -> torch.optim.Adam:
-    coefficients, scalings, others = [], [], []
+    coefficients: list[nn.Parameter] = []
+    scalings: list[nn.Parameter] = []
     for module in model.modules():
         if isinstance(module, LinearSpline):
             coefficients.append(module.coefficients)
@@ -157,11 +158,10 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tens
     optimizer.load_state_dict(state_dict)
 
 
-def _distributed() -> tuple[int, int]:
+def _distributed(device_type: str) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("LIPDEN_DEVICE", "") != "cpu" else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     return rank, world
 
@@ -169,8 +169,8 @@ def _distributed() -> tuple[int, int]:
 def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> dict:
     """Train (or resume) a denoiser; returns a summary dict. Files go to ``config.output``."""
     config = config.resolved()
-    rank, world = _distributed()
     device = torch.device(config.device)
+    rank, world = _distributed(device.type)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("--device cuda requested but no GPU is available")

@@ -74,7 +74,7 @@ def test_tampered_or_foreign_files_are_refused(tmp_path):
 
 def test_torchrun_two_cpu_ranks_end_with_identical_weights(image_folders, tmp_path):
     train_dir, val_dir = image_folders
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LIPDEN_DEVICE": "cpu"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
          str(ROOT / "cli.py"), "train", "--output", str(tmp_path), "--train-dir", str(train_dir),
