@@ -20,7 +20,11 @@ from .certify import (
 from .denoiser import DenoiserConfig, LipschitzDenoiser
 from .layers import BjorckLinear, OrthoConv2d, SpectralNormConv2d
 from .orthogonal import bjorck_orthonormalize
+from .baselines import tv_reconstruct
 from .pretrained import denoiser_card, list_denoisers, load_denoiser
+from .reconstruction import ReconstructionResult, SolverError, reconstruct
+from .solvers import ConvergenceConditionError
+from .tuning import TuneResult, tune
 from .splines import LinearSpline, linear_spline
 
 __version__ = "0.1.0"
@@ -31,6 +35,7 @@ __all__ = [
     "AveragednessReport",
     "BjorckLinear",
     "CertificationError",
+    "ConvergenceConditionError",
     "ClippedPReLU",
     "DenoiserConfig",
     "GroupSort",
@@ -39,7 +44,10 @@ __all__ = [
     "LipschitzDenoiser",
     "OrthoConv2d",
     "ReLU",
+    "ReconstructionResult",
+    "SolverError",
     "SpectralNormConv2d",
+    "TuneResult",
     "bjorck_orthonormalize",
     "check_averaged",
     "denoiser_card",
@@ -50,4 +58,7 @@ __all__ = [
     "lipschitz_lower_bound",
     "lipschitz_upper_bound",
     "make_activation",
+    "reconstruct",
+    "tune",
+    "tv_reconstruct",
 ]

@@ -25,6 +25,16 @@ EXAMPLES = {
   python cli.py train --preset paper --device cuda --sigma 15 --output runs/paper15
   torchrun --nproc_per_node=4 cli.py train --preset paper --device cuda --output runs/ddp
 """,
+    "reconstruct": """examples:
+  python cli.py reconstruct mri                           # Shepp-Logan phantom, random mask, x4
+  python cli.py reconstruct deblur photo.png -o sharp.png --kernel motion --noise 0.01
+  python cli.py reconstruct mri slice.png --acceleration 8 --mask equispaced --plot fig.png --json
+  python cli.py reconstruct deblur --method red --weight 0.1 --max-iter 300
+""",
+    "tune": """examples:
+  python cli.py tune mri-random-x4-cf0.08-noise0.002 --method pnp-fbs --models spline-sigma15 spline-sigma25
+  python cli.py tune deblur-gaussian1.6-noise0.01 --method tv --limit 4 --write
+""",
     "benchmark": """examples:
   python cli.py benchmark layers                 # spline vs ReLU block, eval-mode overhead
   python cli.py benchmark layers --quick --output results/
@@ -109,6 +119,40 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reconstruct(args: argparse.Namespace) -> int:
+    from .reconstruct_cli import run_reconstruct
+
+    return run_reconstruct(args)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from problems import dev_set, load_ground_truths, problem_from_name
+    from problems.base import TUNED_DEFAULTS_FILE
+
+    from .tuning import store_tuned, tune
+
+    problem = problem_from_name(args.problem)
+    if args.images:
+        images, source = load_ground_truths(args.images, slice(0, args.limit)), args.images
+    elif problem.kind == "mri":
+        images, source = dev_set("mri_colin27", slice(0, min(args.limit or 8, 8))), "mri_colin27 slices 00-07"
+    else:
+        images, source = dev_set("set12", slice(0, args.limit)), "set12"
+    if not images:
+        raise UserError("no tuning images")
+    result = tune(problem, images, args.models, args.method, max_iter=args.max_iter, tol=args.tol,
+                  progress=not args.quiet)
+    note = f"{source} ({len(images)} images), max_iter {args.max_iter}, tol {args.tol:g}"
+    if args.write:
+        store_tuned(result, TUNED_DEFAULTS_FILE, note)
+    record = {"problem": result.problem, "method": result.method, "parameters": result.parameters,
+              "psnr": result.psnr, "tuned_on": note, "trials": result.trials}
+    print(json.dumps(record) if args.json else
+          f"{result.problem} {result.method}: best mean PSNR {result.psnr:.2f} dB with {result.parameters} "
+          f"({len(result.trials)} trials on {note})")
+    return 0
+
+
 def _benchmark(args: argparse.Namespace) -> int:
     try:
         from benchmarks import run_benchmark
@@ -121,6 +165,12 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _add_run_options(parser: argparse.ArgumentParser, json_help: str) -> None:
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    parser.add_argument("--json", action="store_true", help=json_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,9 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--add-noise", type=float, metavar="SIGMA", help="add Gaussian noise (0-255 scale) first")
     denoise.add_argument("--seed", type=int, default=0, help="seed of the added noise")
     denoise.add_argument("--reference", help="clean image to report PSNR/SSIM against")
-    denoise.add_argument("--device", default="cpu")
-    denoise.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    denoise.add_argument("--json", action="store_true", help="one JSON object per image")
+    _add_run_options(denoise, "one JSON object per image")
     denoise.set_defaults(handler=_denoise)
 
     certify = sub.add_parser(
@@ -198,6 +246,53 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--force", action="store_true")
     pub.set_defaults(handler=_publish)
 
+    rec = sub.add_parser(
+        "reconstruct", help="simulate a deblurring or MRI measurement and reconstruct it (PnP / RED)",
+        epilog=EXAMPLES["reconstruct"], formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rec.add_argument("problem", choices=["deblur", "mri"])
+    rec.add_argument("input", nargs="?", metavar="INPUT", help="ground-truth image (default: an embedded one)")
+    rec.add_argument("-o", "--output", help="write the reconstruction here")
+    rec.add_argument("--kernel", choices=["gaussian", "uniform", "motion"], default="gaussian")
+    rec.add_argument("--blur-sigma", type=float, default=1.6, help="Gaussian kernel std (pixels)")
+    rec.add_argument("--kernel-size", type=int, help="uniform / motion kernel size (default 9 / 31)")
+    rec.add_argument("--kernel-seed", type=int, default=0, help="seed of the motion kernel")
+    rec.add_argument("--noise", type=float, help="noise std, images in [0, 1] (default 0.01 deblur, 0.002 MRI)")
+    rec.add_argument("--acceleration", type=int, default=4)
+    rec.add_argument("--mask", choices=["random", "gaussian", "equispaced"], default="random")
+    rec.add_argument("--center-fraction", type=float, help="default 0.08 at x4, 0.04 at x8")
+    rec.add_argument("--mask-seed", type=int, default=0)
+    rec.add_argument("--method", default="pnp-fbs", choices=["pnp-fbs", "pnp-drs", "pnp-admm", "red"])
+    rec.add_argument("--model", help="denoiser name or path (default: the tuned one, else spline-sigma15)")
+    rec.add_argument("--step", type=float, help="pnp-fbs: gamma in (0, 2/L]; pnp-drs: prox gamma; red: tau")
+    rec.add_argument("--strength", type=float, help="denoiser strength theta: D = (1 - theta) Id + theta N")
+    rec.add_argument("--relaxation", type=float, help="Krasnosel'skii-Mann relaxation")
+    rec.add_argument("--weight", type=float, help="red: regularisation weight mu")
+    rec.add_argument("--max-iter", type=int, default=500)
+    rec.add_argument("--tol", type=float, default=1e-5, help="relative fixed-point residual to stop at")
+    rec.add_argument("--seed", type=int, default=0, help="seed of the measurement noise")
+    rec.add_argument("--no-guarantee", action="store_true", help="run even if the convergence theorem fails")
+    rec.add_argument("--plot", help="save a figure (truth, baseline, result, residual curve)")
+    rec.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_options(rec, "print one JSON object")
+    rec.set_defaults(handler=_reconstruct)
+
+    tun = sub.add_parser(
+        "tune", help="coarse-to-fine tuning of solver parameters on tuning images",
+        epilog=EXAMPLES["tune"], formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tun.add_argument("problem", help="a problem name, e.g. mri-random-x4-cf0.08-noise0.002")
+    tun.add_argument("--method", default="pnp-fbs", choices=["pnp-fbs", "pnp-drs", "pnp-admm", "red", "tv"])
+    tun.add_argument("--models", nargs="+", default=["spline-sigma15"], help="shipped denoisers to choose from")
+    tun.add_argument("--images", help="folder of tuning images (default: set12, or MRI slices 00-07)")
+    tun.add_argument("--limit", type=int, help="use the first N tuning images")
+    tun.add_argument("--max-iter", type=int, default=100)
+    tun.add_argument("--tol", type=float, default=1e-4)
+    tun.add_argument("--write", action="store_true", help="store the result in problems/tuned_defaults.json")
+    tun.add_argument("--quiet", action="store_true")
+    tun.add_argument("--json", action="store_true")
+    tun.set_defaults(handler=_tune)
+
     bench = sub.add_parser(
         "benchmark", help="speed and quality benchmarks (writes under results/)",
         epilog=EXAMPLES["benchmark"], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -219,6 +314,15 @@ def _validate(args: argparse.Namespace) -> None:
             raise UserError("--steps must be >= 1")
         if args.validate_every < 1:
             raise UserError("--validate-every must be >= 1")
+    if args.command in ("reconstruct", "tune"):
+        if args.max_iter < 1:
+            raise UserError("--max-iter must be >= 1")
+        if not args.tol > 0:
+            raise UserError("--tol must be > 0")
+    if args.command == "tune" and args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be >= 1")
+    if args.command == "reconstruct" and args.noise is not None and not 0 <= args.noise < 1:
+        raise UserError(f"--noise is the std on [0, 1] images and must be in [0, 1), got {args.noise:g}")
     if args.command == "certify":
         if len(args.size) not in (1, 2) or min(args.size) < 1:
             raise UserError("--size takes one or two positive integers")
@@ -227,12 +331,14 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .reconstruction import SolverError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         _validate(args)
         return args.handler(args)
-    except (UserError, ValueError, OSError) as error:
+    except (UserError, ValueError, OSError, SolverError) as error:
         print(f"lipden {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

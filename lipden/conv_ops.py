@@ -148,6 +148,48 @@ def circular_conv_norm(kernel: Tensor, size: tuple[int, int], chunk: int = 2048)
     return best
 
 
+def trig_grid_factor(degree: int, grid: int) -> float:
+    """Ehlich-Zeller constant: sup |p| <= factor * max over the grid of |p|.
+
+    Holds for every real trigonometric polynomial p of the given degree sampled on
+    ``grid`` equispaced points, ``grid > 2 * degree``; factor = 1 / cos(pi degree / grid).
+    """
+    if grid <= 2 * degree:
+        raise ValueError(f"grid ({grid}) must exceed twice the degree ({degree})")
+    return 1.0 / math.cos(math.pi * degree / grid)
+
+
+def convolution_norm_bound_any_size(kernel: Tensor, grid: int = 64) -> float:
+    """Certified bound of the convolution's norm that holds for every image size.
+
+    The circular convolution on any H x W grid has norm max_w ||K(w)|| over the DFT
+    frequencies w of that grid, and a zero-padded one is a restriction of the convolution
+    on l2(Z^2), whose norm is sup_w ||K(w)||; both are <= sup over all w. With
+    G(w) = K(w)^H K(w), a Hermitian trigonometric polynomial of degree k - 1 per axis,
+    for every unit u and shift c, u^H (G(w) - cI) u is a real trigonometric polynomial, so
+    ``sup_w lambda_max(G) <= c + f * max_grid ||G(w_j) - cI||`` with f the product of the
+    per-axis Ehlich-Zeller constants. c = 1 makes it tight for orthogonal convolutions
+    (G ~ I); c = 0 and the midpoint of the spectrum are tried too.
+    """
+    weight = kernel.detach().double()
+    kh, kw = weight.shape[-2:]
+    factor = trig_grid_factor(kh - 1, grid) * trig_grid_factor(kw - 1, grid)
+    response = kernel_frequency_response(weight, (grid, grid))
+    matrices = response.reshape(-1, *response.shape[-2:])
+    if matrices.shape[-1] > matrices.shape[-2]:
+        matrices = matrices.transpose(-1, -2)
+    eigenvalues = torch.linalg.eigvalsh(matrices.mH @ matrices)
+    top, bottom = float(eigenvalues[..., -1].max()), float(eigenvalues[..., 0].min())
+    best = math.inf
+    for shift in (1.0, 0.0, (top + bottom) / 2):
+        deviation = max(abs(top - shift), abs(bottom - shift))
+        best = min(best, shift + factor * deviation)
+    return math.sqrt(max(best, 0.0))
+
+
+EXACT_NORM_MAX_PIXELS = 96 * 96
+
+
 def conv_operator_norm_bound(kernel: Tensor, size: tuple[int, int], padding_mode: str) -> float:
     """Certified upper bound of the norm of the 'same' convolution on an H x W image.
 
@@ -155,12 +197,17 @@ def conv_operator_norm_bound(kernel: Tensor, size: tuple[int, int], padding_mode
     the zero-padded operator equals crop o (circular convolution on an M grid) o
     zero-embedding, and crop and embedding are contractions, so the exact norm of that
     circular convolution bounds it; the smallest over a few grids (the tight one and the
-    next power of two) is returned.
+    next power of two) is returned. Above ``EXACT_NORM_MAX_PIXELS`` the exact norm costs
+    one SVD per frequency, so the size-independent ``convolution_norm_bound_any_size``
+    (itself certified, and within ~1e-5 of exact for orthogonal kernels) is used instead.
     """
     check_padding_mode(padding_mode)
+    any_size = convolution_norm_bound_any_size(kernel)
+    if size[0] * size[1] > EXACT_NORM_MAX_PIXELS:
+        return any_size
     if padding_mode == "circular":
-        return circular_conv_norm(kernel, size)
+        return min(any_size, circular_conv_norm(kernel, size))
     kh, kw = kernel.shape[-2:]
     h, w = size[0] + kh - 1, size[1] + kw - 1
     grids = {(h, w), (1 << (h - 1).bit_length(), 1 << (w - 1).bit_length())}
-    return min(circular_conv_norm(kernel, grid) for grid in grids)
+    return min(any_size, *(circular_conv_norm(kernel, grid) for grid in grids))

@@ -1,12 +1,17 @@
+import math
+
 import pytest
 import torch
 
 from lipden import BjorckLinear, OrthoConv2d, SpectralNormConv2d
 from lipden.conv_ops import (
+    circular_conv_norm,
     circular_conv_singular_values,
     conv2d_same,
     conv2d_same_adjoint,
     conv_operator_norm_bound,
+    convolution_norm_bound_any_size,
+    trig_grid_factor,
 )
 
 from .conftest import full_operator
@@ -78,6 +83,42 @@ def test_certificate_wraps_kernels_larger_than_the_image():
     assert conv_operator_norm_bound(kernel, (3, 3), "circular") == pytest.approx(
         float(torch.linalg.svdvals(op).max()), rel=1e-10
     )
+
+
+@pytest.mark.parametrize("degree,grid", [(1, 4), (2, 8), (2, 64), (4, 16)])
+def test_trig_grid_factor_bounds_random_and_worst_case_polynomials(degree, grid):
+    generator = torch.Generator().manual_seed(degree * 100 + grid)
+    fine = torch.linspace(0, 2 * torch.pi, 20001, dtype=torch.float64)
+    coarse = torch.arange(grid, dtype=torch.float64) * 2 * torch.pi / grid
+    factor = trig_grid_factor(degree, grid)
+    for trial in range(50):
+        a, b = torch.randn(2, degree + 1, generator=generator, dtype=torch.float64)
+        if trial == 0:  # the extremal cos(n (x - pi / grid)), maximal between nodes
+            a, b = torch.zeros(degree + 1, dtype=torch.float64), torch.zeros(degree + 1, dtype=torch.float64)
+            a[degree], b[degree] = math.cos(math.pi * degree / grid), math.sin(math.pi * degree / grid)
+        k = torch.arange(degree + 1, dtype=torch.float64)
+
+        def poly(x, a=a, b=b, k=k):
+            return (a * torch.cos(k * x[:, None]) + b * torch.sin(k * x[:, None])).sum(-1)
+
+        sup, grid_max = poly(fine).abs().max(), poly(coarse).abs().max()
+        assert sup <= factor * grid_max * (1 + 1e-9)
+        if trial == 0:
+            assert sup == pytest.approx(factor * grid_max, rel=1e-6)
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+@pytest.mark.parametrize("channels", [(4, 4), (3, 6), (6, 3)])
+def test_any_size_bound_holds_at_every_size_and_is_tight_for_orthogonal_kernels(kernel_size, channels):
+    torch.manual_seed(kernel_size)
+    kernel = torch.randn(channels[1], channels[0], kernel_size, kernel_size, dtype=torch.float64)
+    bound = convolution_norm_bound_any_size(kernel)
+    exact = [circular_conv_norm(kernel, (h, w)) for h, w in [(2, 2), (5, 7), (17, 13), (64, 64), (97, 101)]]
+    assert max(exact) <= bound * (1 + 1e-12)
+    assert bound <= 1.05 * max(exact)
+    conv = OrthoConv2d(channels[0], channels[1], max(kernel_size, 3), padding_mode="circular").double().eval()
+    weight = conv.inference_weight()
+    assert convolution_norm_bound_any_size(weight) == pytest.approx(circular_conv_norm(weight, (64, 64)), abs=1e-6)
 
 
 @pytest.mark.parametrize("padding_mode", ["circular", "zeros"])

@@ -1,0 +1,244 @@
+"""``reconstruct(y, physics, denoiser, method)``: a convergent PnP / RED solve with its evidence."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .certify import CertificationError, lipschitz_upper_bound
+from .solvers import (
+    ConvergenceConditionError,
+    averagedness,
+    canonical_method,
+    conditions,
+    default_parameters,
+    make_step,
+    parameter_names,
+)
+
+#: A certified bound up to this much above 1 is Bjorck / float round-off: the solver then
+#: uses N / bound, which is exactly 1-Lipschitz (a relative change of at most 1e-3).
+ROUNDOFF_LIPSCHITZ_SLACK = 1e-3
+
+
+class SolverError(RuntimeError):
+    """The iteration produced NaN/inf or diverged."""
+
+
+class GuaranteeWarning(UserWarning):
+    """The solve runs without the convergence guarantee (``guarantee=False``)."""
+
+
+@dataclass
+class ReconstructionResult:
+    """Outcome of :func:`reconstruct`.
+
+    ``x``: (B, C, H, W) estimate (not clipped). ``residuals``: (K, B) fixed-point residuals
+    ||z_{k+1} - z_k|| (z is x for FBS/RED, the DRS variable for DRS); ``relative_residuals``
+    divides by ||z_{k+1}||. ``converged``: every image reached ``tol``. ``psnr``: (K, B)
+    per-iteration PSNR (dB, clipped estimate) when a ground truth was given.
+    ``max_residual_increase``: the largest relative increase r_{k+1}/r_k - 1 observed
+    (0 if the sequence is non-increasing); ``monotone``: no increase beyond round-off.
+    """
+
+    x: Tensor
+    iterations: int
+    residuals: Tensor
+    relative_residuals: Tensor
+    converged: bool
+    method: str
+    parameters: dict
+    guaranteed: bool
+    theorem: str
+    denoiser_lipschitz: float | None
+    lipschitz_sq: float
+    max_residual_increase: float
+    monotone: bool
+    seconds: float
+    psnr: Tensor | None = None
+    averagedness: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _certified_denoiser_bound(denoiser: nn.Module, shape: tuple[int, ...]) -> float | None:
+    if getattr(denoiser, "is_lipschitz_constrained", True) is False:
+        return None
+    certificate = getattr(denoiser, "lipschitz_certificate", None)
+    try:
+        if certificate is not None:
+            return float(certificate(shape))
+        return lipschitz_upper_bound(denoiser, shape)
+    except CertificationError:
+        return None
+
+
+def _lipschitz_sq(physics, x0: Tensor, given: float | None) -> tuple[float, str | None]:
+    if given is not None:
+        return float(given), None
+    value = getattr(physics, "lipschitz_sq", None)
+    if value is not None:
+        return float(value), None
+    estimate = float(physics.compute_norm(torch.randn_like(x0), max_iter=200, tol=1e-6, verbose=False))
+    return 1.01 * estimate, (
+        f"||A^T A|| estimated by power iteration ({estimate:.6g}, used with a 1% margin); "
+        "pass lipschitz_sq= for a certified value"
+    )
+
+
+def _psnr(x: Tensor, reference: Tensor) -> Tensor:
+    mse = (x.clamp(0, 1) - reference).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1 / mse.clamp_min(1e-20))
+
+
+def reconstruct(
+    y: Tensor,
+    physics,
+    denoiser: nn.Module,
+    method: str = "pnp-fbs",
+    *,
+    x0: Tensor | None = None,
+    x_true: Tensor | None = None,
+    max_iter: int = 500,
+    tol: float = 1e-5,
+    guarantee: bool = True,
+    lipschitz_sq: float | None = None,
+    denoiser_sigma: float | None = None,
+    progress: bool = False,
+    **params: float,
+) -> ReconstructionResult:
+    """Solve ``y = A x + n`` by PnP-FBS, PnP-DRS (ADMM) or RED with a 1-Lipschitz denoiser.
+
+    Args:
+        y: measurements, as ``physics.A`` produces them (batched).
+        physics: a deepinv ``LinearPhysics`` (A, A_adjoint, prox_l2); ``physics.lipschitz_sq``
+            (exact ||A^T A||, set by ``problems``) is used, else ``lipschitz_sq``, else a
+            power-iteration estimate with a warning.
+        denoiser: N, called as ``N(x, sigma)`` on (B, C, H, W); its certified Lipschitz bound
+            is computed for this image size (``lipschitz_certificate`` or
+            ``lipden.lipschitz_upper_bound``).
+        method: ``pnp-fbs`` (params step, strength, relaxation), ``pnp-drs`` / ``pnp-admm``
+            (step, strength, relaxation) or ``red`` (weight, step); see
+            ``lipden.solvers.conditions`` for each theorem and its exact hypotheses.
+        x0: warm start (default ``A^T y``: the zero-filled image for MRI).
+        x_true: ground truth, for a per-iteration PSNR.
+        tol: stop when every image has ||z_{k+1} - z_k|| <= tol ||z_{k+1}||.
+        guarantee: if True (default), refuse to run when the hypotheses fail (including an
+            uncertified or > 1-Lipschitz denoiser); if False, run anyway with a warning.
+
+    Returns a :class:`ReconstructionResult`. Raises ``ConvergenceConditionError`` for
+    parameters outside the theorem (with ``guarantee=True``), ``SolverError`` on NaN/inf or
+    divergence, ``ValueError`` on malformed input.
+    """
+    started = time.perf_counter()
+    method = canonical_method(method)
+    if not isinstance(y, Tensor) or not torch.isfinite(y).all():
+        raise ValueError("y must be a finite tensor")
+    if max_iter < 1 or not tol > 0:
+        raise ValueError(f"need max_iter >= 1 and tol > 0, got {max_iter} and {tol}")
+    unknown = set(params) - set(parameter_names(method))
+    if unknown:
+        raise ValueError(f"unknown parameters for {method}: {sorted(unknown)}; valid: {parameter_names(method)}")
+    with torch.no_grad():
+        start = physics.A_adjoint(y) if x0 is None else x0
+    if start.dim() != 4:
+        raise ValueError(f"the image estimate must be (B, C, H, W), got shape {tuple(start.shape)}")
+    if x_true is not None and x_true.shape != start.shape:
+        raise ValueError(f"x_true has shape {tuple(x_true.shape)}, the estimate {tuple(start.shape)}")
+    notes: list[str] = []
+    L, note = _lipschitz_sq(physics, start, lipschitz_sq)
+    if note:
+        notes.append(note)
+        warnings.warn(note, stacklevel=2)
+    if not L > 0:
+        raise ValueError(f"||A^T A|| must be > 0, got {L}")
+    chosen = {**default_parameters(method, L), **{k: float(v) for k, v in params.items()}}
+    if any(not math.isfinite(v) for v in chosen.values()):
+        raise ValueError(f"parameters must be finite numbers, got {chosen}")
+
+    bound = _certified_denoiser_bound(denoiser, (1, 1, *start.shape[-2:]))
+    scale = 1.0
+    if bound is not None and 1 < bound <= 1 + ROUNDOFF_LIPSCHITZ_SLACK:
+        scale, notes_bound = bound, f"denoiser certified at {bound:.7f}; using N/{bound:.7f}, exactly 1-Lipschitz"
+        notes.append(notes_bound)
+        bound = 1.0
+    check = conditions(method, chosen, L, bound)
+    if not check.holds:
+        message = f"{method}: no convergence guarantee: " + "; ".join(check.violations)
+        if guarantee:
+            raise (CertificationError if bound is None or bound > 1 else ConvergenceConditionError)(
+                message + " (pass guarantee=False to run anyway)"
+            )
+        warnings.warn(message, GuaranteeWarning, stacklevel=2)
+        notes.append(message)
+
+    sigma = denoiser_sigma if denoiser_sigma is not None else getattr(getattr(denoiser, "config", None), "sigma", None)
+
+    def denoise(v: Tensor) -> Tensor:
+        out = denoiser(v, sigma) if sigma is not None else denoiser(v)
+        return out / scale if scale != 1.0 else out
+
+    def gradient(x: Tensor) -> Tensor:
+        return physics.A_adjoint(physics.A(x) - y)
+
+    def prox(z: Tensor, gamma: float) -> Tensor:
+        return physics.prox_l2(z, y, gamma)
+
+    step, estimate, initial = make_step(method, chosen, denoise, gradient, prox)
+    z = initial(start)
+    residuals, relative, psnrs = [], [], []
+    roundoff = 2e-6 if z.dtype == torch.float32 else 1e-13
+    max_increase, monotone, converged = 0.0, True, False
+    bar = tqdm(range(max_iter), desc=method, disable=not progress, leave=False)
+    with torch.no_grad():
+        for _ in bar:
+            z_next = step(z)
+            if not torch.isfinite(z_next).all():
+                raise SolverError(f"{method}: the iterate became NaN/inf after {len(residuals) + 1} iterations")
+            r = (z_next - z).flatten(1).norm(dim=1)
+            norm = z_next.flatten(1).norm(dim=1).clamp_min(1e-12)
+            if residuals:
+                previous = residuals[-1]
+                ratio = float(((r - previous) / previous.clamp_min(1e-30)).max())
+                max_increase = max(max_increase, ratio)
+                if bool((r > previous + roundoff * norm).any()):
+                    monotone = False
+                if float((r / residuals[0].clamp_min(1e-30)).max()) > 1e4:
+                    raise SolverError(f"{method}: diverging (residual grew 1e4-fold)")
+            residuals.append(r)
+            relative.append(r / norm)
+            z = z_next
+            if x_true is not None:
+                psnrs.append(_psnr(estimate(z), x_true))
+            bar.set_postfix(rel=f"{float(relative[-1].max()):.2e}")
+            if bool((relative[-1] <= tol).all()):
+                converged = True
+                break
+        x = estimate(z)
+    if check.holds and not monotone:
+        notes.append("the residual increased beyond round-off although the theorem says it cannot")
+        warnings.warn(f"{method}: {notes[-1]}", stacklevel=2)
+    return ReconstructionResult(
+        x=x,
+        iterations=len(residuals),
+        residuals=torch.stack(residuals),
+        relative_residuals=torch.stack(relative),
+        converged=converged,
+        method=method,
+        parameters=chosen,
+        guaranteed=check.holds,
+        theorem=check.theorem,
+        denoiser_lipschitz=bound if scale == 1.0 else scale,
+        lipschitz_sq=L,
+        max_residual_increase=max(max_increase, 0.0),
+        monotone=monotone,
+        seconds=time.perf_counter() - started,
+        psnr=torch.stack(psnrs) if psnrs else None,
+        averagedness=averagedness(method, chosen, L),
+        notes=notes,
+    )

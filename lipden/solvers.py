@@ -1,0 +1,183 @@
+"""Provably convergent Plug-and-Play and RED iterations with a nonexpansive denoiser N.
+
+Data fidelity f(x) = 1/2 ||A x - y||^2, whose gradient A^T (A x - y) is L-Lipschitz with
+L = ||A^T A||, and whose prox (deepinv ``physics.prox_l2``) is firmly nonexpansive.
+Each method is the fixed-point iteration of an operator T that the stated theorem makes
+averaged (or nonexpansive with Krasnosel'skii-Mann relaxation). For such iterations,
+if T has a fixed point, x_k converges to one and the fixed-point residual
+||x_{k+1} - x_k|| is non-increasing (Bauschke & Combettes, Convex Analysis and Monotone
+Operator Theory, Prop. 5.16 and Thm. 5.15).
+
+``conditions(...)`` checks the theorem's hypotheses for given parameters and says which
+theorem applies; ``make_step(...)`` returns one iteration z -> T(z) and the map from the
+iterate to the image estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+METHODS = ("pnp-fbs", "pnp-drs", "red")
+ALIASES = {"pnp-admm": "pnp-drs", "admm": "pnp-drs", "fbs": "pnp-fbs", "drs": "pnp-drs"}
+
+Operator = Callable[[Tensor], Tensor]
+
+
+class ConvergenceConditionError(ValueError):
+    """The parameters violate the hypotheses of the method's convergence theorem."""
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """The outcome of checking a method's hypotheses."""
+
+    holds: bool
+    theorem: str
+    violations: tuple[str, ...] = ()
+
+
+def canonical_method(method: str) -> str:
+    name = ALIASES.get(method, method)
+    if name not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)} (or pnp-admm)")
+    return name
+
+
+def default_parameters(method: str, lipschitz_sq: float) -> dict:
+    """Safe defaults: step 1/L for PnP-FBS, gamma 1 for DRS, weight 1 and step 1.8/(L + 2 mu) for RED."""
+    method = canonical_method(method)
+    if method == "pnp-fbs":
+        return {"step": 1.0 / lipschitz_sq, "strength": 0.5, "relaxation": 1.0}
+    if method == "pnp-drs":
+        return {"step": 1.0, "strength": 0.5, "relaxation": 0.5}
+    return {"weight": 1.0, "step": 1.8 / (lipschitz_sq + 2.0)}
+
+
+def parameter_names(method: str) -> tuple[str, ...]:
+    return tuple(default_parameters(method, 1.0))
+
+
+def conditions(method: str, params: dict, lipschitz_sq: float, denoiser_lipschitz: float | None) -> Conditions:
+    """Check the convergence theorem of ``method`` for these parameters.
+
+    ``denoiser_lipschitz`` is a certified bound of Lip(N) (None: not certified).
+
+    - pnp-fbs: x+ = (1 - lam) x + lam D(x - gamma grad f(x)), D = (1 - theta) Id + theta N.
+      If Lip(N) <= 1, D is theta-averaged; Id - gamma grad f is (gamma L / 2)-averaged for
+      0 < gamma < 2/L (Baillon-Haddad), nonexpansive at gamma = 2/L. Their composition is
+      averaged when theta < 1 and gamma < 2/L, so lam in (0, 1] converges; otherwise it is
+      nonexpansive and lam in (0, 1) converges (Krasnosel'skii-Mann).
+    - pnp-drs (= ADMM): z+ = (1 - lam) z + lam R_D R_f z, x = prox_{gamma f}(z), with
+      R = 2 P - Id. R_f is nonexpansive for any gamma > 0 (f convex); R_D = (1 - 2 theta) Id
+      + 2 theta N is nonexpansive iff theta <= 1/2 when Lip(N) <= 1 (D firmly nonexpansive);
+      then lam in (0, 1) converges (lam = 1/2: classical Douglas-Rachford).
+    - red: x+ = x - tau (grad f(x) + mu (x - N(x))). grad f is 1/L-cocoercive and, if
+      Lip(N) <= 1, Id - N is 1/2-cocoercive, so their sum B is 1/(L + 2 mu)-cocoercive and
+      Id - tau B is averaged for 0 < tau < 2 / (L + 2 mu): the iteration converges to a zero
+      of B (a RED fixed point) when one exists. N need not be a gradient.
+    """
+    method = canonical_method(method)
+    violations: list[str] = []
+    if denoiser_lipschitz is None:
+        violations.append("the denoiser has no certified Lipschitz bound")
+    elif denoiser_lipschitz > 1:
+        violations.append(f"the denoiser's certified Lipschitz bound is {denoiser_lipschitz:.6g} > 1")
+    L = float(lipschitz_sq)
+    if method == "pnp-fbs":
+        gamma, theta, lam = params["step"], params["strength"], params["relaxation"]
+        if not 0 < gamma <= 2 / L:
+            violations.append(f"step {gamma:.6g} is outside (0, 2/L] = (0, {2 / L:.6g}]")
+        if not 0 < theta <= 1:
+            violations.append(f"strength {theta:.6g} is outside (0, 1]")
+        averaged = theta < 1 and gamma < 2 / L
+        if not (0 < lam <= 1 if averaged else 0 < lam < 1):
+            violations.append(
+                f"relaxation {lam:.6g} must be in (0, 1]" + ("" if averaged else " and < 1 when strength = 1 or step = 2/L")
+            )
+        theorem = (
+            "PnP-FBS: D(x - gamma grad f) with D averaged and gamma in (0, 2/L) is an averaged "
+            "operator; its (relaxed) fixed-point iteration converges (Krasnosel'skii-Mann)"
+        )
+    elif method == "pnp-drs":
+        gamma, theta, lam = params["step"], params["strength"], params["relaxation"]
+        if not gamma > 0:
+            violations.append(f"step (prox parameter) {gamma:.6g} must be > 0")
+        if not 0 < theta <= 0.5:
+            violations.append(f"strength {theta:.6g} is outside (0, 1/2] (D must be firmly nonexpansive)")
+        if not 0 < lam < 1:
+            violations.append(f"relaxation {lam:.6g} is outside (0, 1)")
+        theorem = (
+            "PnP-DRS: R_D R_f is nonexpansive when D is firmly nonexpansive; its relaxed "
+            "iteration converges (Krasnosel'skii-Mann)"
+        )
+    else:
+        mu, tau = params["weight"], params["step"]
+        if not mu > 0:
+            violations.append(f"weight {mu:.6g} must be > 0")
+        elif not 0 < tau < 2 / (L + 2 * mu):
+            violations.append(f"step {tau:.6g} is outside (0, 2/(L + 2 weight)) = (0, {2 / (L + 2 * mu):.6g})")
+        theorem = (
+            "RED: grad f + mu (Id - N) is 1/(L + 2 mu)-cocoercive, so the gradient-type step "
+            "with tau < 2/(L + 2 mu) is averaged and converges"
+        )
+    return Conditions(not violations, theorem, tuple(violations))
+
+
+def make_step(
+    method: str, params: dict, denoise: Operator, gradient: Operator, prox: Callable[[Tensor, float], Tensor]
+) -> tuple[Operator, Operator, Callable[[Tensor], Tensor]]:
+    """One iteration ``z -> T(z)``, the image estimate ``x(z)``, and the initial iterate ``z0(x0)``.
+
+    ``denoise`` is N, ``gradient`` is grad f, ``prox(z, gamma)`` is prox_{gamma f}(z).
+    """
+    method = canonical_method(method)
+    if method == "pnp-fbs":
+        gamma, theta, lam = params["step"], params["strength"], params["relaxation"]
+
+        def fbs(x: Tensor) -> Tensor:
+            v = x - gamma * gradient(x)
+            d = (1 - theta) * v + theta * denoise(v)
+            return x + lam * (d - x)
+
+        return fbs, lambda x: x, lambda x: x
+    if method == "pnp-drs":
+        gamma, theta, lam = params["step"], params["strength"], params["relaxation"]
+
+        def drs(z: Tensor) -> Tensor:
+            x = prox(z, gamma)
+            r = 2 * x - z
+            reflected = (1 - 2 * theta) * r + 2 * theta * denoise(r)
+            return (1 - lam) * z + lam * reflected
+
+        return drs, lambda z: prox(z, gamma), lambda x: x
+    mu, tau = params["weight"], params["step"]
+
+    def red(x: Tensor) -> Tensor:
+        return x - tau * (gradient(x) + mu * (x - denoise(x)))
+
+    return red, lambda x: x, lambda x: x
+
+
+def averagedness(method: str, params: dict, lipschitz_sq: float) -> float | None:
+    """The averagedness constant alpha of T (T = (1 - alpha) Id + alpha R, R nonexpansive)."""
+    method = canonical_method(method)
+    L = lipschitz_sq
+    if method == "pnp-fbs":
+        a1, a2 = params["strength"], min(1.0, params["step"] * L / 2)
+        if a1 >= 1 or a2 >= 1:
+            composed = 1.0
+        else:
+            composed = (a1 + a2 - 2 * a1 * a2) / (1 - a1 * a2)
+        return params["relaxation"] * composed
+    if method == "pnp-drs":
+        return params["relaxation"]
+    beta = 1 / (L + 2 * params["weight"])
+    return params["step"] / (2 * beta)
+
+
+def is_finite_number(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

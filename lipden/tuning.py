@@ -1,0 +1,161 @@
+"""``tune``: coarse-to-fine search of solver parameters (and of the shipped prior) on tuning images."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .baselines import tv_reconstruct
+from .pretrained import load_denoiser
+from .reconstruction import reconstruct
+from .solvers import canonical_method, conditions
+
+#: Coarse grids; step for pnp-fbs is in units of 1/L (rescaled per problem).
+COARSE_GRIDS: dict[str, list[dict]] = {
+    "pnp-fbs": [{"step": s, "strength": t} for s in (1.0, 1.99) for t in (0.15, 0.4, 0.8)],
+    "pnp-drs": [{"step": s, "strength": 0.5} for s in (0.3, 1.0, 3.0, 10.0)],
+    "red": [{"weight": w} for w in (0.01, 0.03, 0.1, 0.3)],
+    "tv": [{"weight": w} for w in (1e-3, 3e-3, 1e-2, 3e-2)],
+}
+REFINE_FACTORS = (0.6, 1.6)
+
+
+@dataclass
+class TuneResult:
+    """Best parameters (``model`` + solver parameters, ready for ``reconstruct``) and the trials."""
+
+    problem: str
+    method: str
+    parameters: dict
+    psnr: float
+    trials: list[dict] = field(default_factory=list)
+
+
+def _batches(images: Sequence[Tensor]) -> list[tuple[list[int], Tensor]]:
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for index, image in enumerate(images):
+        groups[tuple(image.shape)].append(index)
+    return [(idx, torch.cat([images[i] for i in idx])) for idx in groups.values()]
+
+
+def _measure(problem, batch: Tensor, indices: list[int], seed: int) -> Tensor:
+    return torch.cat([problem.measure(batch[k : k + 1], seed + i) for k, i in enumerate(indices)])
+
+
+def mean_psnr(estimates: Tensor, reference: Tensor) -> list[float]:
+    mse = (estimates.clamp(0, 1) - reference).pow(2).flatten(1).mean(1)
+    return [10 * math.log10(1 / max(float(m), 1e-20)) for m in mse]
+
+
+def evaluate_parameters(
+    problem, images: Sequence[Tensor], method: str, parameters: dict, *, max_iter: int = 100,
+    tol: float = 1e-4, seed: int = 0, denoisers: dict | None = None,
+) -> float:
+    """Mean PSNR of ``method`` with ``parameters`` (incl. ``model`` unless TV) over ``images``.
+
+    ``denoisers`` caches loaded models by name (loading verifies and certifies them).
+    """
+    params = dict(parameters)
+    model_name = params.pop("model", None)
+    denoisers = {} if denoisers is None else denoisers
+    if method != "tv" and model_name not in denoisers:
+        denoisers[model_name] = load_denoiser(model_name)
+    denoiser = denoisers.get(model_name)
+    scores = []
+    for indices, batch in _batches(images):
+        physics = problem.physics(batch.shape)
+        y = _measure(problem, batch, indices, seed)
+        if method == "tv":
+            x, _ = tv_reconstruct(y, physics, params["weight"], max_iter=max_iter, tol=tol)
+        else:
+            x = reconstruct(y, physics, denoiser, method, max_iter=max_iter, tol=tol, **params).x
+        scores += mean_psnr(x, batch)
+    return sum(scores) / len(scores)
+
+
+def _valid(method: str, params: dict, lipschitz_sq: float) -> bool:
+    if method == "tv":
+        return params["weight"] > 0
+    full = {"relaxation": 0.5 if method == "pnp-drs" else 1.0, **params}
+    if method == "red":
+        full.setdefault("step", 1.8 / (lipschitz_sq + 2 * full["weight"]))
+    return conditions(method, full, lipschitz_sq, 1.0).holds
+
+
+def tune(
+    problem, images: Sequence[Tensor], denoiser_names: Sequence[str] | None, method: str, *,
+    max_iter: int = 100, tol: float = 1e-4, seed: int = 0, progress: bool = True,
+) -> TuneResult:
+    """Maximise the mean PSNR over ``images`` ((1, C, H, W) tensors in [0, 1]).
+
+    Pass 1 tries the coarse grid of ``method`` for every denoiser name; pass 2 scales
+    each numeric parameter of the best trial by 0.6 and 1.6 in turn, keeping only values
+    that satisfy the method's convergence conditions. ``method="tv"`` tunes the TV weight
+    (no denoiser). The result's ``parameters`` can be passed to ``reconstruct`` as
+    ``reconstruct(y, physics, load_denoiser(p.pop("model")), method, **p)``.
+    """
+    method = method if method == "tv" else canonical_method(method)
+    if not images:
+        raise ValueError("no tuning images")
+    names = [None] if method == "tv" else list(denoiser_names or [])
+    if not names:
+        raise ValueError("give at least one denoiser name")
+    L = problem.lipschitz_sq(images[0].shape)
+    scale = (lambda p: {**p, "step": p["step"] / L}) if method == "pnp-fbs" else (lambda p: dict(p))
+    candidates = [
+        {**({"model": n} if n else {}), **scale(g)} for n in names for g in COARSE_GRIDS[method]
+    ]
+    trials: list[dict] = []
+    seen: set[str] = set()
+    denoisers: dict = {}
+    bar = tqdm(desc=f"tune {method}", disable=not progress, leave=False)
+
+    def run(candidate: dict) -> None:
+        key = json.dumps(candidate, sort_keys=True)
+        if key in seen or not _valid(method, {k: v for k, v in candidate.items() if k != "model"}, L):
+            return
+        seen.add(key)
+        score = evaluate_parameters(problem, images, method, candidate, max_iter=max_iter, tol=tol, seed=seed,
+                                    denoisers=denoisers)
+        trials.append({**candidate, "psnr": score})
+        bar.update(1)
+        bar.set_postfix(best=f"{max(t['psnr'] for t in trials):.2f}")
+
+    for candidate in candidates:
+        run(candidate)
+    best = max(trials, key=lambda t: t["psnr"])
+    for name in [k for k, v in best.items() if k not in ("model", "psnr") and isinstance(v, float)]:
+        for factor in REFINE_FACTORS:
+            candidate = {k: v for k, v in best.items() if k != "psnr"}
+            candidate[name] = candidate[name] * factor
+            if name == "strength" and method == "pnp-fbs":
+                candidate[name] = min(candidate[name], 1.0)
+            run(candidate)
+        best = max(trials, key=lambda t: t["psnr"])
+    bar.close()
+    parameters = {k: v for k, v in best.items() if k != "psnr"}
+    return TuneResult(problem.name, method, parameters, best["psnr"], trials)
+
+
+def store_tuned(result: TuneResult, path: str | Path, note: str) -> None:
+    """Record a tuning result in the JSON table of tuned defaults (atomic rewrite)."""
+    path = Path(path)
+    table = json.loads(path.read_text()) if path.is_file() else {}
+    table.setdefault(result.problem, {})[result.method] = {
+        "parameters": result.parameters, "tuning_psnr": round(result.psnr, 4), "tuned_on": note,
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuned-")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(table, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)

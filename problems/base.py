@@ -1,0 +1,89 @@
+"""What every inverse problem provides: physics for an image shape, seeded measurements, ||A^T A||."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+from deepinv.physics import LinearPhysics
+from torch import Tensor
+
+TUNED_DEFAULTS_FILE = Path(__file__).with_name("tuned_defaults.json")
+
+
+def check_image(x: Tensor, name: str = "x") -> None:
+    """Raise ValueError unless ``x`` is a finite float tensor of shape (B, C, H, W)."""
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be an image tensor of shape (B, C, H, W), got {shape}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+
+
+class InverseProblem(ABC):
+    """A linear inverse problem ``y = A x + n`` on real images (B, C, H, W) in [0, 1].
+
+    ``name`` describes the problem completely (``problem_from_name(name)`` rebuilds it).
+    ``physics(shape)`` is a deepinv ``LinearPhysics`` carrying ``lipschitz_sq``, the exact
+    (or certified) ``||A^T A||``, which the solvers' step-size conditions use.
+    """
+
+    #: 'natural' (photographs) or 'mri' (magnitude slices): which default images suit it.
+    kind = "natural"
+
+    def __init__(self, noise: float) -> None:
+        if not 0 <= noise < 1:
+            raise ValueError(f"noise must be in [0, 1) (images in [0, 1]), got {noise}")
+        self.noise = float(noise)
+        self._physics: dict[tuple[int, ...], LinearPhysics] = {}
+
+    @property
+    @abstractmethod
+    def name(self) -> str: ...
+
+    @abstractmethod
+    def _build_physics(self, shape: tuple[int, int, int]) -> LinearPhysics: ...
+
+    @abstractmethod
+    def _noise_like(self, y: Tensor, generator: torch.Generator) -> Tensor: ...
+
+    def physics(self, shape: tuple[int, ...], device: str | torch.device = "cpu") -> LinearPhysics:
+        """The forward operator for images of shape (..., C, H, W), built once per shape."""
+        key = tuple(int(s) for s in shape[-3:])
+        if len(key) != 3 or min(key) < 1:
+            raise ValueError(f"expected an image shape (C, H, W), got {tuple(shape)}")
+        if key not in self._physics:
+            self._physics[key] = self._build_physics(key)  # type: ignore[arg-type]
+        return self._physics[key].to(device)
+
+    def lipschitz_sq(self, shape: tuple[int, ...]) -> float:
+        """Exact ``||A^T A||`` for images of this shape."""
+        return float(self.physics(shape).lipschitz_sq)
+
+    def measure(self, x: Tensor, seed: int = 0) -> Tensor:
+        """``y = A x + n`` with the noise drawn from ``torch.Generator().manual_seed(seed)``."""
+        check_image(x)
+        physics = self.physics(x.shape, x.device)
+        y = physics.A(x)
+        if self.noise > 0:
+            generator = torch.Generator().manual_seed(int(seed))
+            y = y + self.noise * self._noise_like(y, generator).to(y.device, y.dtype)
+        return y
+
+    def baseline(self, y: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """The classical no-prior reconstruction ``A^T y`` (zero-filled for MRI), clipped to [0, 1]."""
+        return self.physics(shape, y.device).A_adjoint(y).clamp(0, 1)
+
+    def default_parameters(self, method: str) -> dict:
+        """Solver parameters tuned for this problem (``lipden.tune``), or {} if none are stored."""
+        if not TUNED_DEFAULTS_FILE.is_file():
+            return {}
+        table = json.loads(TUNED_DEFAULTS_FILE.read_text())
+        return dict(table.get(self.name, {}).get(method, {}).get("parameters", {}))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"

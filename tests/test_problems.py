@@ -1,0 +1,119 @@
+"""Problems: names rebuild them, exact ||A^T A||, adjointness, prox, seeded measurements, bad input."""
+
+import pytest
+import torch
+
+import problems as P
+
+from .conftest import full_operator
+
+SMALL = [
+    "deblur-gaussian1.6-noise0.01",
+    "deblur-uniform9-noise0.03",
+    "deblur-motion15-seed3-noise0.01",
+    "mri-random-x4-cf0.08-noise0.002",
+    "mri-gaussian-x8-cf0.04-noise0.002",
+    "mri-equispaced-x4-cf0.08-noise0.002-seed2",
+]
+
+
+def image_for(problem, size=32, channels=1):
+    torch.manual_seed(1)
+    return torch.rand(2, channels, size, size)
+
+
+@pytest.mark.parametrize("name", list(P.STANDARD_PROBLEMS) + SMALL)
+def test_name_rebuilds_the_same_problem(name):
+    problem = P.problem_from_name(name)
+    assert problem.name == name
+    x = image_for(problem)
+    if max(getattr(problem, "kernel", torch.zeros(1, 1, 1, 1)).shape[-2:]) > 32:
+        x = torch.rand(1, 1, 40, 40)
+    again = P.problem_from_name(name)
+    torch.testing.assert_close(problem.measure(x, seed=3), again.measure(x, seed=3), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_lipschitz_sq_is_the_exact_norm_of_AtA(name):
+    problem = P.problem_from_name(name)
+    shape = (1, 24, 20) if name.startswith("mri") else (1, 20, 24)
+    physics = problem.physics(shape)
+    matrix = full_operator(lambda v: physics.A(v.float()).double(), shape)
+    top = float(torch.linalg.svdvals(matrix).max()) ** 2
+    assert problem.lipschitz_sq(shape) == pytest.approx(top, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_adjoint_and_prox(name, channels):
+    problem = P.problem_from_name(name)
+    if name.startswith("mri") and channels == 3:
+        with pytest.raises(ValueError, match="single-channel"):
+            problem.physics((3, 32, 32))
+        return
+    x = image_for(problem, 32, channels)
+    physics = problem.physics(x.shape)
+    y = problem.measure(x, seed=0)
+    u, v = torch.randn_like(x), torch.randn_like(y)
+    lhs, rhs = (physics.A(u) * v).sum(), (u * physics.A_adjoint(v)).sum()
+    assert float(lhs) == pytest.approx(float(rhs), rel=1e-4, abs=1e-3)
+    z, gamma = torch.rand_like(x), 0.7
+    p = physics.prox_l2(z, y, gamma)
+    optimality = physics.A_adjoint(physics.A(p) - y) + (p - z) / gamma
+    assert float(optimality.abs().max()) < 1e-4
+
+
+def test_measurements_are_seeded_and_noise_has_the_stated_std():
+    problem = P.DeblurProblem("gaussian", noise=0.05)
+    x = torch.full((1, 1, 128, 128), 0.5)
+    y0, y0b, y1 = problem.measure(x, 0), problem.measure(x, 0), problem.measure(x, 1)
+    assert torch.equal(y0, y0b) and not torch.equal(y0, y1)
+    clean = problem.physics(x.shape).A(x)
+    assert float((y0 - clean).std()) == pytest.approx(0.05, rel=0.03)
+
+
+@pytest.mark.parametrize("acceleration", [4, 8])
+@pytest.mark.parametrize("mask", ["random", "gaussian", "equispaced"])
+def test_masks_sample_about_1_over_acceleration_and_keep_the_centre(mask, acceleration):
+    problem = P.MRIProblem(mask, acceleration)
+    sampled = problem.sampling_mask(256, 256)
+    assert set(sampled.unique().tolist()) <= {0.0, 1.0}
+    assert float(sampled.mean()) == pytest.approx(1 / acceleration, abs=0.03)
+    assert float(sampled[:, 126:130].min()) == 1.0  # the centre lines (x4: 20 lines, x8: 10)
+    assert torch.equal(sampled, P.MRIProblem(mask, acceleration).sampling_mask(256, 256))
+
+
+def test_baseline_is_zero_filled_real_part_for_mri():
+    problem = P.MRIProblem("random", 4, noise=0.0)
+    x = P.default_image("mri", 64)
+    assert 0 < float(((problem.baseline(problem.measure(x), x.shape) - x) ** 2).mean()) < 0.05
+    full = P.MRIProblem("random", 1, noise=0.0)
+    torch.testing.assert_close(full.baseline(full.measure(x), x.shape), x, atol=1e-5, rtol=0)
+
+
+def test_default_images_are_embedded():
+    for kind in ("natural", "mri"):
+        image = P.default_image(kind, 64)
+        assert image.shape == (1, 1, 64, 64) and 0 <= float(image.min()) and float(image.max()) <= 1
+    assert P.default_image("natural", 64, color=True).shape == (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: P.DeblurProblem("sinc"), "unknown blur kernel"),
+        (lambda: P.DeblurProblem("gaussian", blur_sigma=0), "blur_sigma"),
+        (lambda: P.DeblurProblem("gaussian", noise=-0.1), "noise"),
+        (lambda: P.MRIProblem("spiral"), "unknown mask"),
+        (lambda: P.MRIProblem("random", 0), "acceleration"),
+        (lambda: P.MRIProblem("random", 4, center_fraction=1.5), "center_fraction"),
+        (lambda: P.problem_from_name("deblur-foo"), "cannot parse"),
+        (lambda: P.DeblurProblem("motion").physics((1, 16, 16)), "smaller than"),
+        (lambda: P.DeblurProblem().measure(torch.rand(16, 16)), r"\(B, C, H, W\)"),
+        (lambda: P.DeblurProblem().measure(torch.full((1, 1, 16, 16), float("nan"))), "NaN"),
+        (lambda: P.default_image("ct"), "unknown image kind"),
+    ],
+)
+def test_bad_input_raises_clear_value_errors(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()

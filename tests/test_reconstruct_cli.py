@@ -1,0 +1,78 @@
+"""``cli.py reconstruct`` and ``cli.py tune``: JSON records, outputs, one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+from skimage import io
+
+import problems as P
+from lipden.cli import main
+from lipden.tuning import tune
+
+FAST = ["--max-iter", "30", "--tol", "1e-3", "--quiet"]
+
+
+@pytest.fixture
+def truth_png(tmp_path):
+    image = (P.default_image("natural", 48)[0, 0].numpy() * 255).round().astype(np.uint8)
+    path = tmp_path / "truth image é.png"
+    io.imsave(path, image, check_contrast=False)
+    return path
+
+
+@pytest.mark.parametrize("problem, extra", [("deblur", ["--kernel", "uniform"]), ("mri", ["--acceleration", "8"])])
+def test_reconstruct_json_record_and_output(problem, extra, truth_png, tmp_path, capsys):
+    out, plot = tmp_path / "rec.png", tmp_path / "fig.png"
+    code = main(["reconstruct", problem, str(truth_png), "-o", str(out), "--plot", str(plot), "--json", *FAST, *extra])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("problem", "method", "model", "psnr_baseline", "psnr", "ssim", "iterations", "converged",
+                "max_residual_increase", "seconds"):
+        assert key in record
+    assert P.problem_from_name(record["problem"]).name == record["problem"]
+    assert record["psnr"] > record["psnr_baseline"]
+    assert out.is_file() and plot.is_file()
+    assert io.imread(out).shape == (48, 48)
+    # refuses to overwrite without --force, leaves the file alone
+    before = out.read_bytes()
+    assert main(["reconstruct", problem, str(truth_png), "-o", str(out), *FAST, *extra]) == 2
+    assert out.read_bytes() == before
+    assert "exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["reconstruct", "mri", "missing.png"], "not found|No such file"),
+        (["reconstruct", "deblur", "--noise", "-1"], "--noise"),
+        (["reconstruct", "mri", "--acceleration", "0"], "acceleration"),
+        (["reconstruct", "deblur", "--step", "5"], "no convergence guarantee"),
+        (["reconstruct", "deblur", "--model", "nope"], "unknown denoiser"),
+        (["reconstruct", "deblur", "--max-iter", "0"], "--max-iter"),
+        (["tune", "deblur-bad-name"], "cannot parse"),
+    ],
+)
+def test_reconstruct_bad_input_is_one_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    import re
+
+    assert re.search(message, err)
+
+
+def test_reconstruct_refuses_to_overwrite_its_input(truth_png, capsys):
+    assert main(["reconstruct", "deblur", str(truth_png), "-o", str(truth_png), "--force", *FAST]) == 2
+    assert "overwrite the input" in capsys.readouterr().err
+
+
+def test_tune_returns_parameters_that_reconstruct_accepts():
+    problem = P.DeblurProblem("gaussian", noise=0.03)
+    images = [P.default_image("natural", 32), P.default_image("mri", 32)]
+    result = tune(problem, images, ["spline-sigma15"], "pnp-fbs", max_iter=8, tol=1e-3, progress=False)
+    assert result.parameters["model"] == "spline-sigma15"
+    assert result.psnr == max(t["psnr"] for t in result.trials)
+    assert len(result.trials) > 6  # coarse grid and refinement
+    tv = tune(problem, images, None, "tv", max_iter=8, tol=1e-3, progress=False)
+    assert set(tv.parameters) == {"weight"}

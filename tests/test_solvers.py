@@ -1,0 +1,174 @@
+"""Solvers: convergence with non-increasing residuals, fixed points, the theorems' conditions enforced."""
+
+import warnings
+
+import pytest
+import torch
+
+import problems as P
+from lipden import CertificationError, DenoiserConfig, LipschitzDenoiser, load_denoiser
+from lipden.baselines import tv_reconstruct
+from lipden.reconstruction import GuaranteeWarning, SolverError, reconstruct
+from lipden.solvers import ConvergenceConditionError, conditions, make_step
+
+
+@pytest.fixture(scope="module")
+def small_denoiser():
+    torch.manual_seed(0)
+    return LipschitzDenoiser(DenoiserConfig(channels=8, depth=4, sigma=None)).eval()
+
+
+@pytest.fixture(scope="module")
+def deblur_case():
+    problem = P.DeblurProblem("gaussian", blur_sigma=1.6, noise=0.01)
+    x = P.default_image("natural", 40)
+    return problem, x, problem.measure(x, seed=0), problem.physics(x.shape)
+
+
+@pytest.fixture(scope="module")
+def mri_case():
+    problem = P.MRIProblem("random", 4)
+    x = P.default_image("mri", 32)
+    return problem, x, problem.measure(x, seed=0), problem.physics(x.shape)
+
+
+METHOD_PARAMS = [
+    ("pnp-fbs", {"step": 1.5, "strength": 0.5}),
+    ("pnp-fbs", {"step": 1.999, "strength": 1.0, "relaxation": 0.8}),
+    ("pnp-drs", {"step": 1.0, "strength": 0.5, "relaxation": 0.5}),
+    ("pnp-admm", {"step": 0.3, "strength": 0.25, "relaxation": 0.7}),
+    ("red", {"weight": 0.3}),
+]
+
+
+@pytest.mark.parametrize("case", ["deblur_case", "mri_case"])
+@pytest.mark.parametrize("method, params", METHOD_PARAMS)
+def test_solvers_converge_with_non_increasing_residuals(case, method, params, small_denoiser, request):
+    problem, x, y, physics = request.getfixturevalue(case)
+    result = reconstruct(y, physics, small_denoiser, method, x_true=x, max_iter=3000, tol=1e-5, **params)
+    assert result.guaranteed and result.converged
+    assert float(result.relative_residuals[-1].max()) <= 1e-5
+    r = result.residuals[:, 0]
+    # non-increasing up to float32 round-off of the iterate
+    assert bool((r[1:] <= r[:-1] + 2e-6 * float(result.x.norm())).all())
+    assert result.monotone
+    assert result.psnr is not None and result.psnr.shape == result.residuals.shape
+
+
+def test_fbs_limit_is_a_fixed_point(deblur_case, small_denoiser):
+    problem, x, y, physics = deblur_case
+    params = {"step": 1.5, "strength": 0.5, "relaxation": 1.0}
+    result = reconstruct(y, physics, small_denoiser, "pnp-fbs", max_iter=3000, tol=1e-6, **params)
+    step, _, _ = make_step(
+        "pnp-fbs", params, small_denoiser, lambda v: physics.A_adjoint(physics.A(v) - y),
+        lambda z, g: physics.prox_l2(z, y, g),
+    )
+    with torch.no_grad():
+        gap = (step(result.x) - result.x).norm() / result.x.norm()
+    assert float(gap) < 1e-5
+
+
+def test_batched_solve_matches_single_image_solves(mri_case, small_denoiser):
+    problem, x, y, physics = mri_case
+    x2 = torch.cat([x, x.flip(-1)])
+    y2 = problem.measure(x2, seed=0)
+    both = reconstruct(y2, physics, small_denoiser, "pnp-fbs", max_iter=2000)
+    second = reconstruct(y2[1:], physics, small_denoiser, "pnp-fbs", max_iter=2000)
+    torch.testing.assert_close(both.x[1:], second.x, atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "method, params, message",
+    [
+        ("pnp-fbs", {"step": 2.5}, "step"),
+        ("pnp-fbs", {"strength": 1.0, "step": 1.5, "relaxation": 1.0}, "relaxation"),
+        ("pnp-fbs", {"strength": 1.3}, "strength"),
+        ("pnp-drs", {"strength": 0.7}, "firmly nonexpansive"),
+        ("pnp-drs", {"relaxation": 1.0}, "relaxation"),
+        ("red", {"weight": 1.0, "step": 0.7}, "step"),
+    ],
+)
+def test_parameters_outside_the_theorem_are_refused(method, params, message, deblur_case, small_denoiser):
+    _, _, y, physics = deblur_case
+    with pytest.raises(ConvergenceConditionError, match=message):
+        reconstruct(y, physics, small_denoiser, method, max_iter=5, **params)
+    with pytest.warns(GuaranteeWarning):
+        result = reconstruct(y, physics, small_denoiser, method, max_iter=5, guarantee=False, **params)
+    assert not result.guaranteed
+
+
+def test_unconstrained_denoiser_needs_guarantee_false(deblur_case):
+    _, _, y, physics = deblur_case
+    free = LipschitzDenoiser(DenoiserConfig(channels=8, depth=4, conv="free", sigma=None)).eval()
+    with pytest.raises(CertificationError, match="certified"):
+        reconstruct(y, physics, free, "pnp-fbs", max_iter=5)
+    with pytest.warns(GuaranteeWarning):
+        reconstruct(y, physics, free, "pnp-fbs", max_iter=5, guarantee=False)
+
+
+def test_expansive_denoiser_is_caught(deblur_case):
+    _, _, y, physics = deblur_case
+
+    class Expansive(torch.nn.Module):
+        def forward(self, v, sigma=None):
+            return 3.0 * v
+
+        def lipschitz_certificate(self, shape):
+            return 3.0
+
+    with pytest.raises(CertificationError, match="3 > 1"):
+        reconstruct(y, physics, Expansive(), "pnp-fbs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(SolverError, match="diverging|NaN"):
+            reconstruct(y, physics, Expansive(), "pnp-fbs", guarantee=False, max_iter=200, strength=1.0, relaxation=0.9)
+
+
+def test_nan_stops_with_a_clear_error(deblur_case):
+    _, _, y, physics = deblur_case
+
+    class Broken(torch.nn.Module):
+        def forward(self, v, sigma=None):
+            return v * float("nan")
+
+        def lipschitz_certificate(self, shape):
+            return 1.0
+
+    with pytest.raises(SolverError, match="NaN"):
+        reconstruct(y, physics, Broken(), "red")
+
+
+def test_conditions_name_the_theorem():
+    check = conditions("red", {"weight": 1.0, "step": 0.5}, 1.0, 1.0)
+    assert check.holds and "cocoercive" in check.theorem
+    assert not conditions("pnp-fbs", {"step": 1.0, "strength": 0.5, "relaxation": 1.0}, 1.0, None).holds
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"method": "ista"}, "unknown method"), ({"max_iter": 0}, "max_iter"), ({"stepsize": 1.0}, "unknown parameters")],
+)
+def test_bad_solver_arguments(kwargs, message, deblur_case, small_denoiser):
+    _, _, y, physics = deblur_case
+    with pytest.raises(ValueError, match=message):
+        reconstruct(y, physics, small_denoiser, **kwargs)
+
+
+def test_tv_baseline_improves_on_the_measurement(deblur_case):
+    problem, x, y, physics = deblur_case
+    estimate, iterations = tv_reconstruct(y, physics, 0.01, max_iter=60, tol=1e-5)
+    before = float(((problem.baseline(y, x.shape) - x) ** 2).mean())
+    after = float(((estimate.clamp(0, 1) - x) ** 2).mean())
+    assert after < 0.8 * before
+
+
+def test_shipped_spline_prior_reconstructs_mri_better_than_zero_filled():
+    problem = P.MRIProblem("random", 4)
+    x = P.default_image("mri", 64)
+    y = problem.measure(x, seed=0)
+    denoiser = load_denoiser("spline-sigma15")
+    result = reconstruct(y, problem.physics(x.shape), denoiser, "pnp-fbs", x_true=x, max_iter=1000,
+                         tol=1e-4, step=1.9, strength=0.5)
+    assert result.converged and result.monotone and result.guaranteed
+    zero_filled = 10 * torch.log10(1 / ((problem.baseline(y, x.shape) - x) ** 2).mean())
+    assert float(result.psnr[-1, 0]) > float(zero_filled) + 2
