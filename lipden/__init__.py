@@ -9,6 +9,7 @@ from .activations import (
     make_activation,
 )
 from .averaged import Averaged
+from .baselines import tv_reconstruct
 from .certify import (
     AveragednessReport,
     CertificationError,
@@ -20,12 +21,11 @@ from .certify import (
 from .denoiser import DenoiserConfig, LipschitzDenoiser
 from .layers import BjorckLinear, OrthoConv2d, SpectralNormConv2d
 from .orthogonal import bjorck_orthonormalize
-from .baselines import tv_reconstruct
 from .pretrained import denoiser_card, list_denoisers, load_denoiser
 from .reconstruction import ReconstructionResult, SolverError, reconstruct
 from .solvers import ConvergenceConditionError
-from .tuning import TuneResult, tune
 from .splines import LinearSpline, linear_spline
+from .tuning import TuneResult, tune
 
 __version__ = "0.1.0"
 
