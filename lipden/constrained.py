@@ -35,17 +35,23 @@ class ConstrainedLayer(nn.Module):
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters(recurse=False))
 
     def constrained_weight(self) -> Tensor:
-        """The constrained weight to use now (cached in eval mode)."""
-        if self.training:
-            self._weight_cache = None
-            return self.training_weight()
-        if self._needs_weight_grad():
-            return self.inference_weight()
-        key = self._state_key()
-        if self._weight_cache is None or self._weight_cache[0] != key:
-            with torch.no_grad():
-                self._weight_cache = (key, self.inference_weight().detach())
-        return self._weight_cache[1]
+        """The constrained weight to use now (cached in eval mode).
+
+        Always computed in the parameters' precision, with autocast disabled: mixed
+        precision may run the convolution in bf16, never the orthogonalisation.
+        """
+        device_type = next(self.parameters(recurse=False)).device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            if self.training:
+                self._weight_cache = None
+                return self.training_weight()
+            if self._needs_weight_grad():
+                return self.inference_weight()
+            key = self._state_key()
+            if self._weight_cache is None or self._weight_cache[0] != key:
+                with torch.no_grad():
+                    self._weight_cache = (key, self.inference_weight().detach())
+            return self._weight_cache[1]
 
     def train(self, mode: bool = True):
         self._weight_cache = None

@@ -318,7 +318,10 @@ class LinearSpline(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear_spline(x, self.constrained_coefficients(), self.x_range, self.alpha())
+        # In float32 even under autocast: slope clipping and knot indexing need it.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            coefficients = self.constrained_coefficients()
+            return linear_spline(x.to(coefficients.dtype), coefficients, self.x_range, self.alpha())
 
     def extra_repr(self) -> str:
         return (

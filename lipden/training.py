@@ -68,6 +68,7 @@ class TrainConfig:
     device: str = "cpu"
     max_minutes: float | None = None
     compile_spline: bool = False
+    mixed_precision: bool | None = None  # bf16 autocast of the convolutions; None: on for CUDA
     channels: int | None = None  # override the preset's width
     depth: int | None = None  # override the preset's number of convolutions
 
@@ -217,6 +218,9 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
         }
         save_tensors_atomic(tensors, state_path, metadata)
 
+    # bf16 keeps float32's range (no loss scaling); the constrained weights, splines and loss
+    # stay float32, so the trained float32 model is exactly what the certificate covers.
+    use_amp = config.mixed_precision if config.mixed_precision is not None else device.type == "cuda"
     start = time.perf_counter() - elapsed
     bar = tqdm(total=config.steps, initial=step, disable=not progress or rank != 0, desc="train")
     last_loss = math.nan
@@ -229,7 +233,9 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
         clean = sampler.sample(config.batch_size)
         noisy = clean + sigma * torch.randn(clean.shape, generator=noise_generator)
         clean, noisy = clean.to(device), noisy.to(device)
-        loss = (net(noisy) - clean).pow(2).sum() + config.tv2_weight * model.regularization()
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            output_batch = net(noisy)
+        loss = (output_batch.float() - clean).pow(2).sum() + config.tv2_weight * model.regularization()
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"loss is {float(loss)} at step {step}: lower the learning rates; "

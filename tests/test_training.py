@@ -85,3 +85,21 @@ def test_torchrun_two_cpu_ranks_end_with_identical_weights(image_folders, tmp_pa
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["step"] == 3 and summary["ranks_identical"] is True
+
+
+def test_mixed_precision_keeps_the_constraint_in_float32(image_folders, tmp_path):
+    from lipden import LinearSpline, OrthoConv2d
+
+    conv, spline = OrthoConv2d(4, 4, padding_mode="circular"), LinearSpline(4, init="relu")
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        weight = conv.constrained_weight()
+        activated = spline(conv(torch.rand(2, 4, 8, 8)))
+    assert weight.dtype == torch.float32 and activated.dtype == torch.float32
+    from lipden.conv_ops import circular_conv_singular_values
+
+    values = circular_conv_singular_values(weight, (8, 8))
+    assert float((values - 1).abs().max()) < 1e-4  # orthogonal to float32 accuracy, not bf16's 1e-2
+    summary = train(tiny_config(image_folders, tmp_path, mixed_precision=True), progress=False)
+    model, _ = load_denoiser_file(tmp_path / "best.safetensors")
+    assert summary["step"] == 4 and all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.lipschitz_certificate((1, 1, 16, 16)) <= 1 + 1e-4
