@@ -9,4 +9,9 @@ def run_benchmark(which: str, quick: bool = False, output: str = "results") -> i
 
         run(quick=quick, output=output)
         return 0
+    if which in ("mri", "deblur"):
+        from .reconstruction import run as run_reconstruction
+
+        run_reconstruction(which, quick=quick, output=output)
+        return 0
     raise ValueError(f"unknown benchmark {which!r}")

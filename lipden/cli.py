@@ -38,6 +38,8 @@ EXAMPLES = {
     "benchmark": """examples:
   python cli.py benchmark layers                 # spline vs ReLU block, eval-mode overhead
   python cli.py benchmark layers --quick --output results/
+  python cli.py benchmark mri --quick            # PnP / RED / TV on 2 MRI test slices
+  python cli.py benchmark deblur                 # 6 blur problems, first 10 BSD68 images
 """,
 }
 
@@ -300,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmark", help="speed and quality benchmarks (writes under results/)",
         epilog=EXAMPLES["benchmark"], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bench.add_argument("which", choices=["layers"])
+    bench.add_argument("which", choices=["layers", "mri", "deblur"])
     bench.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     bench.add_argument("--output", default="results", help="folder for JSON and Markdown results")
     bench.set_defaults(handler=_benchmark)

@@ -61,7 +61,7 @@ def _save_plot(path: Path, truth, baseline, result, residuals, title: str, force
     show(axes[2], result[0], result[1])
     axes[3].semilogy(residuals[:, 0].numpy())
     axes[3].set_xlabel("iteration")
-    axes[3].set_ylabel("||z_{k+1} - z_k|| / ||z_{k+1}||")
+    axes[3].set_ylabel(r"$\|z_{k+1} - z_k\| \,/\, \|z_{k+1}\|$")
     axes[3].grid(True, which="both", alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

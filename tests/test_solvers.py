@@ -172,3 +172,12 @@ def test_shipped_spline_prior_reconstructs_mri_better_than_zero_filled():
     assert result.converged and result.monotone and result.guaranteed
     zero_filled = 10 * torch.log10(1 / ((problem.baseline(y, x.shape) - x) ** 2).mean())
     assert float(result.psnr[-1, 0]) > float(zero_filled) + 2
+
+
+def test_fbs_and_drs_share_their_fixed_point(deblur_case, small_denoiser):
+    """x = prox_{gf}(z*) with z* = x + g grad f(x) turns the DRS fixed-point equation into FBS's."""
+    _, _, y, physics = deblur_case
+    fbs = reconstruct(y, physics, small_denoiser, "pnp-fbs", max_iter=3000, tol=1e-6, step=1.0, strength=0.5)
+    drs = reconstruct(y, physics, small_denoiser, "pnp-drs", max_iter=3000, tol=1e-6, step=1.0, strength=0.5)
+    assert fbs.converged and drs.converged
+    torch.testing.assert_close(fbs.x, drs.x, atol=5e-4, rtol=0)
