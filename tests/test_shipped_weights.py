@@ -18,6 +18,9 @@ PSNR_FLOORS = {
     "spline-sigma15": 29.0,
     "spline-sigma25": 26.5,
     "relu-sigma15": 28.7,
+    "absolute_value-sigma15": 29.0,
+    "householder-sigma15": 28.7,
+    "groupsort-sigma15": 28.7,
 }
 SHIPPED = lipden.list_denoisers()
 
