@@ -117,3 +117,27 @@ def test_default_images_are_embedded():
 def test_bad_input_raises_clear_value_errors(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_stored_tuned_defaults_are_valid_and_within_the_theorems():
+    import json
+
+    import lipden
+    from lipden.solvers import canonical_method, conditions, default_parameters
+    from problems.base import TUNED_DEFAULTS_FILE
+
+    table = json.loads(TUNED_DEFAULTS_FILE.read_text())
+    assert table
+    for name, methods in table.items():
+        problem = P.problem_from_name(name)
+        shape = (1, 256, 256)
+        for method, entry in methods.items():
+            params = dict(entry["parameters"])
+            assert entry["tuned_on"]
+            if method == "tv":
+                assert params["weight"] > 0
+                continue
+            assert params.pop("model") in lipden.list_denoisers()
+            L = problem.lipschitz_sq(shape)
+            full = {**default_parameters(method, L), **params}
+            assert conditions(canonical_method(method), full, L, 1.0).holds, (name, method)
