@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 
 from lipden.pretrained import load_denoiser
-from lipden.reconstruction import reconstruct
-from lipden.tuning import mean_psnr, tune
+from lipden.reconstruction import psnr_per_image, reconstruct
+from lipden.tuning import tune
 from problems import dev_set, problem_from_name
 
 from .common import machine, write_results
@@ -69,7 +69,7 @@ def _solve(problem, method: str, parameters: dict, images, max_iter: int, tol: f
             result = reconstruct(y, physics, denoiser, method, max_iter=max_iter, tol=tol, **params)
             x, its, conv = result.x, result.iterations, result.converged
             inc, mono = result.max_residual_increase, result.monotone
-        psnrs += mean_psnr(x, image)
+        psnrs += psnr_per_image(x, image).tolist()
         iterations.append(its)
         converged.append(conv)
         increases.append(inc)
@@ -98,7 +98,7 @@ def run(kind: str, quick: bool = False, output: str = "results") -> dict:
     for name in setup[prefix + "problems"]:
         problem = problem_from_name(name)
         rows = {}
-        baseline = [mean_psnr(problem.baseline(problem.measure(im, seed=i), im.shape), im)[0]
+        baseline = [float(psnr_per_image(problem.baseline(problem.measure(im, seed=i), im.shape), im)[0])
                     for i, im in enumerate(test_images)]
         rows["zero-filled / A^T y"] = {"psnr": sum(baseline) / len(baseline), "per_image_psnr": baseline}
         for label, method, models in ROWS:

@@ -91,7 +91,8 @@ def _lipschitz_sq(physics, x0: Tensor, given: float | None) -> tuple[float, str 
     )
 
 
-def _psnr(x: Tensor, reference: Tensor) -> Tensor:
+def psnr_per_image(x: Tensor, reference: Tensor) -> Tensor:
+    """(B,) PSNR in dB (data range 1) of the clipped estimate, one value per image."""
     mse = (x.clamp(0, 1) - reference).pow(2).flatten(1).mean(1)
     return 10 * torch.log10(1 / mse.clamp_min(1e-20))
 
@@ -214,7 +215,7 @@ def reconstruct(
             relative.append(r / norm)
             z = z_next
             if x_true is not None:
-                psnrs.append(_psnr(estimate(z), x_true))
+                psnrs.append(psnr_per_image(estimate(z), x_true))
             bar.set_postfix(rel=f"{float(relative[-1].max()):.2e}")
             if bool((relative[-1] <= tol).all()):
                 converged = True

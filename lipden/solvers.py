@@ -15,7 +15,6 @@ iterate to the image estimate.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -178,6 +177,3 @@ def averagedness(method: str, params: dict, lipschitz_sq: float) -> float | None
     beta = 1 / (L + 2 * params["weight"])
     return params["step"] / (2 * beta)
 
-
-def is_finite_number(value: float) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from collections import defaultdict
@@ -17,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .baselines import tv_reconstruct
 from .pretrained import load_denoiser
-from .reconstruction import reconstruct
+from .reconstruction import psnr_per_image, reconstruct
 from .solvers import canonical_method, conditions
 
 #: Coarse grids; step for pnp-fbs is in units of 1/L (rescaled per problem).
@@ -52,11 +51,6 @@ def _measure(problem, batch: Tensor, indices: list[int], seed: int) -> Tensor:
     return torch.cat([problem.measure(batch[k : k + 1], seed + i) for k, i in enumerate(indices)])
 
 
-def mean_psnr(estimates: Tensor, reference: Tensor) -> list[float]:
-    mse = (estimates.clamp(0, 1) - reference).pow(2).flatten(1).mean(1)
-    return [10 * math.log10(1 / max(float(m), 1e-20)) for m in mse]
-
-
 def evaluate_parameters(
     problem, images: Sequence[Tensor], method: str, parameters: dict, *, max_iter: int = 100,
     tol: float = 1e-4, seed: int = 0, denoisers: dict | None = None,
@@ -79,7 +73,7 @@ def evaluate_parameters(
             x, _ = tv_reconstruct(y, physics, params["weight"], max_iter=max_iter, tol=tol)
         else:
             x = reconstruct(y, physics, denoiser, method, max_iter=max_iter, tol=tol, **params).x
-        scores += mean_psnr(x, batch)
+        scores += psnr_per_image(x, batch).tolist()
     return sum(scores) / len(scores)
 
 

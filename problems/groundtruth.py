@@ -11,8 +11,7 @@ from skimage.transform import resize
 from torch import Tensor
 
 from lipden.data import list_images, load_grayscale
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from lipden.training import DEFAULT_DATA as SHARED_DATA
 
 
 def default_image(kind: str = "natural", size: int = 256, color: bool = False) -> Tensor:
