@@ -1,17 +1,29 @@
-"""Benchmarks run by ``python cli.py benchmark WHICH``; each writes JSON + Markdown under results/."""
+"""Benchmarks run by ``python cli.py benchmark WHICH``; each writes JSON + Markdown under results/.
+
+Each benchmark module exposes ``run(quick: bool = False, output: str = "results") -> dict``.
+"""
 
 from __future__ import annotations
 
+import importlib
+
+#: benchmark name -> (module, extra keyword arguments of its ``run``)
+BENCHMARKS: dict[str, tuple[str, dict]] = {
+    "denoise": ("benchmarks.denoise", {}),
+    "deblur": ("benchmarks.reconstruction", {"kind": "deblur"}),
+    "mri": ("benchmarks.reconstruction", {"kind": "mri"}),
+    "speed": ("benchmarks.speed", {}),
+    "fitting": ("benchmarks.fitting", {}),
+    "activations": ("benchmarks.activations", {}),
+    "layers": ("benchmarks.layers", {}),
+}
+NAMES = (*BENCHMARKS, "all")
+
 
 def run_benchmark(which: str, quick: bool = False, output: str = "results") -> int:
-    if which == "layers":
-        from .layers import run
-
-        run(quick=quick, output=output)
-        return 0
-    if which in ("mri", "deblur"):
-        from .reconstruction import run as run_reconstruction
-
-        run_reconstruction(which, quick=quick, output=output)
-        return 0
-    raise ValueError(f"unknown benchmark {which!r}")
+    if which not in NAMES:
+        raise ValueError(f"unknown benchmark {which!r}; choose from {', '.join(NAMES)}")
+    for name in BENCHMARKS if which == "all" else (which,):
+        module, kwargs = BENCHMARKS[name]
+        importlib.import_module(module).run(quick=quick, output=output, **kwargs)
+    return 0

@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmark", help="speed and quality benchmarks (writes under results/)",
         epilog=EXAMPLES["benchmark"], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bench.add_argument("which", choices=["layers", "mri", "deblur"])
+    bench.add_argument("which", choices=["denoise", "deblur", "mri", "speed", "fitting", "activations", "layers", "all"])
     bench.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     bench.add_argument("--output", default="results", help="folder for JSON and Markdown results")
     bench.set_defaults(handler=_benchmark)
