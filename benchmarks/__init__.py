@@ -20,10 +20,14 @@ BENCHMARKS: dict[str, tuple[str, dict]] = {
 NAMES = (*BENCHMARKS, "all")
 
 
-def run_benchmark(which: str, quick: bool = False, output: str = "results") -> int:
+def run_benchmark(which: str, quick: bool = False, output: str = "results", **reconstruction_options) -> int:
+    """Run one benchmark (or ``all``). ``reconstruction_options`` (problems, rows, stride,
+    device, force) go to the deblur / MRI benchmarks only."""
     if which not in NAMES:
         raise ValueError(f"unknown benchmark {which!r}; choose from {', '.join(NAMES)}")
     for name in BENCHMARKS if which == "all" else (which,):
         module, kwargs = BENCHMARKS[name]
+        if module == "benchmarks.reconstruction":
+            kwargs = {**kwargs, **reconstruction_options}
         importlib.import_module(module).run(quick=quick, output=output, **kwargs)
     return 0

@@ -54,5 +54,6 @@ def write_results(output: str, name: str, results: dict, markdown: str) -> None:
         target = folder / f"{name}{suffix}"
         with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as tmp:
             tmp.write(text)
+        os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates owner-only files
         os.replace(tmp.name, target)
     print(f"wrote {folder / name}.json and {folder / name}.md")

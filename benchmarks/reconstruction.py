@@ -1,16 +1,33 @@
 """Deblurring and MRI benchmark: learned 1-Lipschitz priors vs TV and the no-prior baseline.
 
-Parameters come from ``problems/tuned_defaults.json`` (written by ``python cli.py tune
-... --write`` on the tuning images); a (problem, method) pair without a stored entry is
-tuned here, on the tuning images only, before the test images are touched.
+For each problem and row (a method with a prior family), the parameters come from
+``problems/tuned_defaults.json`` (written by ``python cli.py tune ... --write`` on the
+tuning images); a pair without a stored entry is tuned here, on the tuning images only,
+before the test images are touched. Each (problem, row) result is cached as its own JSON
+file under ``OUTPUT/runs/``, so a long CPU run can be interrupted and resumed, and subsets
+(``problems``, ``rows``, ``stride``) can be run separately; the summary table and the
+figures are rebuilt from every cached result of the same test set.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
-from lipden.pretrained import load_denoiser
+import numpy as np
+import torch
+from torch import Tensor
+
+from lipden.baselines import tv_reconstruct
+from lipden.imageio import write_image
+from lipden.pretrained import list_denoisers, load_denoiser
 from lipden.reconstruction import psnr_per_image, reconstruct
+from lipden.solvers import default_parameters
+from lipden.splines import set_spline_backend
 from lipden.tuning import tune
 from problems import dev_set, problem_from_name
 
@@ -21,99 +38,274 @@ SETUPS = {
         "problems": ["mri-random-x4-cf0.08-noise0.002", "mri-random-x8-cf0.04-noise0.002",
                      "mri-equispaced-x4-cf0.08-noise0.002", "mri-equispaced-x8-cf0.04-noise0.002"],
         "quick_problems": ["mri-random-x4-cf0.08-noise0.002"],
-        "test": ("mri_colin27", slice(8, 40)), "quick_test": ("mri_colin27", slice(8, 10)),
-        "tune": ("mri_colin27", slice(0, 8)), "quick_tune": ("mri_colin27", slice(0, 2)),
+        "test": ("mri_colin27", 8, 40), "quick_test": ("mri_colin27", 8, 9),
+        "tune": ("mri_colin27", 0, 8), "quick_tune": ("mri_colin27", 0, 2),
     },
     "deblur": {
         "problems": ["deblur-gaussian1.6-noise0.01", "deblur-motion31-seed1-noise0.01",
                      "deblur-uniform9-noise0.01", "deblur-motion31-seed2-noise0.01",
                      "deblur-gaussian1.6-noise0.03", "deblur-motion31-seed1-noise0.03"],
         "quick_problems": ["deblur-gaussian1.6-noise0.01"],
-        "test": ("bsd68", slice(0, 10)), "quick_test": ("bsd68", slice(0, 2)),
-        "tune": ("set12", slice(0, 12)), "quick_tune": ("set12", slice(0, 2)),
+        "test": ("bsd68", 0, 10), "quick_test": ("bsd68", 0, 1),
+        "tune": ("set12", 0, 12), "quick_tune": ("set12", 0, 2),
     },
 }
-# (label, method, candidate models); "tv" has no model.
-ROWS = [
-    ("PnP-FBS, spline prior", "pnp-fbs", ["spline-sigma5", "spline-sigma15", "spline-sigma25"]),
-    ("PnP-DRS, spline prior", "pnp-drs", ["spline-sigma5", "spline-sigma15", "spline-sigma25"]),
-    ("RED, spline prior", "red", ["spline-sigma5", "spline-sigma15", "spline-sigma25"]),
-    ("PnP-FBS, 1-Lipschitz ReLU prior", "pnp-fbs", ["relu-sigma15"]),
-    ("TV (FISTA)", "tv", []),
-]
 
 
-def _parameters(problem, method: str, models: list[str], tuning_images, max_iter: int) -> tuple[dict, str]:
-    stored = problem.default_parameters(method)
-    if stored and (method == "tv" or stored.get("model") in models):
-        return stored, "stored"
-    result = tune(problem, tuning_images, models, method, max_iter=max_iter, progress=False)
-    return result.parameters, "tuned now"
+@dataclass(frozen=True)
+class Row:
+    """A benchmark row: ``method`` (a solver, ``tv`` or ``baseline``) with a prior ``family``."""
+
+    label: str
+    method: str
+    family: str | None = None
+    guarantee: bool = True
+
+    def models(self) -> list[str]:
+        """Shipped denoisers of this family (``spline`` -> spline-sigma5, spline-sigma15, ...)."""
+        if self.family is None:
+            return []
+        return [name for name in list_denoisers() if name.split("-sigma")[0] == self.family]
+
+    def defaults_key(self) -> str:
+        """Key of the stored defaults: the method for the spline prior, ``method:family`` otherwise."""
+        return self.method if self.family in (None, "spline") else f"{self.method}:{self.family}"
 
 
-def _solve(problem, method: str, parameters: dict, images, max_iter: int, tol: float) -> dict:
-    from lipden.baselines import tv_reconstruct
+ROWS: dict[str, Row] = {
+    "baseline": Row("zero-filled / A^T y", "baseline"),
+    "tv": Row("TV (FISTA)", "tv"),
+    "fbs-spline": Row("PnP-FBS, spline prior", "pnp-fbs", "spline"),
+    "drs-spline": Row("PnP-DRS, spline prior", "pnp-drs", "spline"),
+    "red-spline": Row("RED, spline prior", "red", "spline"),
+    "fbs-relu": Row("PnP-FBS, 1-Lipschitz ReLU prior", "pnp-fbs", "relu"),
+    "fbs-absolute_value": Row("PnP-FBS, 1-Lipschitz |x| prior", "pnp-fbs", "absolute_value"),
+    "fbs-groupsort": Row("PnP-FBS, 1-Lipschitz GroupSort prior", "pnp-fbs", "groupsort"),
+    "fbs-householder": Row("PnP-FBS, 1-Lipschitz HouseHolder prior", "pnp-fbs", "householder"),
+    "fbs-free": Row("PnP-FBS, unconstrained CNN (NO guarantee)", "pnp-fbs", "free", guarantee=False),
+}
+QUICK_ROWS = ("baseline", "tv", "fbs-spline", "fbs-relu")
 
+
+def _ssim(x: Tensor, reference: Tensor) -> float:
+    from skimage.metrics import structural_similarity
+
+    a, b = x.clamp(0, 1).cpu().numpy(), reference.cpu().numpy()
+    return float(np.mean([structural_similarity(a[c], b[c], data_range=1.0) for c in range(a.shape[0])]))
+
+
+def _parameters(problem, row: Row, tuning_images: list[Tensor], max_iter: int, quick: bool) -> tuple[dict, str]:
+    stored = problem.default_parameters(row.defaults_key())
+    if stored and (row.method == "tv" or stored.get("model") in row.models()):
+        return stored, "stored (problems/tuned_defaults.json)"
+    if quick:  # no tuning in quick mode: the solver's safe defaults and the lowest-sigma model
+        defaults = {"weight": 3e-3} if row.method == "tv" else default_parameters(
+            row.method, problem.lipschitz_sq(tuning_images[0].shape))
+        models = sorted(row.models(), key=lambda m: float(m.split("-sigma")[1]))
+        return ({"model": models[0]} if models else {}) | defaults, "UNTUNED safe defaults (quick mode)"
+    result = tune(problem, tuning_images, row.models(), row.method, max_iter=max_iter, progress=False,
+                  guarantee=row.guarantee)
+    return result.parameters, f"tuned now ({len(result.trials)} trials, {max_iter} iterations)"
+
+
+def _first_below(relative: Tensor, tol: float) -> list[int | None]:
+    """Per image, the first iteration (1-based) whose relative residual is <= tol."""
+    hits = relative <= tol
+    return [int(hits[:, b].nonzero()[0]) + 1 if hits[:, b].any() else None for b in range(relative.shape[1])]
+
+
+def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_iter: int, tol: float,
+               device: str) -> tuple[dict, Tensor]:
+    """Solve every test image (batched by shape); per-image metrics and image 0's result."""
     params = dict(parameters)
     model = params.pop("model", None)
-    denoiser = load_denoiser(model) if model else None
-    psnrs, iterations, converged, increases, monotone = [], [], [], [], []
-    started = time.perf_counter()
+    denoiser = load_denoiser(model, device=device) if model else None
+    n = len(images)
+    per: dict[str, list] = {k: [None] * n for k in ("psnr", "ssim", "iterations", "converged")}
+    curves: dict = {}
+    increases, monotone, first = [], [], None
+    groups: dict[tuple, list[int]] = {}
     for index, image in enumerate(images):
-        y = problem.measure(image, seed=index)
-        physics = problem.physics(image.shape)
-        if method == "tv":
-            x, its = tv_reconstruct(y, physics, params["weight"], max_iter=max_iter, tol=tol)
-            conv, inc, mono = its < max_iter, None, None
+        groups.setdefault(tuple(image.shape), []).append(index)
+    started = time.perf_counter()
+    for indices in groups.values():
+        truth = torch.cat([images[i] for i in indices]).to(device)
+        physics = problem.physics(truth.shape, device)
+        y = torch.cat([problem.measure(images[i].to(device), seed=i) for i in indices])
+        if row.method == "baseline":
+            x = problem.baseline(y, truth.shape)
+            its: list = [0] * len(indices)
+            conv = [True] * len(indices)
+        elif row.method == "tv":
+            x, count = tv_reconstruct(y, physics, params["weight"], max_iter=max_iter, tol=tol)
+            its, conv = [count] * len(indices), [count < max_iter] * len(indices)
         else:
-            result = reconstruct(y, physics, denoiser, method, max_iter=max_iter, tol=tol, **params)
-            x, its, conv = result.x, result.iterations, result.converged
-            inc, mono = result.max_residual_increase, result.monotone
-        psnrs += psnr_per_image(x, image).tolist()
-        iterations.append(its)
-        converged.append(conv)
-        increases.append(inc)
-        monotone.append(mono)
-    return {
-        "psnr": sum(psnrs) / len(psnrs), "per_image_psnr": psnrs,
-        "iterations_mean": sum(iterations) / len(iterations), "converged_all": all(converged),
-        "max_residual_increase": max((v for v in increases if v is not None), default=None),
-        "monotone_all": all(m for m in monotone if m is not None) if method != "tv" else None,
-        "seconds_per_image": (time.perf_counter() - started) / len(images),
+            result = reconstruct(y, physics, denoiser, row.method, max_iter=max_iter, tol=tol, x_true=truth,
+                                 guarantee=row.guarantee, **params)
+            x = result.x
+            its = _first_below(result.relative_residuals, tol)
+            conv = [k is not None for k in its]
+            increases.append(result.max_residual_increase)
+            monotone.append(result.monotone)
+            if 0 in indices:
+                b = indices.index(0)
+                curves = {"psnr": [round(float(v), 4) for v in result.psnr[:, b]],
+                          "relative_residual": [float(v) for v in result.relative_residuals[:, b]]}
+        scores = psnr_per_image(x, truth).tolist()
+        for b, i in enumerate(indices):
+            per["psnr"][i], per["ssim"][i] = scores[b], _ssim(x[b], truth[b])
+            per["iterations"][i], per["converged"][i] = its[b], conv[b]
+            if i == 0:
+                first = x[b : b + 1].detach().clamp(0, 1).cpu()
+    seconds = time.perf_counter() - started
+    counted = [k for k in per["iterations"] if k is not None]
+    summary = {
+        "label": row.label, "method": row.method, "family": row.family, "guarantee": row.guarantee,
+        "psnr": float(np.mean(per["psnr"])), "ssim": float(np.mean(per["ssim"])),
+        "iterations_mean": float(np.mean(counted)) if counted else None,
+        "converged_all": all(per["converged"]),
+        "max_residual_increase": max(increases) if increases else None,
+        "monotone_all": all(monotone) if monotone else None,
+        "seconds_per_image": seconds / n, "per_image": per, "curves_image0": curves,
     }
+    assert first is not None
+    return summary, first
 
 
-def run(kind: str, quick: bool = False, output: str = "results") -> dict:
+def _atomic_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        json.dump(data, handle, indent=1)
+        handle.write("\n")
+    os.replace(handle.name, path)
+
+
+def _figures(folder: Path, stem: str, problem_name: str, rows: dict, run_dir: Path, truth: Tensor) -> list[str]:
+    """A grid of image-0 reconstructions and the PSNR / residual curves; returns the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.io import imread
+
+    panels = [("ground truth", truth[0, 0].numpy(), None)]
+    for row_id, row in rows.items():
+        png = run_dir / f"{row_id}.png"
+        if png.is_file():
+            panels.append((row["label"], imread(png) / 255.0, row["per_image"]["psnr"][0]))
+    cols = min(4, len(panels))
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (label, image, score) in zip(axes.flat, panels, strict=False):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(label if score is None else f"{label}\n{score:.2f} dB", fontsize=8)
+    fig.suptitle(problem_name, fontsize=10)
+    names = [f"{stem}-{problem_name}.png"]
+    _save(fig, folder / names[0])
+    curves = {rows[r]["label"]: rows[r]["curves_image0"] for r in rows if rows[r].get("curves_image0")}
+    if curves:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+        for label, curve in curves.items():
+            left.plot(range(1, len(curve["psnr"]) + 1), curve["psnr"], label=label)
+            right.semilogy(range(1, len(curve["relative_residual"]) + 1), curve["relative_residual"], label=label)
+        left.set(xlabel="iteration", ylabel="PSNR (dB)", title="PSNR, test image 0")
+        right.set(xlabel="iteration", ylabel="||z_{k+1} - z_k|| / ||z_{k+1}||", title="fixed-point residual")
+        left.legend(fontsize=7)
+        names.append(f"{stem}-{problem_name}-curves.png")
+        _save(fig, folder / names[1])
+    return names
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".png") as handle:
+        fig.savefig(handle.name, dpi=110, bbox_inches="tight")
+    os.replace(handle.name, path)
+    plt.close(fig)
+
+
+def run(
+    kind: str, quick: bool = False, output: str = "results", *, problems: list[str] | None = None,
+    rows: list[str] | None = None, stride: int = 1, device: str = "cpu", force: bool = False,
+    compile_spline: bool = False,
+) -> dict:
+    """Run (or resume) the ``kind`` ("mri" or "deblur") benchmark and rebuild its summary.
+
+    ``problems`` / ``rows`` restrict what is computed now (the summary still shows every
+    cached row of the same test set); ``stride`` keeps every stride-th test image (a subset,
+    labelled as such); ``force`` recomputes cached rows; ``compile_spline`` runs the spline
+    activations through ``torch.compile`` (same function, faster on CPU).
+    """
+    if compile_spline:
+        set_spline_backend("compiled")
     setup = SETUPS[kind]
     prefix = "quick_" if quick else ""
-    max_iter, tol = (100, 1e-4) if quick else (500, 1e-5)
-    test_images = dev_set(*setup[prefix + "test"])
-    tuning_images = dev_set(*setup[prefix + "tune"])
-    results: dict = {"machine": machine(), "quick": quick, "max_iter": max_iter, "tol": tol,
-                     "test_set": f"{setup[prefix + 'test'][0]} {setup[prefix + 'test'][1]}",
-                     "tuning_set": f"{setup[prefix + 'tune'][0]} {setup[prefix + 'tune'][1]}", "problems": {}}
-    lines = [f"# {kind} reconstruction benchmark{' (QUICK: subsets, fewer iterations)' if quick else ''}", "",
-             f"Test images: {results['test_set']}; parameters tuned on {results['tuning_set']}; "
-             f"stop at relative residual {tol:g} or {max_iter} iterations. Machine: {results['machine']}.", ""]
-    for name in setup[prefix + "problems"]:
-        problem = problem_from_name(name)
-        rows = {}
-        baseline = [float(psnr_per_image(problem.baseline(problem.measure(im, seed=i), im.shape), im)[0])
-                    for i, im in enumerate(test_images)]
-        rows["zero-filled / A^T y"] = {"psnr": sum(baseline) / len(baseline), "per_image_psnr": baseline}
-        for label, method, models in ROWS:
-            parameters, source = _parameters(problem, method, models, tuning_images, 60 if quick else 150)
-            row = _solve(problem, method, parameters, test_images, max_iter, tol)
-            rows[label] = {**row, "method": method, "parameters": parameters, "parameters_source": source}
-        results["problems"][name] = rows
-        lines += [f"## {name}", "", "| method | PSNR (dB) | iterations | converged | residual non-increasing | s/image | parameters |",
-                  "|---|---|---|---|---|---|---|"]
-        for label, row in rows.items():
-            lines.append(
-                f"| {label} | {row['psnr']:.2f} | {row.get('iterations_mean', '-')} | {row.get('converged_all', '-')} "
-                f"| {row.get('monotone_all', '-')} | {row.get('seconds_per_image', 0):.1f} | {row.get('parameters', '')} |"
-            )
-        lines.append("")
-    write_results(output, f"{kind}{'-quick' if quick else ''}", results, "\n".join(lines) + "\n")
-    return results
+    max_iter, tol = (60, 1e-4) if quick else (1000, 1e-5)
+    unknown = sorted(set(rows or []) - set(ROWS))
+    if unknown:
+        raise ValueError(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    if stride < 1:
+        raise ValueError("stride must be >= 1")
+    dataset, start, stop = setup[prefix + "test"]
+    test_indices = list(range(start, stop, stride))
+    test_spec = f"{dataset}[{start}:{stop}" + (f":{stride}]" if stride > 1 else "]")
+    test_images = dev_set(dataset, test_indices)
+    tune_set, tune_start, tune_stop = setup[prefix + "tune"]
+    tuning_images = dev_set(tune_set, slice(tune_start, tune_stop))
+    stem = f"{kind}{'-quick' if quick else ''}{f'-stride{stride}' if stride > 1 else ''}"
+    folder = Path(output)
+    runs = folder / "runs" / stem
+    problem_names = problems or setup[prefix + "problems"]
+    row_ids = rows or list(QUICK_ROWS if quick else ROWS)
 
+    for name in problem_names:
+        problem = problem_from_name(name)
+        for row_id in row_ids:
+            row = ROWS[row_id]
+            target = runs / name / f"{row_id}.json"
+            if target.is_file() and not force:
+                continue
+            if row.family is not None and not row.models():
+                print(f"skip {name} / {row_id}: no shipped {row.family} model")
+                continue
+            parameters, source = ({}, "none") if row.method == "baseline" else _parameters(
+                problem, row, tuning_images, 150, quick)
+            summary, first = _solve_row(problem, row, parameters, test_images, max_iter, tol, device)
+            summary.update(parameters=parameters, parameters_source=source, problem=name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_image(runs / name / f"{row_id}.png", first[0], force=True)
+            _atomic_json(target, summary)
+            print(f"{name} / {row.label}: {summary['psnr']:.2f} dB, {summary['iterations_mean']} iterations, "
+                  f"converged {summary['converged_all']}")
+
+    results: dict = {"machine": machine(), "quick": quick, "max_iter": max_iter, "tol": tol,
+                     "device": device, "test_set": test_spec,
+                     "tuning_set": f"{tune_set}[{tune_start}:{tune_stop}]", "problems": {}}
+    subset_note = f" (SUBSET: every {stride}-th test image)" if stride > 1 else ""
+    lines = [f"# {kind} reconstruction benchmark{' (QUICK: subsets, fewer iterations)' if quick else ''}{subset_note}",
+             "", f"Test images: {test_spec}; parameters tuned on {results['tuning_set']} (see each row's source); "
+             f"stop at relative residual {tol:g} or {max_iter} iterations; device {device}. Machine: {results['machine']}.",
+             "PSNR / SSIM are means over the test images (estimates clipped to [0, 1]); iterations: mean first "
+             "iteration at which the image's relative residual reached the tolerance (a batch runs until all do).", ""]
+    for name in setup["problems"]:
+        run_dir = runs / name
+        cached = {r: json.loads((run_dir / f"{r}.json").read_text()) for r in ROWS if (run_dir / f"{r}.json").is_file()}
+        if not cached:
+            continue
+        results["problems"][name] = cached
+        lines += [f"## {name}", "", "| method | PSNR (dB) | SSIM | iterations | converged | max residual increase "
+                  "| s/image | prior and parameters |", "|---|---|---|---|---|---|---|---|"]
+        for row in cached.values():
+            its = "-" if row["iterations_mean"] is None else f"{row['iterations_mean']:.0f}"
+            inc = "-" if row["max_residual_increase"] is None else f"{row['max_residual_increase']:.1e}"
+            params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["parameters"].items())
+            lines.append(f"| {row['label']} | {row['psnr']:.2f} | {row['ssim']:.4f} | {its} | {row['converged_all']} "
+                         f"| {inc} | {row['seconds_per_image']:.1f} | {params} |")
+        truth = test_images[0]
+        figures = _figures(folder, stem, name, cached, run_dir, truth)
+        lines += ["", *[f"![{f}]({f})" for f in figures], ""]
+    write_results(output, stem, results, "\n".join(lines) + "\n")
+    return results

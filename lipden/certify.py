@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .activations import ACTIVATIONS
 from .averaged import Averaged
 from .conv_ops import conv_operator_norm_bound
+from .layers import _LipschitzConv2d
 
 
 class CertificationError(ValueError):
@@ -80,6 +82,10 @@ def _module_bound(module: nn.Module, shape: tuple[int, ...]) -> float:
 
 
 def _output_shape(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if isinstance(module, tuple(ACTIVATIONS.values())):  # elementwise or channel-mixing, same shape
+        return shape
+    if isinstance(module, _LipschitzConv2d):  # stride-1 'same' convolutions
+        return (shape[0], module.out_channels, *shape[2:])
     reference = next(iter(module.parameters()), None)
     kwargs = {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
     with torch.no_grad():

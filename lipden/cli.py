@@ -160,7 +160,9 @@ def _benchmark(args: argparse.Namespace) -> int:
         from benchmarks import run_benchmark
     except ImportError as error:  # installed without the source tree
         raise UserError("benchmarks run from a source checkout: python cli.py benchmark ...") from error
-    return run_benchmark(args.which, quick=args.quick, output=args.output)
+    options = {"problems": args.problems, "rows": args.rows, "stride": args.stride, "device": args.device,
+               "force": args.force, "compile_spline": args.compile}
+    return run_benchmark(args.which, quick=args.quick, output=args.output, **options)
 
 
 def _cuda() -> bool:
@@ -305,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("which", choices=["denoise", "deblur", "mri", "speed", "fitting", "activations", "layers", "all"])
     bench.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     bench.add_argument("--output", default="results", help="folder for JSON and Markdown results")
+    bench.add_argument("--problems", nargs="+", help="deblur/mri: only these problem names")
+    bench.add_argument("--rows", nargs="+", help="deblur/mri: only these rows (fbs-spline, tv, fbs-relu, ...)")
+    bench.add_argument("--stride", type=int, default=1, help="deblur/mri: every N-th test image (a labelled subset)")
+    bench.add_argument("--device", default="cpu", help="deblur/mri: cpu or cuda")
+    bench.add_argument("--force", action="store_true", help="deblur/mri: recompute cached rows")
+    bench.add_argument("--compile", action="store_true", help="deblur/mri: torch.compile the spline activations")
     bench.set_defaults(handler=_benchmark)
     return parser
 

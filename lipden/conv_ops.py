@@ -199,15 +199,15 @@ def conv_operator_norm_bound(kernel: Tensor, size: tuple[int, int], padding_mode
     circular convolution bounds it; the smallest over a few grids (the tight one and the
     next power of two) is returned. Above ``EXACT_NORM_MAX_PIXELS`` the exact norm costs
     one SVD per frequency, so the size-independent ``convolution_norm_bound_any_size``
-    (itself certified, and within ~1e-5 of exact for orthogonal kernels) is used instead.
+    (itself certified, and within ~1e-5 of exact for orthogonal kernels) is used instead;
+    below, the exact grid norms are used alone (they never exceed the any-size bound).
     """
     check_padding_mode(padding_mode)
-    any_size = convolution_norm_bound_any_size(kernel)
     if size[0] * size[1] > EXACT_NORM_MAX_PIXELS:
-        return any_size
+        return convolution_norm_bound_any_size(kernel)
     if padding_mode == "circular":
-        return min(any_size, circular_conv_norm(kernel, size))
+        return circular_conv_norm(kernel, size)
     kh, kw = kernel.shape[-2:]
     h, w = size[0] + kh - 1, size[1] + kw - 1
     grids = {(h, w), (1 << (h - 1).bit_length(), 1 << (w - 1).bit_length())}
-    return min(any_size, *(circular_conv_norm(kernel, grid) for grid in grids))
+    return min(circular_conv_norm(kernel, grid) for grid in grids)

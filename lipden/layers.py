@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .constrained import ConstrainedLayer
 from .conv_ops import (
+    EXACT_NORM_MAX_PIXELS,
     check_padding_mode,
     compose_kernels,
     conv2d_same,
@@ -91,12 +92,14 @@ class _LipschitzConv2d(ConstrainedLayer):
 
         Computed from the eval-mode weight; memoized until the parameters change.
         """
-        key = (self._state_key(), tuple(input_shape[-2:]))
+        size = tuple(input_shape[-2:])
+        # above EXACT_NORM_MAX_PIXELS the bound is the same for every size: one cache entry
+        key = (self._state_key(), size if size[0] * size[1] <= EXACT_NORM_MAX_PIXELS else "any size")
         cached = getattr(self, "_certificate_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        with torch.no_grad():
-            weight = self.inference_weight()
+        with torch.no_grad():  # eval mode: the cached weight the forward pass uses
+            weight = self.inference_weight() if self.training else self.constrained_weight()
         bound = conv_operator_norm_bound(weight, tuple(input_shape[-2:]), self.padding_mode)
         self._certificate_cache = (key, bound)
         return bound

@@ -140,17 +140,43 @@ class _LinearSplineFunction(torch.autograd.Function):
         return grad_x, None, None, grad_a, grad_s
 
 
+class _InwardClamp(torch.autograd.Function):
+    """``clamp(x, lo, hi)`` whose gradient also reaches an out-of-range entry when a descent
+    step moves it back towards the range (plain clamp gives it zero gradient forever)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, lo: float | None, hi: float | None) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.bounds = (lo, hi)
+        return torch.clamp(x, lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        lo, hi = ctx.bounds
+        outward = torch.zeros_like(x, dtype=torch.bool)
+        if hi is not None:
+            outward |= (x > hi) & (grad < 0)  # x - lr * grad would move further above hi
+        if lo is not None:
+            outward |= (x < lo) & (grad > 0)
+        return grad.masked_fill(outward, 0.0), None, None
+
+
 def clip_spline_slopes(
     coefficients: Tensor, grid: float, slope_min: float | None, slope_max: float | None
 ) -> Tensor:
-    """Differentiable projection of knot values (C, K) onto splines with bounded slopes.
+    """Projection of knot values (C, K) onto splines with bounded slopes.
 
     Clips the slopes ``diff(c) / grid`` to ``[slope_min, slope_max]``, integrates them back
-    and restores each channel's mean value. ``None`` bounds leave that side free.
+    and restores each channel's mean value. ``None`` bounds leave that side free. The value
+    is exactly the clipped spline (what the certificate covers). For training, a clipped
+    slope still receives the gradient when descent would bring it back inside the bounds:
+    with a plain clamp, a slope pushed (or initialised by round-off) just past a bound gets
+    zero gradient and freezes, which left most channels of |x|-initialised splines unlearned.
     """
     if slope_min is None and slope_max is None:
         return coefficients
-    slopes = torch.clamp(torch.diff(coefficients, dim=1) / grid, slope_min, slope_max)
+    slopes = _InwardClamp.apply(torch.diff(coefficients, dim=1) / grid, slope_min, slope_max)
     zero = coefficients.new_zeros(coefficients.shape[0], 1)
     clipped = torch.cat([zero, torch.cumsum(slopes, dim=1) * grid], dim=1)
     return clipped + (coefficients.mean(dim=1) - clipped.mean(dim=1)).unsqueeze(1)

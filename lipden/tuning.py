@@ -53,11 +53,12 @@ def _measure(problem, batch: Tensor, indices: list[int], seed: int) -> Tensor:
 
 def evaluate_parameters(
     problem, images: Sequence[Tensor], method: str, parameters: dict, *, max_iter: int = 100,
-    tol: float = 1e-4, seed: int = 0, denoisers: dict | None = None,
+    tol: float = 1e-4, seed: int = 0, denoisers: dict | None = None, guarantee: bool = True,
 ) -> float:
     """Mean PSNR of ``method`` with ``parameters`` (incl. ``model`` unless TV) over ``images``.
 
     ``denoisers`` caches loaded models by name (loading verifies and certifies them).
+    ``guarantee=False`` lets an uncertified prior run (see ``reconstruct``).
     """
     params = dict(parameters)
     model_name = params.pop("model", None)
@@ -72,7 +73,8 @@ def evaluate_parameters(
         if method == "tv":
             x, _ = tv_reconstruct(y, physics, params["weight"], max_iter=max_iter, tol=tol)
         else:
-            x = reconstruct(y, physics, denoiser, method, max_iter=max_iter, tol=tol, **params).x
+            x = reconstruct(y, physics, denoiser, method, max_iter=max_iter, tol=tol, guarantee=guarantee,
+                            **params).x
         scores += psnr_per_image(x, batch).tolist()
     return sum(scores) / len(scores)
 
@@ -88,7 +90,7 @@ def _valid(method: str, params: dict, lipschitz_sq: float) -> bool:
 
 def tune(
     problem, images: Sequence[Tensor], denoiser_names: Sequence[str] | None, method: str, *,
-    max_iter: int = 100, tol: float = 1e-4, seed: int = 0, progress: bool = True,
+    max_iter: int = 100, tol: float = 1e-4, seed: int = 0, progress: bool = True, guarantee: bool = True,
 ) -> TuneResult:
     """Maximise the mean PSNR over ``images`` ((1, C, H, W) tensors in [0, 1]).
 
@@ -120,7 +122,7 @@ def tune(
             return
         seen.add(key)
         score = evaluate_parameters(problem, images, method, candidate, max_iter=max_iter, tol=tol, seed=seed,
-                                    denoisers=denoisers)
+                                    denoisers=denoisers, guarantee=guarantee)
         trials.append({**candidate, "psnr": score})
         bar.update(1)
         bar.set_postfix(best=f"{max(t['psnr'] for t in trials):.2f}")
@@ -141,11 +143,14 @@ def tune(
     return TuneResult(problem.name, method, parameters, best["psnr"], trials)
 
 
-def store_tuned(result: TuneResult, path: str | Path, note: str) -> None:
-    """Record a tuning result in the JSON table of tuned defaults (atomic rewrite)."""
+def store_tuned(result: TuneResult, path: str | Path, note: str, key: str | None = None) -> None:
+    """Record a tuning result in the JSON table of tuned defaults (atomic rewrite).
+
+    ``key`` defaults to the method; the benchmark stores baseline priors as ``method:family``.
+    """
     path = Path(path)
     table = json.loads(path.read_text()) if path.is_file() else {}
-    table.setdefault(result.problem, {})[result.method] = {
+    table.setdefault(result.problem, {})[key or result.method] = {
         "parameters": result.parameters, "tuning_psnr": round(result.psnr, 4), "tuned_on": note,
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuned-")

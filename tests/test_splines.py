@@ -115,7 +115,7 @@ def test_gradcheck_float64(shape):
     assert gradcheck(lambda x, c, a: linear_spline(x, c, 0.4, a), (x, coefficients, scaling))
 
 
-def test_gradcheck_through_the_slope_clipping():
+def test_gradcheck_through_the_slope_clipping_where_no_slope_is_clipped():
     spline = random_spline(channels=3, knots=7, x_range=0.3)
     x = points_away_from_knots(spline, (5, 3))
 
@@ -123,9 +123,25 @@ def test_gradcheck_through_the_slope_clipping():
         constrained = clip_spline_slopes(coefficients, spline.grid, -1.0, 1.0)
         return linear_spline(x, constrained, spline.x_range, scaling)
 
-    c0 = spline.coefficients.detach().clone().requires_grad_(True)
+    c0 = (spline.coefficients.detach() * 0.02).clone().requires_grad_(True)  # slopes well inside [-1, 1]
+    assert (torch.diff(c0, dim=1) / spline.grid).abs().max() < 0.9
     a0 = spline.scaling.detach().clone().requires_grad_(True)
     assert gradcheck(f, (c0, a0))
+
+
+def test_clipped_slopes_get_the_gradient_only_towards_the_bounds():
+    grid = 0.1
+    raw_slopes = torch.tensor([[2.0, 1 + 1e-6, 0.5, -3.0]], dtype=torch.float64)  # above, round-off above, in, below
+    for direction in (1.0, -1.0):
+        leaf = raw_slopes.clone().requires_grad_(True)
+        coefficients = torch.cat([leaf.new_zeros(1, 1), torch.cumsum(leaf, dim=1) * grid], dim=1)
+        slopes = torch.diff(clip_spline_slopes(coefficients, grid, -1.0, 1.0), dim=1) / grid
+        assert torch.allclose(slopes, torch.tensor([[1.0, 1.0, 0.5, -1.0]], dtype=torch.float64))
+        (direction * slopes).sum().backward()
+        passed = leaf.grad[0] != 0
+        # descent (slope -= lr * grad) may move a clipped slope only back towards [-1, 1]
+        expected = [True, True, True, False] if direction > 0 else [False, False, True, True]
+        assert passed.tolist() == expected
 
 
 def test_backward_saves_only_the_input_and_small_tables():

@@ -1,0 +1,401 @@
+"""Gaussian denoising on BSD68 (issue 5): shipped denoisers vs classical baselines.
+
+Measured, with the standard protocol of ``../shared/data/README.md`` (noise of standard
+deviation sigma/255 drawn with seed 0 per image in sorted order, metrics on the output
+clipped to [0, 1]; the protocol functions of :mod:`lipden.training` that
+:func:`lipden.publish.evaluate_folder` uses for the model cards):
+
+- PSNR (dB, data range 1) and SSIM (scikit-image, Gaussian 11x11 window of std 1.5, data
+  range 1, as Wang et al. 2004) averaged over the 68 BSD68 images at sigma 5, 15, 25;
+- rows: every shipped denoiser at its own training sigma (unconstrained ``conv="free"``
+  models are labelled "no guarantee"), deepinv's TV and wavelet denoisers with their one
+  parameter tuned on set12 (a log grid per sigma, never on BSD68), BM3D when the optional
+  ``bm3d`` package is installed, and the noisy input;
+- the certified Lipschitz bound of our models, their parameter count, and the time per
+  megapixel of every method (median of interleaved runs on one image, eval mode, no grad).
+
+Published numbers of other methods are listed apart: they are not measured here.
+Quick mode: the first 4 BSD68 images at sigma 15, tuning on 2 set12 images, one timing run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import deepinv
+import numpy as np
+import torch
+from skimage.metrics import structural_similarity
+from torch import Tensor
+
+from lipden.certify import CertificationError, lipschitz_upper_bound
+from lipden.checkpoint import WeightsError, load_denoiser_file, sha256_of
+from lipden.data import list_images, load_grayscale
+from lipden.pretrained import denoiser_card, list_denoisers, weights_dir
+from lipden.publish import evaluate_folder
+from lipden.training import DEFAULT_DATA, noisy_versions, psnr
+
+from .common import interleaved_medians, machine, write_results
+
+SIGMAS = (5, 15, 25)
+QUICK_SIGMAS = (15,)
+QUICK_IMAGES = 4
+QUICK_TUNING_IMAGES = 2
+# Log grids of the single parameter, in multiples of sigma (on the [0, 1] scale).
+TV_FACTORS = tuple(0.35 * 2 ** (k / 2) for k in range(4))  # 0.35 ... 0.99
+WAVELET_FACTORS = tuple(0.5 * 2 ** (k / 2) for k in range(6))  # 0.5 ... 2.83
+FIGURE_SIGMA = 15
+FIGURE_IMAGE = 0  # index in sorted BSD68 order
+FIGURE_CROP = (slice(80, 208), slice(120, 248))  # 128 x 128
+PUBLISHED = [  # BSD68 PSNR (dB) at sigma 5 / 15 / 25, from the papers: not measured here
+    ("BM3D", {15: 31.07, 25: 28.57}, "Dabov et al. 2007, as reported by Zhang et al. 2017 (DnCNN)"),
+    ("DnCNN", {15: 31.73, 25: 29.23}, "Zhang et al. 2017 (unconstrained, no Lipschitz guarantee)"),
+    ("CRR-NN", {5: 36.96, 15: 30.55, 25: 28.10}, "Goujon et al. 2023 (1-Lipschitz convex ridge regularizer)"),
+]
+
+Denoise = Callable[[Tensor], Tensor]  # (1, 1, H, W) noisy -> (1, 1, H, W) estimate
+
+
+def _data_folders() -> tuple[Path, Path]:
+    bsd68, set12 = DEFAULT_DATA / "bsd68", DEFAULT_DATA / "set12"
+    for folder in (bsd68, set12):
+        if not folder.is_dir():
+            raise ValueError(
+                f"the denoise benchmark needs the BSD68 and Set12 images of ../shared/data; "
+                f"{folder} not found"
+            )
+    return bsd68, set12
+
+
+def ssim(estimate: Tensor, reference: Tensor) -> float:
+    """SSIM of the estimate clipped to [0, 1] (Wang et al. 2004 settings, data range 1)."""
+    return float(
+        structural_similarity(
+            estimate.clamp(0, 1).double().numpy(), reference.double().numpy(), data_range=1.0,
+            gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+        )
+    )
+
+
+@torch.no_grad()
+def _score(denoise: Denoise, clean: list[Tensor], noisy: list[Tensor]) -> dict:
+    """Mean PSNR / SSIM over the images, per-image PSNR and the first output (for the figure)."""
+    psnrs, ssims, first = [], [], None
+    for x, y in zip(clean, noisy, strict=True):
+        out = denoise(y[None, None])[0, 0]
+        first = out if first is None else first
+        psnrs.append(psnr(out, x))
+        ssims.append(ssim(out, x))
+    return {
+        "psnr": sum(psnrs) / len(psnrs), "ssim": sum(ssims) / len(ssims),
+        "per_image_psnr": [round(p, 4) for p in psnrs], "first_output": first,
+    }
+
+
+@torch.no_grad()
+def _tune(
+    apply: Callable[[Tensor, float], Tensor], grid: list[float], clean: list[Tensor], noisy: list[Tensor]
+) -> dict:
+    """Pick the grid value with the best mean PSNR on the tuning images (set12)."""
+    scores = []
+    for value in grid:
+        values = [psnr(apply(y[None, None], value)[0, 0], x) for x, y in zip(clean, noisy, strict=True)]
+        scores.append(sum(values) / len(values))
+    best = max(range(len(grid)), key=scores.__getitem__)
+    return {
+        "value": grid[best], "grid": grid, "set12_psnr": [round(s, 4) for s in scores],
+        "at_grid_edge": best in (0, len(grid) - 1),
+    }
+
+
+def _classical_methods() -> dict[str, tuple[Callable[[Tensor, float], Tensor] | None, tuple[float, ...], str]]:
+    """name -> (apply(noisy, parameter) or None when unavailable, grid factors, note)."""
+    methods: dict = {}
+    tv = deepinv.models.TVDenoiser()  # deepinv 0.5: models.TVDenoiser (not optim)
+
+    def tv_apply(y: Tensor, ths: float) -> Tensor:
+        tv.restart = True  # no warm start from the previous image: each call is independent
+        return tv(y, ths)
+
+    methods["TV (deepinv TVDenoiser)"] = (
+        tv_apply, TV_FACTORS, f"prox of TV, Chambolle-Pock, n_it_max={tv.n_it_max}, crit={tv.crit}",
+    )
+    try:
+        wavelet = deepinv.models.WaveletDenoiser()  # db8, 3 levels, soft thresholding
+        wavelet(torch.zeros(1, 1, 32, 32), 0.1)  # its backend (ptwt) is imported on first use
+        methods["wavelet (deepinv WaveletDenoiser)"] = (
+            lambda y, ths: wavelet(y, ths), WAVELET_FACTORS, "db8, 3 levels, soft thresholding",
+        )
+    except (ImportError, RuntimeError):
+        methods["wavelet (deepinv WaveletDenoiser)"] = (
+            None, WAVELET_FACTORS, "skipped: optional ptwt package (deepinv's wavelet backend) not installed",
+        )
+    try:
+        import bm3d
+
+        def bm3d_apply(y: Tensor, sigma: float) -> Tensor:
+            out = bm3d.bm3d(y[0, 0].double().numpy(), sigma_psd=sigma)
+            return torch.from_numpy(np.ascontiguousarray(out)).float()[None, None]
+
+        methods["BM3D"] = (bm3d_apply, (1.0,), "bm3d package, sigma_psd = true sigma (not tuned)")
+    except ImportError:
+        methods["BM3D"] = (None, (1.0,), "skipped: optional bm3d package not installed")
+    return methods
+
+
+def _load_shipped(name: str, card: dict) -> torch.nn.Module:
+    """A shipped model, eval mode, after checking the sha256 of its card.
+
+    Same checks as ``lipden.load_denoiser`` except its 40x40 certification (~5 s per model
+    on one core), which the card records and which this benchmark redoes at the image size.
+    """
+    path = weights_dir() / f"{name}.safetensors"
+    if sha256_of(path) != card.get("sha256"):
+        raise WeightsError(f"{path} does not match the sha256 in its card")
+    model, _ = load_denoiser_file(path)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _save_figure(path: Path, clean: Tensor, panels: list[tuple[str, Tensor]]) -> None:
+    """Crops side by side, written to a temporary file then moved into place."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cols = FIGURE_CROP
+    items = [("clean", clean)] + panels
+    fig, axes = plt.subplots(1, len(items), figsize=(2.6 * len(items), 3.0))
+    for ax, (title, image) in zip(np.atleast_1d(axes), items, strict=True):
+        ax.imshow(image.clamp(0, 1)[rows, cols].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=120)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def run(quick: bool = False, output: str = "results") -> dict:
+    """Measure the table (see the module docstring); write denoise[-quick].{json,md,png}."""
+    started = time.perf_counter()
+    bsd68, set12 = _data_folders()
+    torch.manual_seed(0)
+    sigmas = QUICK_SIGMAS if quick else SIGMAS
+    files = list_images(bsd68)[: QUICK_IMAGES if quick else None]
+    clean = [load_grayscale(p) for p in files]
+    noisy = {s: noisy_versions(clean, s / 255) for s in sigmas}
+    tune_clean = [load_grayscale(p) for p in list_images(set12)[: QUICK_TUNING_IMAGES if quick else None]]
+    tune_noisy = {s: noisy_versions(tune_clean, s / 255) for s in sigmas}
+    # Timing image: the first BSD68 image (481x321 or 321x481), a 256x256 crop in quick mode.
+    timing_crop = (slice(0, 256), slice(0, 256)) if quick else (slice(None), slice(None))
+    timing_pixels = clean[0][timing_crop].numel()
+
+    rows: list[dict] = []
+    timers: dict[str, Callable[[], object]] = {}
+    figure: dict[str, Tensor] = {}
+
+    def add_row(row: dict, denoise: Denoise | None, sigma: int) -> None:
+        if denoise is not None:
+            scored = _score(denoise, clean, noisy[sigma])
+            if sigma == FIGURE_SIGMA:
+                figure[row["name"]] = scored.pop("first_output")
+            scored.pop("first_output", None)
+            row.update(scored)
+            timing_input = noisy[sigma][0][timing_crop][None, None].contiguous()
+            if row["kind"] != "input":
+                timers[f"{row['name']} @ {sigma}"] = lambda: denoise(timing_input)
+        rows.append(row)
+        print(f"  {row['name']:<38} sigma {sigma:>2}: PSNR {_fmt(row.get('psnr'))} dB, "
+              f"SSIM {_fmt(row.get('ssim'), 4)}  ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    base = {"psnr": None, "ssim": None, "lipschitz_bound": None, "parameters": None, "tuned": None, "note": ""}
+    for sigma in sigmas:
+        add_row({**base, "name": "noisy input", "kind": "input", "sigma": sigma}, lambda y: y, sigma)
+
+    # Shipped denoisers, each at its own training sigma.
+    skipped: list[str] = []
+    protocol_checks: list[dict] = []
+    cards = {name: denoiser_card(name) for name in list_denoisers()}
+    for name in sorted(cards, key=lambda n: (cards[n]["activation"] != "spline", n)):
+        card = cards[name]
+        sigma = round(card["sigma_255"])
+        if sigma not in sigmas:
+            skipped.append(f"{name} (sigma {sigma} not in this run)")
+            continue
+        model = _load_shipped(name, card)
+        free = card["config"].get("conv") == "free"
+        # Quick mode: the card's certificate (40x40); full mode: certified here at the BSD68
+        # size (for images above 96x96 pixels, the size-independent bound).
+        if quick:
+            bound_size, bound = (40, 40), card.get("certified_lipschitz_40x40")
+        else:
+            bound_size = tuple(clean[0].shape)
+            try:
+                bound = lipschitz_upper_bound(model, (1, 1, *bound_size))
+            except CertificationError:
+                bound = None
+        row = {
+            **base, "name": name, "kind": "ours", "sigma": sigma, "activation": card["activation"],
+            "conv": card["config"].get("conv"), "guarantee": "no guarantee" if free else "1-Lipschitz",
+            "lipschitz_bound": bound, "lipschitz_bound_size": list(bound_size),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "card_bsd68_psnr": card.get("bsd68_psnr"),
+            "note": "unconstrained CNN (conv='free'): no Lipschitz guarantee" if free else "",
+        }
+        add_row(row, lambda y, m=model, s=sigma: m(y, s / 255), sigma)
+        # The protocol must agree with lipden.publish.evaluate_folder, which wrote the cards:
+        # full mode compares with the card, quick mode reruns it on the same images once.
+        if not quick and row["card_bsd68_psnr"] is not None:
+            reference = float(row["card_bsd68_psnr"])
+        elif quick and not protocol_checks:
+            reference = evaluate_folder(model, bsd68, sigma / 255, limit=len(clean))
+        else:
+            continue
+        agree = abs(reference - row["psnr"]) < 1e-3  # cards are rounded to 4 decimals
+        protocol_checks.append({"model": name, "reference_psnr": reference, "benchmark_psnr": row["psnr"],
+                                "reference": "evaluate_folder" if quick else "model card", "agree": agree})
+        if not agree:
+            print(f"  WARNING: protocol mismatch: {protocol_checks[-1]}", flush=True)
+
+    # Classical baselines, one parameter tuned per sigma on set12.
+    for name, (apply_param, factors, note) in _classical_methods().items():
+        for sigma in sigmas:
+            row = {**base, "name": name, "kind": "classical", "sigma": sigma, "guarantee": "-", "note": note}
+            if apply_param is None:
+                add_row(row, None, sigma)
+                continue
+            if len(factors) > 1:
+                grid = [round(f * sigma / 255, 6) for f in factors]
+                row["tuned"] = _tune(apply_param, grid, tune_clean, tune_noisy[sigma])
+                value = row["tuned"]["value"]
+            else:
+                value = sigma / 255
+            add_row(row, lambda y, f=apply_param, v=value: f(y, v), sigma)
+
+    # Time per megapixel: one image, eval mode, no grad, runs interleaved across methods.
+    print(f"  timing {len(timers)} methods ...", flush=True)
+    with torch.no_grad():
+        times = interleaved_medians(timers, repeats=1 if quick else 3, warmup=1)
+    for row in rows:
+        key = f"{row['name']} @ {row['sigma']}"
+        row["seconds_per_megapixel"] = times[key] / (timing_pixels / 1e6) if key in times else None
+
+    # Figure: crops at sigma 15 of the first image.
+    figure_path = None
+    if FIGURE_SIGMA in sigmas:
+        noisy_image = noisy[FIGURE_SIGMA][FIGURE_IMAGE]
+        panels = [(f"noisy sigma={FIGURE_SIGMA} ({psnr(noisy_image, clean[FIGURE_IMAGE]):.2f} dB)", noisy_image)]
+        for key, label in (("spline-sigma15", "1-Lip. spline"), ("relu-sigma15", "1-Lip. ReLU"),
+                           ("TV (deepinv TVDenoiser)", "TV")):
+            if key in figure:
+                score = psnr(figure[key], clean[FIGURE_IMAGE])
+                panels.append((f"{label} ({score:.2f} dB)", figure[key]))
+        suffix = "-quick" if quick else ""
+        figure_path = Path(output) / f"denoise{suffix}.png"
+        _save_figure(figure_path, clean[FIGURE_IMAGE], panels)
+
+    results = {
+        "quick": quick, "machine": machine(), "images": [p.name for p in files], "sigmas": list(sigmas),
+        "tuning_images": len(tune_clean), "protocol": (
+            "AWGN sigma/255 on [0,1] images, torch.manual_seed(0) per image in sorted order; "
+            "PSNR (data range 1) and SSIM (skimage, gaussian window 1.5, data range 1) of the clipped output"
+        ),
+        "protocol_checks": protocol_checks, "timing_image_shape": list(clean[0][timing_crop].shape),
+        "rows": rows, "skipped_models": skipped, "figure": str(figure_path) if figure_path else None,
+        "published_not_measured": [{"method": m, "bsd68_psnr": v, "source": s} for m, v, s in PUBLISHED],
+        "wall_seconds": time.perf_counter() - started,
+    }
+    markdown = _markdown(results, quick)
+    print(markdown)
+    write_results(output, "denoise" + ("-quick" if quick else ""), results, markdown)
+    return results
+
+
+def _markdown(results: dict, quick: bool) -> str:
+    m = results["machine"]
+    n = len(results["images"])
+    h, w = results["timing_image_shape"]
+    lines = [
+        f"# Denoising on BSD68{' (QUICK: first 4 images, sigma 15 only)' if quick else ''}",
+        "",
+        f"{n} BSD68 images; {results['protocol']}. Classical parameters tuned on "
+        f"{results['tuning_images']} Set12 images only. Machine: {m['cpu']}, {m['cores']} cores, "
+        f"torch {m['torch']} with {m['torch_threads']} threads; time per megapixel on one {h}x{w} image "
+        "(median of interleaved runs, eval mode, no grad).",
+        "",
+    ]
+    for sigma in results["sigmas"]:
+        lines += [
+            f"## sigma = {sigma}",
+            "",
+            "| method | guarantee | PSNR (dB) | SSIM | certified Lip. bound | parameters | s / megapixel | note |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in (r for r in results["rows"] if r["sigma"] == sigma):
+            bound = row["lipschitz_bound"]
+            bound_text = "-" if bound is None else f"{bound:.6f}"
+            if row.get("guarantee") == "no guarantee":
+                bound_text = f"none (layer product {bound:.3g})" if bound is not None else "none"
+            note = row["note"]
+            if row.get("tuned"):
+                tuned = row["tuned"]
+                note += f"; tuned value {tuned['value']:.4g}" + (" (AT GRID EDGE)" if tuned["at_grid_edge"] else "")
+            lines.append(
+                f"| {row['name']} | {row.get('guarantee', '-')} | {_fmt(row['psnr'])} | {_fmt(row['ssim'], 4)} | "
+                f"{bound_text} | {row['parameters'] if row['parameters'] is not None else '-'} | "
+                f"{_fmt(row.get('seconds_per_megapixel'), 3)} | {note.strip('; ')} |"
+            )
+        lines.append("")
+    sizes = {tuple(r["lipschitz_bound_size"]) for r in results["rows"] if r.get("lipschitz_bound_size")}
+    for a, b in sorted(sizes):
+        lines.append(
+            "Certified bounds: the model cards' certificate at 40x40 (quick mode)." if (a, b) == (40, 40) else
+            f"Certified bounds: `lipschitz_upper_bound` at {a}x{b} (above 96x96 pixels this is the "
+            "size-independent bound, valid for every image size)."
+        )
+    if results["skipped_models"]:
+        lines.append(f"Not in this run: {', '.join(results['skipped_models'])}.")
+    if results["figure"]:
+        lines.append(
+            f"Figure `{Path(results['figure']).name}`: 128x128 crop of {results['images'][FIGURE_IMAGE]} at "
+            f"sigma {FIGURE_SIGMA}; PSNRs in the titles are of the whole image."
+        )
+    for check in results["protocol_checks"]:
+        lines.append(
+            f"Protocol check, {check['model']}: {check['reference']} {check['reference_psnr']:.4f} dB vs "
+            f"{check['benchmark_psnr']:.4f} dB here ({'agrees' if check['agree'] else 'DISAGREES'})."
+        )
+    lines += [
+        "",
+        "## Published results (not measured here)",
+        "",
+        "| method | sigma 5 | sigma 15 | sigma 25 | source |",
+        "|---|---|---|---|---|",
+    ]
+    for entry in results["published_not_measured"]:
+        values = entry["bsd68_psnr"]
+        lines.append(
+            f"| {entry['method']} | " + " | ".join(_fmt(values.get(s)) for s in SIGMAS) + f" | {entry['source']} |"
+        )
+    lines += ["", f"Wall time: {results['wall_seconds']:.0f} s.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,37 @@
+"""The deblur / MRI benchmark: cached per-row results, resumable, figures, subsets."""
+
+import json
+
+import pytest
+
+from benchmarks import reconstruction
+from tests.conftest import DATA
+
+pytestmark = pytest.mark.skipif(not (DATA / "mri_colin27").is_dir(), reason="needs ../shared/data")
+
+
+def test_quick_mri_rows_are_cached_and_summarised(tmp_path):
+    results = reconstruction.run("mri", quick=True, output=str(tmp_path), rows=["baseline", "fbs-spline"])
+    rows = results["problems"]["mri-random-x4-cf0.08-noise0.002"]
+    assert set(rows) == {"baseline", "fbs-spline"}
+    fbs = rows["fbs-spline"]
+    assert fbs["psnr"] > rows["baseline"]["psnr"] + 3
+    assert fbs["monotone_all"] is True and fbs["guarantee"] is True
+    assert len(fbs["curves_image0"]["psnr"]) == len(fbs["curves_image0"]["relative_residual"]) >= 1
+    cached = tmp_path / "runs" / "mri-quick" / "mri-random-x4-cf0.08-noise0.002" / "fbs-spline.json"
+    stamp = cached.stat().st_mtime_ns
+    again = reconstruction.run("mri", quick=True, output=str(tmp_path), rows=["fbs-spline"])
+    assert cached.stat().st_mtime_ns == stamp  # resumed from the cache, not recomputed
+    assert again["problems"]["mri-random-x4-cf0.08-noise0.002"]["fbs-spline"]["psnr"] == fbs["psnr"]
+    summary = json.loads((tmp_path / "mri-quick.json").read_text())
+    assert summary["quick"] is True and "machine" in summary
+    markdown = (tmp_path / "mri-quick.md").read_text()
+    assert "QUICK" in markdown and "PnP-FBS, spline prior" in markdown
+    for figure in ("mri-quick-mri-random-x4-cf0.08-noise0.002.png", "mri-quick-mri-random-x4-cf0.08-noise0.002-curves.png"):
+        assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("options, message", [({"rows": ["nope"]}, "unknown rows"), ({"stride": 0}, "stride")])
+def test_bad_options_are_refused(tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        reconstruction.run("mri", quick=True, output=str(tmp_path), **options)

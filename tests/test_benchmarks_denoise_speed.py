@@ -1,0 +1,70 @@
+"""Quick modes of the denoise and speed benchmarks: files, keys, sane numbers (no timing thresholds)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from lipden import list_denoisers
+
+from .conftest import DATA
+
+
+def _positive_finite(value: float) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_denoise_quick(tmp_path):
+    if not (DATA / "bsd68").is_dir() or not (DATA / "set12").is_dir():
+        pytest.skip("../shared/data (bsd68, set12) is not available")
+    if "spline-sigma15" not in list_denoisers():
+        pytest.skip("the shipped spline-sigma15 weights are not available")
+    from benchmarks.denoise import run
+
+    results = run(quick=True, output=str(tmp_path))
+    for suffix in ("json", "md", "png"):
+        assert (tmp_path / f"denoise-quick.{suffix}").stat().st_size > 0
+    assert json.loads((tmp_path / "denoise-quick.json").read_text())["sigmas"] == [15]
+    assert {"machine", "rows", "protocol_checks", "published_not_measured"} <= set(results)
+    assert all(check["agree"] for check in results["protocol_checks"])
+
+    rows = {row["name"]: row for row in results["rows"]}
+    assert {"noisy input", "spline-sigma15", "TV (deepinv TVDenoiser)", "BM3D"} <= set(rows)
+    measured = [row for row in results["rows"] if row["psnr"] is not None]
+    for row in measured:
+        assert math.isfinite(row["psnr"]) and math.isfinite(row["ssim"]), row["name"]
+    assert rows["spline-sigma15"]["psnr"] > rows["noisy input"]["psnr"] + 5
+    assert rows["spline-sigma15"]["lipschitz_bound"] <= 1.001
+    assert rows["spline-sigma15"]["parameters"] > 0
+    assert all(row["psnr"] is not None or row["note"].startswith("skipped") for row in results["rows"])
+    markdown = (tmp_path / "denoise-quick.md").read_text()
+    assert "not measured here" in markdown
+
+
+def test_denoise_requires_data(monkeypatch, tmp_path):
+    import benchmarks.denoise as denoise
+
+    monkeypatch.setattr(denoise, "DEFAULT_DATA", tmp_path / "missing")
+    with pytest.raises(ValueError, match="shared/data|not found"):
+        denoise.run(quick=True, output=str(tmp_path))
+
+
+def test_speed_quick(tmp_path):
+    from benchmarks.speed import PROBLEMS, run
+
+    results = run(quick=True, output=str(tmp_path))
+    for suffix in ("json", "md"):
+        assert (tmp_path / f"speed-quick.{suffix}").stat().st_size > 0
+    assert results["machine"]["torch_threads"] >= 1
+    ratios = [
+        results["activation"]["ratio_spline_over_relu"],
+        results["eval"]["ratio_lipschitz_over_plain"],
+        results["training_step"]["ratio_constrained_over_free"],
+        *results["eval"]["megapixels_per_second"].values(),
+    ]
+    assert set(results["pnp"]) == set(PROBLEMS)
+    for pnp in results["pnp"].values():
+        ratios += [*pnp["iterations_per_second"].values(), 1 + pnp["loop_overhead"]]
+    assert all(_positive_finite(float(r)) for r in ratios), ratios
