@@ -16,8 +16,9 @@ BENCHMARKS: dict[str, tuple[str, dict]] = {
     "fitting": ("benchmarks.fitting", {}),
     "activations": ("benchmarks.activations", {}),
     "layers": ("benchmarks.layers", {}),
+    "report": ("benchmarks.report", {}),
 }
-NAMES = (*BENCHMARKS, "all")
+NAMES = (*BENCHMARKS, "all")  # "all" runs every benchmark, then the report
 
 
 def run_benchmark(which: str, quick: bool = False, output: str = "results", **reconstruction_options) -> int:

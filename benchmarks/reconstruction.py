@@ -255,7 +255,7 @@ def run(
     test_images = dev_set(dataset, test_indices)
     tune_set, tune_start, tune_stop = setup[prefix + "tune"]
     tuning_images = dev_set(tune_set, slice(tune_start, tune_stop))
-    stem = f"{kind}{'-quick' if quick else ''}{f'-stride{stride}' if stride > 1 else ''}"
+    stem = f"{kind}{f'-stride{stride}' if stride > 1 else ''}{'-quick' if quick else ''}"
     folder = Path(output)
     runs = folder / "runs" / stem
     problem_names = problems or setup[prefix + "problems"]

@@ -53,12 +53,13 @@ def _plain_conv_bound(conv: nn.Conv2d, shape: tuple[int, ...]) -> float:
         raise CertificationError(
             f"cannot certify {conv}: only stride-1, 'same', zero or circular padded odd kernels"
         )
-    return conv_operator_norm_bound(conv.weight.detach(), tuple(shape[-2:]), conv.padding_mode)
+    return conv_operator_norm_bound(conv.weight.detach(), (shape[-2], shape[-1]), conv.padding_mode)
 
 
 def _module_bound(module: nn.Module, shape: tuple[int, ...]) -> float:
-    if hasattr(module, "lipschitz_certificate"):
-        return float(module.lipschitz_certificate(shape))
+    certificate = getattr(module, "lipschitz_certificate", None)
+    if certificate is not None:
+        return float(certificate(shape))
     if isinstance(module, nn.Sequential):
         bound = 1.0
         for child in module:
@@ -87,9 +88,11 @@ def _output_shape(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
     if isinstance(module, _LipschitzConv2d):  # stride-1 'same' convolutions
         return (shape[0], module.out_channels, *shape[2:])
     reference = next(iter(module.parameters()), None)
-    kwargs = {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
+    size = (1, *shape[1:])
+    # zeros on the parameters' device and dtype (torch's defaults when there are none)
+    probe = torch.zeros(size) if reference is None else reference.new_zeros(size)
     with torch.no_grad():
-        return tuple(module(torch.zeros((1, *shape[1:]), **kwargs)).shape)
+        return tuple(module(probe).shape)
 
 
 def lipschitz_upper_bound(model: nn.Module, input_shape: tuple[int, ...]) -> float:

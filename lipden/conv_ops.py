@@ -8,17 +8,21 @@ Images are (B, C, H, W).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-PADDING_MODES = ("circular", "zeros")
+PaddingMode = Literal["circular", "zeros"]
+PADDING_MODES: tuple[PaddingMode, ...] = ("circular", "zeros")
 
 
-def check_padding_mode(padding_mode: str) -> None:
+def check_padding_mode(padding_mode: str) -> PaddingMode:
+    """Raise ValueError unless ``padding_mode`` is supported; return it, narrowed."""
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    return padding_mode  # narrowed to PaddingMode by the membership test
 
 
 def _same_padding(kernel: Tensor) -> tuple[int, int]:

@@ -1,124 +1,270 @@
-"""``python cli.py denoise``: denoise image files (or an embedded default) with a shipped model."""
+"""``python cli.py denoise``: denoise image files (or an embedded default) with a shipped model.
+
+Batches (a folder, or several inputs) are resumable: every output is written atomically
+(complete or absent), an interrupt (Ctrl-C, SIGTERM) keeps the finished ones, and a rerun
+skips the outputs that exist (``--force`` redoes them). Images above ``AUTO_TILE_PIXELS``
+are denoised tile by tile (:mod:`lipden.tiling`): the same result in bounded memory.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .imageio import READABLE, read_image, write_image
+from .imageio import READABLE, deferred_signals, read_image, write_image
 from .pretrained import list_denoisers, load_denoiser
 from .training import psnr
 
+#: Images with more pixels than this are tiled unless ``--tile`` says otherwise.
+AUTO_TILE_PIXELS = 1024 * 1024
+#: Tile size used for such images: activations of about 0.1 GB for the shipped models.
+AUTO_TILE = 512
+#: JPEG inputs give PNG outputs (a lossy re-encoding would add artefacts back).
+_LOSSY = (".jpg", ".jpeg")
 
-def _ssim(x: torch.Tensor, ref: torch.Tensor) -> float:
+
+def _ssim(x: torch.Tensor, ref: torch.Tensor) -> float | None:
+    """Mean SSIM over channels of (C, H, W) images; None for images under 3 pixels a side."""
     from skimage.metrics import structural_similarity
 
+    side = min(x.shape[-2:])
+    if side < 3:
+        return None
+    window = min(7, side if side % 2 else side - 1)
     a = x.clamp(0, 1).numpy()
     b = ref.numpy()
-    return float(np.mean([structural_similarity(a[c], b[c], data_range=1.0) for c in range(a.shape[0])]))
+    return float(np.mean([structural_similarity(a[c], b[c], data_range=1.0, win_size=window)
+                          for c in range(a.shape[0])]))
 
 
-def _inputs(paths: list[str]) -> list[Path]:
-    files: list[Path] = []
+def check_device(name: str) -> torch.device:
+    """``torch.device(name)`` if it exists on this machine, else a ``ValueError`` saying why."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: only cpu, cuda and mps are supported")
+    return device
+
+
+def check_writable_folder(folder: Path) -> None:
+    """A ``FileNotFoundError`` / ``PermissionError`` unless outputs can be created in ``folder``."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"output folder is not writable: {folder}")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file (through links, case-insensitive file systems, ...)."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _inputs(paths: list[str]) -> list[tuple[Path, bool]]:
+    """(file, found in a folder) for each input; folders give their visible image files."""
+    files: list[tuple[Path, bool]] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in READABLE)
+            found = sorted(p for p in path.iterdir()
+                           if p.suffix.lower() in READABLE and not p.name.startswith(".") and p.is_file())
             if not found:
-                raise FileNotFoundError(f"no images in folder {path}")
-            files += found
+                raise FileNotFoundError(f"no images in folder {path} (readable: {', '.join(READABLE)})")
+            files += [(p, True) for p in found]
         elif path.exists():
-            files.append(path)
+            files.append((path, False))
         else:
             raise FileNotFoundError(f"input not found: {path}")
     return files
 
 
-def _output_for(source: Path, output: str | None, many: bool) -> Path:
-    if output is None:
-        return source.with_name(f"{source.stem}_denoised{source.suffix if source.suffix != '.jpg' else '.png'}")
-    target = Path(output)
-    if many or target.is_dir():
-        if not target.is_dir():
-            raise FileNotFoundError(f"output folder does not exist: {target}")
-        return target / f"{source.stem}_denoised{source.suffix}"
-    return target
+def _derived_name(source: Path) -> str:
+    suffix = ".png" if source.suffix.lower() in _LOSSY else source.suffix
+    return f"{source.stem}_denoised{suffix}"
+
+
+@dataclass
+class _Job:
+    label: str
+    source: Path | None  # None: the embedded image
+    target: Path | None  # None: no output file
+    derived: bool  # target named by us (batch mode: skipped when it exists) or by the user
+
+
+def _plan(args: argparse.Namespace) -> list[_Job]:
+    """Inputs and outputs, checked before any work: collisions, folders, suffixes."""
+    output = Path(args.output) if args.output else None
+    if not args.inputs:
+        if output is not None:
+            if output.is_dir():
+                output = output / "camera_denoised.png"
+            if output.suffix.lower() not in READABLE:
+                raise ValueError(f"{output}: unsupported output type {output.suffix!r} (use {', '.join(READABLE)})")
+            check_writable_folder(output.parent)
+        return [_Job("skimage.data.camera", None, output, False)]
+    found = _inputs(args.inputs)
+    to_folder = output is not None and (output.is_dir() or len(found) > 1)
+    if output is not None and to_folder and not output.is_dir():
+        raise FileNotFoundError(f"several inputs need -o to name an existing folder; {output} is not one")
+    jobs = []
+    for path, _ in found:
+        if output is None:
+            jobs.append(_Job(str(path), path, path.with_name(_derived_name(path)), True))
+        elif to_folder:
+            jobs.append(_Job(str(path), path, output / _derived_name(path), True))
+        else:
+            jobs.append(_Job(str(path), path, output, False))
+    # Files of a folder that are outputs of another input are earlier results: not inputs.
+    targets = {job.target.resolve() for job in jobs if job.target is not None}
+    jobs = [job for job, (path, in_folder) in zip(jobs, found, strict=True)
+            if not (in_folder and path.resolve() in targets)]
+    seen: dict[Path, str] = {}
+    sources = [job.source for job in jobs if job.source is not None]
+    for job in jobs:
+        assert job.target is not None and job.source is not None
+        if job.target.suffix.lower() not in READABLE:
+            raise ValueError(f"{job.target}: unsupported output type {job.target.suffix!r} (use {', '.join(READABLE)})")
+        for source in sources:
+            if same_file(job.target, source):
+                raise ValueError(f"output {job.target} would overwrite the input {source}")
+        key = job.target.resolve()
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {job.label} would both be written to {job.target}")
+        seen[key] = job.label
+    for folder in {job.target.parent for job in jobs if job.target is not None}:
+        check_writable_folder(folder)
+    return jobs
+
+
+def _tile_for(tile: int | None, shape: torch.Size) -> int | None:
+    if tile == 0:
+        return None
+    if tile is not None:
+        return tile
+    return AUTO_TILE if shape[-2] * shape[-1] > AUTO_TILE_PIXELS else None
 
 
 def run_denoise(args: argparse.Namespace) -> int:
-    records = []
-    if not args.inputs:
-        from skimage import data
-
-        clean = torch.from_numpy(data.camera().astype(np.float32) / 255)[None]
-        sources: list[tuple[str, torch.Tensor, int, Path | None]] = [("skimage.data.camera", clean, 8, None)]
-        add_noise = args.add_noise if args.add_noise is not None else args.sigma
-    else:
-        files = _inputs(args.inputs)
-        sources = []
-        for path in files:
-            image, info = read_image(path)
-            sources.append((str(path), image, info.bits, path))
-        add_noise = args.add_noise
+    device = check_device(args.device)
+    add_noise = args.add_noise
+    if not args.inputs and add_noise is None:
+        add_noise = args.sigma
+    if add_noise is not None and not 0 < add_noise < 255:
+        raise ValueError(f"--add-noise is on the 0-255 scale and must be in (0, 255), got {add_noise:g}")
+    tile = getattr(args, "tile", None)
+    if tile is not None and tile < 0:
+        raise ValueError(f"--tile must be >= 1 (or 0: never tile), got {tile}")
+    jobs = _plan(args)
     sigma_name = f"spline-sigma{args.sigma:g}"
     model_name = args.model or sigma_name
     if args.model is None and sigma_name not in list_denoisers():
         shipped = ", ".join(n for n in list_denoisers() if n.startswith("spline")) or "none"
         raise ValueError(f"no shipped spline model for --sigma {args.sigma:g}; shipped: {shipped}")
-    model = load_denoiser(model_name, device=args.device)
-    generator_seed = args.seed
+    pending: list[tuple[int, _Job]] = []  # (position in the batch: seeds its added noise, job)
+    for position, job in enumerate(jobs):
+        if job.target is not None and job.target.exists() and not args.force:
+            if not job.derived:
+                raise FileExistsError(f"output exists: {job.target} (use --force to overwrite)")
+            _report(args, {"input": job.label, "output": str(job.target), "skipped": True},
+                    f"{job.label}: skipped, {job.target} exists (--force to redo)")
+            continue
+        pending.append((position, job))
+    if not pending:
+        return 0
     reference = None
     if args.reference:
         reference, _ = read_image(args.reference)
-    many = len(sources) > 1
-    for index, (label, image, bits, path) in enumerate(sources):
-        target = None
-        if path is not None or args.output:
-            target = _output_for(path or Path("camera.png"), args.output, many)
-            if path is not None and target.resolve() == path.resolve():
-                raise ValueError(f"output would overwrite the input {path}")
-            if target.exists() and not args.force:
-                raise FileExistsError(f"output exists: {target} (use --force to overwrite)")
-        ref = None
-        noisy = image
-        if add_noise is not None:
-            if not add_noise > 0:
-                raise ValueError(f"--add-noise must be > 0 (0-255 scale), got {add_noise}")
-            generator = torch.Generator().manual_seed(generator_seed + index)
-            noisy = image + add_noise / 255 * torch.randn(image.shape, generator=generator)
-            ref = image
-        elif reference is not None:
-            if reference.shape != image.shape:
-                raise ValueError(f"--reference has shape {tuple(reference.shape)}, input {tuple(image.shape)}")
-            ref = reference
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = model(noisy[None].to(args.device), sigma=args.sigma / 255)[0].cpu()
-        seconds = time.perf_counter() - start
-        if target is not None:
-            write_image(target, out.clamp(0, 1), bits=bits if bits in (8, 16) else 8, force=args.force)
-        record = {
-            "input": label,
-            "output": str(target) if target else None,
-            "model": model_name,
-            "psnr_noisy": psnr(noisy, ref) if ref is not None else None,
-            "psnr": psnr(out, ref) if ref is not None else None,
-            "ssim": _ssim(out, ref) if ref is not None else None,
-            "seconds": seconds,
-        }
-        records.append(record)
-        if args.json:
-            print(json.dumps(record))
-        else:
-            line = f"{label}: denoised with {model_name} in {seconds:.2f} s"
-            if ref is not None:
-                line += f"; PSNR {record['psnr_noisy']:.2f} dB -> {record['psnr']:.2f} dB, SSIM {record['ssim']:.3f}"
-            if target is not None:
-                line += f"; wrote {target}"
-            print(line)
+    model = load_denoiser(model_name, device=device)
+    written: list[Path] = []
+    try:
+        for position, job in pending:
+            _denoise_one(args, job, position, model, model_name, device, add_noise, reference, tile, written)
+    except KeyboardInterrupt as interrupt:
+        skipped = len(jobs) - len(pending)
+        if len(pending) > 1 or skipped:
+            raise type(interrupt)(
+                f"{len(written)} of {len(pending)} outputs written"
+                + (f" ({skipped} existed)" if skipped else "")
+                + "; finished outputs are complete, rerun to do the rest"
+            ) from None
+        raise
     return 0
+
+
+def _report(args: argparse.Namespace, record: dict, line: str) -> None:
+    print(json.dumps(record) if args.json else line, flush=True)
+
+
+def _denoise_one(args, job: _Job, index: int, model, model_name: str, device: torch.device,
+                 add_noise: float | None, reference: torch.Tensor | None, tile: int | None,
+                 written: list[Path]) -> None:
+    if job.source is None:
+        from skimage import data
+
+        image, bits = torch.from_numpy(data.camera().astype(np.float32) / 255)[None], 8
+    else:
+        image, info = read_image(job.source)
+        bits = info.bits
+    ref = None
+    noisy = image
+    if add_noise is not None:
+        generator = torch.Generator().manual_seed(args.seed + index)
+        noisy = image + add_noise / 255 * torch.randn(image.shape, generator=generator)
+        ref = image
+    elif reference is not None:
+        if reference.shape != image.shape:
+            raise ValueError(f"--reference has shape {tuple(reference.shape)}, {job.label} {tuple(image.shape)}")
+        ref = reference
+    used_tile = _tile_for(tile, image.shape)
+    start = time.perf_counter()
+    with torch.no_grad():
+        if used_tile is None:
+            out = model(noisy[None].to(device), sigma=args.sigma / 255)[0].cpu()
+        else:
+            from .tiling import denoise_tiled
+
+            out = denoise_tiled(model, noisy[None], args.sigma / 255, tile=used_tile, device=device)[0].cpu()
+    seconds = time.perf_counter() - start
+    if job.target is not None:
+        with deferred_signals():  # an interrupt during the write is counted after it
+            write_image(job.target, out.clamp(0, 1), bits=bits, force=args.force)
+            written.append(job.target)
+    ssim = _ssim(out, ref) if ref is not None else None
+    record = {
+        "input": job.label,
+        "output": str(job.target) if job.target else None,
+        "model": model_name,
+        "psnr_noisy": psnr(noisy, ref) if ref is not None else None,
+        "psnr": psnr(out, ref) if ref is not None else None,
+        "ssim": ssim,
+        "seconds": seconds,
+        "tile": used_tile,
+        "skipped": False,
+    }
+    line = f"{job.label}: denoised with {model_name} in {seconds:.2f} s"
+    if used_tile is not None:
+        line += f" ({used_tile}x{used_tile} tiles)"
+    if ref is not None:
+        line += f"; PSNR {record['psnr_noisy']:.2f} dB -> {record['psnr']:.2f} dB"
+        line += f", SSIM {ssim:.3f}" if ssim is not None else ", SSIM n/a (image under 3 pixels a side)"
+    if job.target is not None:
+        line += f"; wrote {job.target}"
+    _report(args, record, line)

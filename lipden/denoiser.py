@@ -13,6 +13,7 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Literal, cast
 
 import deepinv
 import torch
@@ -96,9 +97,11 @@ def _make_conv(config: DenoiserConfig, cin: int, cout: int) -> nn.Module:
         return OrthoConv2d(cin, cout, config.kernel_size, bias=config.bias, padding_mode=config.padding_mode)
     if config.conv == "spectral":
         return SpectralNormConv2d(cin, cout, config.kernel_size, bias=config.bias, padding_mode=config.padding_mode)
+    # nn.Conv2d validates padding_mode itself (any of its four modes is allowed here)
+    padding_mode = cast(Literal["zeros", "reflect", "replicate", "circular"], config.padding_mode)
     return nn.Conv2d(
         cin, cout, config.kernel_size, padding=config.kernel_size // 2, bias=config.bias,
-        padding_mode=config.padding_mode,
+        padding_mode=padding_mode,
     )
 
 
@@ -144,6 +147,11 @@ class LipschitzDenoiser(deepinv.models.Denoiser):
         if not isinstance(x, Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"expected an image tensor of shape (B, C, H, W), got {shape}")
+        dtype = next(self.parameters()).dtype
+        if x.dtype != dtype:
+            raise ValueError(f"image dtype {x.dtype} does not match the model's {dtype}: convert with x.to({dtype})")
+        if not torch.isfinite(x).all():
+            raise ValueError("the image contains NaN or inf values")
         self._check_sigma(sigma)
         b, c, h, w = x.shape
         out = self.body(x.reshape(b * c, 1, h, w))

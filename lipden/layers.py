@@ -13,6 +13,7 @@ All take and return (B, C, H, W) (convolutions, stride 1, 'same' size) or (B, fe
 from __future__ import annotations
 
 import math
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from .constrained import ConstrainedLayer
 from .conv_ops import (
     EXACT_NORM_MAX_PIXELS,
+    PaddingMode,
     check_padding_mode,
     compose_kernels,
     conv2d_same,
@@ -28,6 +30,13 @@ from .conv_ops import (
     conv_operator_norm_bound,
 )
 from .orthogonal import bjorck_orthonormalize
+
+
+class _Factory(TypedDict):
+    """``device`` and ``dtype`` keyword arguments of the tensor factories (``torch.empty`` ...)."""
+
+    device: torch.device | str | None
+    dtype: torch.dtype | None
 
 
 def _square_odd_kernel(kernel_size: int | tuple[int, int]) -> int:
@@ -58,7 +67,7 @@ class _LipschitzConv2d(ConstrainedLayer):
     in_channels: int
     out_channels: int
     kernel_size: int
-    padding_mode: str
+    padding_mode: PaddingMode
     bias: nn.Parameter | None  # registered by subclasses after their weights (checkpoint order)
 
     def _init_conv(
@@ -70,18 +79,18 @@ class _LipschitzConv2d(ConstrainedLayer):
         padding: str | int,
         bias: bool,
         padding_mode: str,
-        factory: dict,
+        factory: _Factory,
     ) -> None:
         """Validate the nn.Conv2d-like arguments and set the attributes shared by all convs."""
         kernel_size = _square_odd_kernel(kernel_size)
         _check_conv_args(stride, padding, kernel_size)
-        check_padding_mode(padding_mode)
+        valid_padding_mode = check_padding_mode(padding_mode)
         if in_channels < 1 or out_channels < 1:
             raise ValueError("in_channels and out_channels must be >= 1")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
-        self.padding_mode = padding_mode
+        self.padding_mode = valid_padding_mode
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_channels, type(self).__name__)
@@ -92,7 +101,7 @@ class _LipschitzConv2d(ConstrainedLayer):
 
         Computed from the eval-mode weight; memoized until the parameters change.
         """
-        size = tuple(input_shape[-2:])
+        size = (input_shape[-2], input_shape[-1])
         # above EXACT_NORM_MAX_PIXELS the bound is the same for every size: one cache entry
         key = (self._state_key(), size if size[0] * size[1] <= EXACT_NORM_MAX_PIXELS else "any size")
         cached = getattr(self, "_certificate_cache", None)
@@ -100,7 +109,7 @@ class _LipschitzConv2d(ConstrainedLayer):
             return cached[1]
         with torch.no_grad():  # eval mode: the cached weight the forward pass uses
             weight = self.inference_weight() if self.training else self.constrained_weight()
-        bound = conv_operator_norm_bound(weight, tuple(input_shape[-2:]), self.padding_mode)
+        bound = conv_operator_norm_bound(weight, size, self.padding_mode)
         self._certificate_cache = (key, bound)
         return bound
 
@@ -120,6 +129,7 @@ class _LipschitzConv2d(ConstrainedLayer):
         with torch.no_grad():
             conv.weight.copy_(weight)
             if self.bias is not None:
+                assert conv.bias is not None  # built with bias=True
                 conv.bias.copy_(self.bias)
         return conv
 
@@ -162,7 +172,7 @@ class OrthoConv2d(_LipschitzConv2d):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        factory = {"device": device, "dtype": dtype}
+        factory: _Factory = {"device": device, "dtype": dtype}
         self._init_conv(in_channels, out_channels, kernel_size, stride, padding, bias, padding_mode, factory)
         self.bjorck_iters = bjorck_iters
         channels = max(in_channels, out_channels)
@@ -210,6 +220,8 @@ class SpectralNormConv2d(_LipschitzConv2d):
     Args mirror ``nn.Conv2d``; only stride 1 and 'same' padding are supported.
     """
 
+    power_vector: Tensor  # buffer (registered in __init__), (1, C_in, size, size), unit norm
+
     def __init__(
         self,
         in_channels: int,
@@ -227,7 +239,7 @@ class SpectralNormConv2d(_LipschitzConv2d):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        factory = {"device": device, "dtype": dtype}
+        factory: _Factory = {"device": device, "dtype": dtype}
         self._init_conv(in_channels, out_channels, kernel_size, stride, padding, bias, padding_mode, factory)
         if power_iterations < 0:
             raise ValueError(f"power_iterations must be >= 0, got {power_iterations}")
@@ -303,7 +315,7 @@ class BjorckLinear(ConstrainedLayer):
         self.in_features = in_features
         self.out_features = out_features
         self.bjorck_iters = bjorck_iters
-        factory = {"device": device, "dtype": dtype}
+        factory: _Factory = {"device": device, "dtype": dtype}
         self.raw_weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
         self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
         nn.init.orthogonal_(self.raw_weight)
@@ -332,6 +344,7 @@ class BjorckLinear(ConstrainedLayer):
         with torch.no_grad():
             linear.weight.copy_(weight)
             if self.bias is not None:
+                assert linear.bias is not None  # built with bias=True
                 linear.bias.copy_(self.bias)
         return linear
 

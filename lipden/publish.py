@@ -32,9 +32,32 @@ def publish(run_dir: str | Path, name: str, test_dir: str | Path = DEFAULT_DATA 
     if target.exists() and not force:
         raise FileExistsError(f"{target} exists (use --force to replace it)")
     sigma = model.config.sigma
+    if sigma is None:
+        raise ValueError(f"{run_dir / 'best.safetensors'}: the model config has no sigma; cannot publish")
     train_config = state["train_config"]
-    save_denoiser(model, target, {"name": name})
-    card = {
+    # measure everything first; the shipped pair is replaced only at the end (weights, then card)
+    fd, staged = tempfile.mkstemp(dir=target.parent, prefix=f".{name}-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        card = _card(model, name, metadata, state, train_config, sigma, test_dir, Path(staged))
+    except BaseException:
+        os.unlink(staged)
+        raise
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".json")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(card, handle, indent=2)
+        handle.write("\n")
+    os.chmod(tmp, 0o644)
+    os.chmod(staged, 0o644)
+    os.replace(staged, target)
+    os.replace(tmp, target.with_suffix(".json"))
+    return card
+
+
+def _card(model, name: str, metadata: dict, state: dict, train_config: dict, sigma: float,
+          test_dir: str | Path, staged: Path) -> dict:
+    save_denoiser(model, staged, {"name": name})
+    return {
         "name": name,
         "config": model.config.to_dict(),
         "sigma_255": round(sigma * 255, 6),
@@ -54,16 +77,9 @@ def publish(run_dir: str | Path, name: str, test_dir: str | Path = DEFAULT_DATA 
         "bsd68_psnr": round(evaluate_folder(model, test_dir, sigma), 4),
         "bsd68_protocol": "sigma/255 AWGN, torch.manual_seed(0) per image in sorted order, PSNR of the clipped output, 68 images",
         "certified_lipschitz_40x40": model.lipschitz_certificate(CERTIFY_SHAPE),
-        "sha256": sha256_of(target),
-        "size_bytes": target.stat().st_size,
+        "sha256": sha256_of(staged),
+        "size_bytes": staged.stat().st_size,
     }
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(card, handle, indent=2)
-        handle.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target.with_suffix(".json"))
-    return card
 
 
 __all__ = ["evaluate_folder", "publish"]

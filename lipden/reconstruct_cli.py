@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import tempfile
 import time
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .denoise_cli import _ssim
-from .imageio import read_image, write_image
+from .denoise_cli import _ssim, check_device, check_writable_folder, same_file
+from .imageio import READABLE, deferred_signals, read_image, write_image
 from .pretrained import load_denoiser
 from .reconstruction import reconstruct
 from .training import psnr
@@ -20,10 +21,21 @@ from .training import psnr
 DEFAULT_MODEL = "spline-sigma15"
 
 
-def build_problem(args: argparse.Namespace):
+def build_problem(args: argparse.Namespace, image_size: tuple[int, int] | None = None):
+    """The problem of the command line; with ``image_size``, kernels that cannot fit the image
+    are refused before they are built (a huge kernel would take all the memory)."""
     from problems import DeblurProblem, MRIProblem
 
     if args.problem == "deblur":
+        if not (math.isfinite(args.blur_sigma) and args.blur_sigma > 0):
+            raise ValueError(f"--blur-sigma must be a positive number of pixels, got {args.blur_sigma:g}")
+        if image_size is not None:
+            side, shape = min(image_size), "x".join(map(str, image_size))
+            if args.kernel == "gaussian" and 6 * args.blur_sigma > side:
+                raise ValueError(f"the Gaussian blur kernel (--blur-sigma {args.blur_sigma:g}: about "
+                                 f"{6.7 * args.blur_sigma:.0f} pixels wide) does not fit the {shape} image")
+            if args.kernel != "gaussian" and args.kernel_size is not None and args.kernel_size > side:
+                raise ValueError(f"--kernel-size {args.kernel_size} does not fit the {shape} image")
         noise = 0.01 if args.noise is None else args.noise
         return DeblurProblem(args.kernel, blur_sigma=args.blur_sigma, size=args.kernel_size,
                              noise=noise, seed=args.kernel_seed)
@@ -65,38 +77,60 @@ def _save_plot(path: Path, truth, baseline, result, residuals, title: str, force
     axes[3].grid(True, which="both", alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix, prefix=".plot-")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        if path.exists() and not force:
-            raise FileExistsError(f"plot exists: {path} (use --force to overwrite)")
-        os.replace(tmp, path)
+        with deferred_signals():  # the figure is complete or absent, never half-written
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+            os.close(fd)
+            try:
+                fig.savefig(tmp, dpi=110, format=path.suffix[1:].lower())
+                if path.exists() and not force:
+                    raise FileExistsError(f"plot exists: {path} (use --force to overwrite)")
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
-def _check_target(path: Path | None, source: str | None, force: bool) -> None:
+def _plot_formats() -> set[str]:
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return {f".{name}" for name in FigureCanvasBase.get_supported_filetypes()}
+
+
+def _check_target(path: Path | None, source: str | None, force: bool, suffixes) -> None:
     if path is None:
         return
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
-    if source is not None and path.resolve() == Path(source).resolve():
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"{path}: unsupported output type {path.suffix!r} (use {', '.join(sorted(suffixes))})")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give an output file name")
+    check_writable_folder(path.parent)
+    if source is not None and same_file(path, Path(source)):
         raise ValueError(f"output would overwrite the input {source}")
     if path.exists() and not force:
         raise FileExistsError(f"output exists: {path} (use --force to overwrite)")
 
 
+def _fmt(ssim: float | None) -> str:
+    return "n/a" if ssim is None else f"{ssim:.3f}"
+
+
 def run_reconstruct(args: argparse.Namespace) -> int:
-    problem = build_problem(args)
+    device = check_device(args.device)
     output = Path(args.output) if args.output else None
     plot = Path(args.plot) if args.plot else None
-    _check_target(output, args.input, args.force)
-    _check_target(plot, args.input, args.force)
-    truth, label, bits = _ground_truth(args, problem.kind)
-    truth = truth.to(args.device)
+    _check_target(output, args.input, args.force, READABLE)
+    _check_target(plot, args.input, args.force, _plot_formats() if plot is not None else ())
+    if output is not None and plot is not None and same_file(output, plot):
+        raise ValueError(f"-o and --plot name the same file {output}")
+    truth, label, bits = _ground_truth(args, "mri" if args.problem == "mri" else "natural")
+    problem = build_problem(args, (truth.shape[-2], truth.shape[-1]))
+    if problem.kind == "mri" and args.acceleration > truth.shape[-1]:
+        raise ValueError(f"--acceleration {args.acceleration} exceeds the {truth.shape[-1]} k-space lines "
+                         f"of {label}")
+    truth = truth.to(device)
     tuned = problem.default_parameters(args.method)
     model_name = args.model or tuned.pop("model", DEFAULT_MODEL)
     tuned.pop("model", None)
@@ -106,10 +140,10 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 
     method = canonical_method(args.method)
     params = {k: v for k, v in params.items() if k in parameter_names(method)}
-    denoiser = load_denoiser(model_name, device=args.device)
+    denoiser = load_denoiser(model_name, device=device)
     started = time.perf_counter()
     y = problem.measure(truth, seed=args.seed)
-    physics = problem.physics(truth.shape, args.device)
+    physics = problem.physics(truth.shape, device)
     baseline = problem.baseline(y, truth.shape)
     result = reconstruct(
         y, physics, denoiser, method, x_true=truth, max_iter=args.max_iter, tol=args.tol,
@@ -138,7 +172,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         "seconds": seconds,
     }
     if output is not None:
-        write_image(output, estimate[0], bits=bits if bits in (8, 16) else 8, force=args.force)
+        write_image(output, estimate[0], bits=bits, force=args.force)
     if plot is not None:
         base_label = "zero-filled" if problem.kind == "mri" else "A^T y"
         _save_plot(
@@ -151,8 +185,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     else:
         base = "zero-filled" if problem.kind == "mri" else "A^T y"
         print(f"{problem.name} on {label}")
-        print(f"  {base}: PSNR {record['psnr_baseline']:.2f} dB, SSIM {record['ssim_baseline']:.3f}")
-        print(f"  {method} with {model_name}: PSNR {record['psnr']:.2f} dB, SSIM {record['ssim']:.3f}")
+        print(f"  {base}: PSNR {record['psnr_baseline']:.2f} dB, SSIM {_fmt(record['ssim_baseline'])}")
+        print(f"  {method} with {model_name}: PSNR {record['psnr']:.2f} dB, SSIM {_fmt(record['ssim'])}")
         status = "converged" if result.converged else f"NOT converged (cap {args.max_iter})"
         print(f"  {result.iterations} iterations, {status}, final relative residual "
               f"{record['final_relative_residual']:.2e}, residual non-increasing: {result.monotone}; {seconds:.1f} s")

@@ -149,6 +149,12 @@ def reconstruct(
         start = physics.A_adjoint(y) if x0 is None else x0
     if start.dim() != 4:
         raise ValueError(f"the image estimate must be (B, C, H, W), got shape {tuple(start.shape)}")
+    if not torch.isfinite(start).all():
+        raise ValueError("the initial estimate x0 contains NaN or inf values")
+    model_dtype = next(iter(denoiser.parameters()), start).dtype
+    if start.dtype != model_dtype:
+        raise ValueError(f"the image estimate is {start.dtype} but the denoiser is {model_dtype}: "
+                         "convert the measurements (or the denoiser) to one dtype")
     if x_true is not None and x_true.shape != start.shape:
         raise ValueError(f"x_true has shape {tuple(x_true.shape)}, the estimate {tuple(start.shape)}")
     notes: list[str] = []
@@ -192,7 +198,9 @@ def reconstruct(
 
     step, estimate, initial = make_step(method, chosen, denoise, gradient, prox)
     z = initial(start)
-    residuals, relative, psnrs = [], [], []
+    residuals: list[Tensor] = []
+    relative: list[Tensor] = []
+    psnrs: list[Tensor] = []
     roundoff = 2e-6 if z.dtype == torch.float32 else 1e-13
     max_increase, monotone, converged = 0.0, True, False
     bar = tqdm(range(max_iter), desc=method, disable=not progress, leave=False)

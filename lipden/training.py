@@ -18,6 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -77,8 +78,10 @@ class TrainConfig:
         if self.preset not in TRAINING_PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {', '.join(TRAINING_PRESETS)}")
         defaults = TRAINING_PRESETS[self.preset]
-        values = {k: (defaults[k] if getattr(self, k) is None and k in defaults else getattr(self, k))
-                  for k in (f.name for f in dataclasses.fields(self))}
+        values: dict[str, Any] = {
+            k: (defaults[k] if getattr(self, k) is None and k in defaults else getattr(self, k))
+            for k in (f.name for f in dataclasses.fields(self))
+        }
         config = TrainConfig(**values)
         if not 0 < config.sigma < 255:
             raise ValueError(f"sigma is on the 0-255 scale and must be in (0, 255), got {config.sigma}")
@@ -170,6 +173,9 @@ def _distributed(device_type: str) -> tuple[int, int]:
 def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> dict:
     """Train (or resume) a denoiser; returns a summary dict. Files go to ``config.output``."""
     config = config.resolved()
+    steps, batch_size = config.steps, config.batch_size
+    if steps is None or batch_size is None:  # every preset sets them
+        raise ValueError(f"preset {config.preset!r} sets no steps or batch_size")
     device = torch.device(config.device)
     rank, world = _distributed(device.type)
     if device.type == "cuda":
@@ -226,11 +232,11 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     last_loss = math.nan
     model.train()
     base_lrs = [group["lr"] for group in optimizer.param_groups]
-    while step < config.steps:
-        factor = config.lr_decay_factor if step >= config.lr_decay_at * config.steps else 1.0
+    while step < steps:
+        factor = config.lr_decay_factor if step >= config.lr_decay_at * steps else 1.0
         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base * factor
-        clean = sampler.sample(config.batch_size)
+        clean = sampler.sample(batch_size)
         noisy = clean + sigma * torch.randn(clean.shape, generator=noise_generator)
         clean, noisy = clean.to(device), noisy.to(device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -245,7 +251,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
         loss.backward()
         optimizer.step()
         step += 1
-        last_loss = float(loss.detach()) / config.batch_size
+        last_loss = float(loss.detach()) / batch_size
         bar.update(1)
         elapsed = time.perf_counter() - start
         out_of_time = config.max_minutes is not None and elapsed >= 60 * config.max_minutes

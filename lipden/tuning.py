@@ -65,7 +65,6 @@ def evaluate_parameters(
     denoisers = {} if denoisers is None else denoisers
     if method != "tv" and model_name not in denoisers:
         denoisers[model_name] = load_denoiser(model_name)
-    denoiser = denoisers.get(model_name)
     scores = []
     for indices, batch in _batches(images):
         physics = problem.physics(batch.shape)
@@ -73,8 +72,8 @@ def evaluate_parameters(
         if method == "tv":
             x, _ = tv_reconstruct(y, physics, params["weight"], max_iter=max_iter, tol=tol)
         else:
-            x = reconstruct(y, physics, denoiser, method, max_iter=max_iter, tol=tol, guarantee=guarantee,
-                            **params).x
+            x = reconstruct(y, physics, denoisers[model_name], method, max_iter=max_iter, tol=tol,
+                            guarantee=guarantee, **params).x
         scores += psnr_per_image(x, batch).tolist()
     return sum(scores) / len(scores)
 

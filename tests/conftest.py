@@ -26,3 +26,30 @@ def full_operator(f, input_shape, dtype=torch.float64):
         offset = f(torch.zeros(1, *input_shape, dtype=dtype))
         columns = f(eye) - offset
     return columns.reshape(n, -1).T
+
+
+@pytest.fixture(scope="session")
+def quick_benchmarks(tmp_path_factory):
+    """Output folder of one ``python cli.py benchmark all --quick`` run, shared by the tests."""
+    if not all((DATA / name).is_dir() for name in ("bsd68", "set12", "mri_colin27")):
+        pytest.skip("the quick benchmarks need ../shared/data (bsd68, set12, mri_colin27)")
+    from benchmarks import run_benchmark
+
+    folder = tmp_path_factory.mktemp("quick-benchmarks")
+    assert run_benchmark("all", quick=True, output=str(folder)) == 0
+    return folder
+
+
+def write_tiny_model(folder: pathlib.Path) -> pathlib.Path:
+    """A small random certified denoiser file with its sha256 card: fast to load and run."""
+    import json
+
+    import lipden
+    from lipden.checkpoint import save_denoiser, sha256_of
+
+    torch.manual_seed(0)
+    model = lipden.LipschitzDenoiser(lipden.DenoiserConfig(channels=4, depth=3, sigma=15 / 255))
+    path = folder / "tiny.safetensors"
+    save_denoiser(model, path)
+    (folder / "tiny.json").write_text(json.dumps({"sha256": sha256_of(path)}))
+    return path

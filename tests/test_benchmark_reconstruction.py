@@ -10,17 +10,18 @@ from tests.conftest import DATA
 pytestmark = pytest.mark.skipif(not (DATA / "mri_colin27").is_dir(), reason="needs ../shared/data")
 
 
-def test_quick_mri_rows_are_cached_and_summarised(tmp_path):
-    results = reconstruction.run("mri", quick=True, output=str(tmp_path), rows=["baseline", "fbs-spline"])
+def test_quick_mri_rows_are_cached_and_summarised(quick_benchmarks):
+    tmp_path = quick_benchmarks
+    results = json.loads((tmp_path / "mri-quick.json").read_text())
     rows = results["problems"]["mri-random-x4-cf0.08-noise0.002"]
-    assert set(rows) == {"baseline", "fbs-spline"}
+    assert set(rows) == set(reconstruction.QUICK_ROWS)
     fbs = rows["fbs-spline"]
     assert fbs["psnr"] > rows["baseline"]["psnr"] + 3
     assert fbs["monotone_all"] is True and fbs["guarantee"] is True
     assert len(fbs["curves_image0"]["psnr"]) == len(fbs["curves_image0"]["relative_residual"]) >= 1
     cached = tmp_path / "runs" / "mri-quick" / "mri-random-x4-cf0.08-noise0.002" / "fbs-spline.json"
     stamp = cached.stat().st_mtime_ns
-    again = reconstruction.run("mri", quick=True, output=str(tmp_path), rows=["fbs-spline"])
+    again = reconstruction.run("mri", quick=True, output=str(tmp_path), rows=["fbs-spline"])  # no recompute
     assert cached.stat().st_mtime_ns == stamp  # resumed from the cache, not recomputed
     assert again["problems"]["mri-random-x4-cf0.08-noise0.002"]["fbs-spline"]["psnr"] == fbs["psnr"]
     summary = json.loads((tmp_path / "mri-quick.json").read_text())
@@ -35,3 +36,12 @@ def test_quick_mri_rows_are_cached_and_summarised(tmp_path):
 def test_bad_options_are_refused(tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
         reconstruction.run("mri", quick=True, output=str(tmp_path), **options)
+
+
+def test_quick_deblur_and_report(quick_benchmarks):
+    results = json.loads((quick_benchmarks / "deblur-quick.json").read_text())
+    rows = results["problems"]["deblur-gaussian1.6-noise0.01"]
+    assert rows["fbs-spline"]["psnr"] > rows["baseline"]["psnr"] and rows["fbs-spline"]["monotone_all"]
+    report = (quick_benchmarks / "README.md").read_text()
+    for stem in ("denoise", "mri", "deblur", "fitting", "activations", "speed", "layers"):
+        assert f"python cli.py benchmark {stem} --quick" in report and f"`{stem}-quick.md`" in report

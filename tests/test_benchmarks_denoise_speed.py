@@ -9,21 +9,15 @@ import pytest
 
 from lipden import list_denoisers
 
-from .conftest import DATA
-
 
 def _positive_finite(value: float) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
-def test_denoise_quick(tmp_path):
-    if not (DATA / "bsd68").is_dir() or not (DATA / "set12").is_dir():
-        pytest.skip("../shared/data (bsd68, set12) is not available")
-    if "spline-sigma15" not in list_denoisers():
-        pytest.skip("the shipped spline-sigma15 weights are not available")
-    from benchmarks.denoise import run
-
-    results = run(quick=True, output=str(tmp_path))
+def test_denoise_quick(quick_benchmarks):
+    assert "spline-sigma15" in list_denoisers()
+    tmp_path = quick_benchmarks
+    results = json.loads((tmp_path / "denoise-quick.json").read_text())
     for suffix in ("json", "md", "png"):
         assert (tmp_path / f"denoise-quick.{suffix}").stat().st_size > 0
     assert json.loads((tmp_path / "denoise-quick.json").read_text())["sigmas"] == [15]
@@ -51,10 +45,11 @@ def test_denoise_requires_data(monkeypatch, tmp_path):
         denoise.run(quick=True, output=str(tmp_path))
 
 
-def test_speed_quick(tmp_path):
-    from benchmarks.speed import PROBLEMS, run
+def test_speed_quick(quick_benchmarks):
+    from benchmarks.speed import PROBLEMS
 
-    results = run(quick=True, output=str(tmp_path))
+    tmp_path = quick_benchmarks
+    results = json.loads((tmp_path / "speed-quick.json").read_text())
     for suffix in ("json", "md"):
         assert (tmp_path / f"speed-quick.{suffix}").stat().st_size > 0
     assert results["machine"]["torch_threads"] >= 1

@@ -1,4 +1,4 @@
-"""Quick-mode runs of the 1-D fitting and learned-activation benchmarks (about 40 s in all)."""
+"""The 1-D fitting and learned-activation benchmarks: their pieces, and their quick-mode outputs."""
 
 import json
 
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import run_benchmark
 from benchmarks.fitting import ACTIVATIONS, ParallelNetworks, make_targets
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -45,8 +44,8 @@ def test_parallel_networks_match_their_extracted_networks():
             torch.testing.assert_close(alone, together[index], atol=1e-5, rtol=1e-5)
 
 
-def test_fitting_quick(tmp_path):
-    assert run_benchmark("fitting", quick=True, output=str(tmp_path)) == 0
+def test_fitting_quick(quick_benchmarks):
+    tmp_path = quick_benchmarks
     results = json.loads((tmp_path / "fitting-quick.json").read_text())
     markdown = (tmp_path / "fitting-quick.md").read_text()
     assert "QUICK" in markdown
@@ -73,8 +72,8 @@ def test_fitting_quick(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_activations_quick(tmp_path):
-    assert run_benchmark("activations", quick=True, output=str(tmp_path)) == 0
+def test_activations_quick(quick_benchmarks):
+    tmp_path = quick_benchmarks
     results = json.loads((tmp_path / "activations-quick.json").read_text())
     assert "QUICK" in (tmp_path / "activations-quick.md").read_text()
     assert list(results["models"]) == ["spline-sigma15"]

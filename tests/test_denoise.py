@@ -9,20 +9,14 @@ import torch
 from PIL import Image
 
 import lipden
-from lipden.checkpoint import WeightsError, save_denoiser, sha256_of
+from lipden.checkpoint import WeightsError
 
-from .conftest import ROOT
+from .conftest import ROOT, write_tiny_model
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    model = lipden.LipschitzDenoiser(lipden.DenoiserConfig(channels=4, depth=3, sigma=15 / 255))
-    path = folder / "tiny.safetensors"
-    save_denoiser(model, path)
-    (folder / "tiny.json").write_text(json.dumps({"sha256": sha256_of(path)}))
-    return path
+    return write_tiny_model(tmp_path_factory.mktemp("model"))
 
 
 def run_cli(*args):

@@ -1,0 +1,94 @@
+"""Tiled denoising (``lipden.tiling``): exactly the untiled result, any size, in bounded memory."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import lipden
+from lipden.cli import main
+from lipden.tiling import denoise_tiled, receptive_field
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    return lipden.LipschitzDenoiser(lipden.DenoiserConfig(channels=4, depth=5, sigma=15 / 255)).eval()
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return lipden.load_denoiser("spline-sigma15")
+
+
+def _check_exact(model, shape, tile, seed=0):
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        expected = model(x, 15 / 255)
+        tiled = denoise_tiled(model, x, 15 / 255, tile=tile)
+    assert tiled.shape == x.shape
+    torch.testing.assert_close(tiled, expected, atol=1e-5, rtol=0)
+    return x, expected
+
+
+def test_receptive_field_is_derived_from_the_model(small, shipped):
+    assert receptive_field(small) == ((5, 5), "circular")
+    assert receptive_field(shipped) == ((shipped.config.depth,) * 2, "circular")
+    free = lipden.LipschitzDenoiser(lipden.DenoiserConfig(channels=2, depth=3, kernel_size=5, conv="free",
+                                                          padding_mode="zeros"))
+    assert receptive_field(free) == ((6, 6), "zeros")
+    with pytest.raises(ValueError, match="pass overlap"):
+        receptive_field(nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.AvgPool2d(2)))
+
+
+@pytest.mark.parametrize("shape, tile", [((1, 1, 100, 130), 32), ((1, 3, 257, 64), 48), ((2, 1, 31, 17), (8, 5)),
+                                         ((1, 1, 3, 50), 4)])
+def test_tiled_equals_untiled_small_model(small, shape, tile):
+    x, expected = _check_exact(small, shape, tile)
+    # not vacuous: the same tiles without their context differ at the seams
+    naive = expected.clone()
+    size = tile if isinstance(tile, int) else tile[0]
+    with torch.no_grad():
+        naive[..., :size, :size] = small(x[..., :size, :size])
+    assert (naive - expected).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("shape, tile", [((1, 1, 100, 130), 32), ((1, 3, 257, 64), 48), ((1, 1, 7, 5), 2)])
+def test_tiled_equals_untiled_shipped_model(shipped, shape, tile):
+    _check_exact(shipped, shape, tile)
+
+
+def test_zero_padding_and_tiles_larger_than_the_image(small):
+    zeros = lipden.LipschitzDenoiser(lipden.DenoiserConfig(channels=3, depth=4, padding_mode="zeros")).eval()
+    _check_exact(zeros, (1, 2, 45, 38), 16)
+    _check_exact(small, (1, 1, 20, 30), 1000)  # one tile: a single call
+    _check_exact(small, (1, 1, 20, 30), (1000, 7))  # spans the rows, tiles the columns
+
+
+def test_bad_arguments(small):
+    x = torch.rand(1, 1, 16, 16)
+    for kwargs, message in [({"tile": 0}, "tile"), ({"tile": 8, "overlap": 2}, "smaller than the receptive"),
+                            ({"tile": 8, "overlap": -1}, "overlap")]:
+        with pytest.raises(ValueError, match=message):
+            denoise_tiled(small, x, **kwargs)
+    with pytest.raises(ValueError, match="shape"):
+        denoise_tiled(small, x[0], tile=8)
+    # a network whose receptive field cannot be derived needs overlap= and padding_mode=
+    pooled = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.Upsample(scale_factor=1))
+    with pytest.raises(ValueError, match="pass overlap"):
+        denoise_tiled(pooled, x, tile=8)
+    with torch.no_grad():
+        out = denoise_tiled(pooled, x, tile=8, overlap=1, padding_mode="zeros")
+        torch.testing.assert_close(out, pooled(x), atol=1e-6, rtol=0)
+
+
+def test_cli_tile_option_gives_the_untiled_image(tmp_path, capsys):
+    image = (np.random.default_rng(1).random((70, 90)) * 255).astype(np.uint8)
+    source = tmp_path / "large image.png"
+    Image.fromarray(image).save(source)
+    whole, tiled = tmp_path / "whole.npy", tmp_path / "tiled.npy"
+    for target, tile in ((whole, "0"), (tiled, "32")):
+        assert main(["denoise", str(source), "-o", str(target), "--tile", tile]) == 0
+    assert "32x32 tiles" in capsys.readouterr().out
+    np.testing.assert_allclose(np.load(tiled), np.load(whole), atol=1e-5, rtol=0)
