@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, tuple[str, dict]] = {
     "fitting": ("benchmarks.fitting", {}),
     "activations": ("benchmarks.activations", {}),
     "layers": ("benchmarks.layers", {}),
+    "large": ("benchmarks.large", {}),
     "report": ("benchmarks.report", {}),
 }
 NAMES = (*BENCHMARKS, "all")  # "all" runs every benchmark, then the report

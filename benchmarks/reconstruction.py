@@ -289,21 +289,24 @@ def run(
              "", f"Test images: {test_spec}; parameters tuned on {results['tuning_set']} (see each row's source); "
              f"stop at relative residual {tol:g} or {max_iter} iterations; device {device}. Machine: {results['machine']}.",
              "PSNR / SSIM are means over the test images (estimates clipped to [0, 1]); iterations: mean first "
-             "iteration at which the image's relative residual reached the tolerance (a batch runs until all do).", ""]
+             "iteration at which the image's relative residual reached the tolerance (a batch runs until all do); "
+             "residual non-increasing: no increase beyond float round-off (2e-6 of the iterate's norm), the "
+             "largest relative increase r_{k+1}/r_k - 1 is shown beside it.", ""]
     for name in setup["problems"]:
         run_dir = runs / name
         cached = {r: json.loads((run_dir / f"{r}.json").read_text()) for r in ROWS if (run_dir / f"{r}.json").is_file()}
         if not cached:
             continue
         results["problems"][name] = cached
-        lines += [f"## {name}", "", "| method | PSNR (dB) | SSIM | iterations | converged | max residual increase "
-                  "| s/image | prior and parameters |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {name}", "", "| method | PSNR (dB) | SSIM | iterations | converged | residual non-increasing "
+                  "| max relative residual increase | s/image | prior and parameters |", "|---|---|---|---|---|---|---|---|---|"]
         for row in cached.values():
             its = "-" if row["iterations_mean"] is None else f"{row['iterations_mean']:.0f}"
             inc = "-" if row["max_residual_increase"] is None else f"{row['max_residual_increase']:.1e}"
             params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["parameters"].items())
+            mono = "-" if row["monotone_all"] is None else str(row["monotone_all"])
             lines.append(f"| {row['label']} | {row['psnr']:.2f} | {row['ssim']:.4f} | {its} | {row['converged_all']} "
-                         f"| {inc} | {row['seconds_per_image']:.1f} | {params} |")
+                         f"| {mono} | {inc} | {row['seconds_per_image']:.1f} | {params} |")
         truth = test_images[0]
         figures = _figures(folder, stem, name, cached, run_dir, truth)
         lines += ["", *[f"![{f}]({f})" for f in figures], ""]

@@ -21,6 +21,7 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("activations", "Learned activations", "python cli.py benchmark activations"),
     ("speed", "Speed", "python cli.py benchmark speed"),
     ("layers", "Layer costs", "python cli.py benchmark layers"),
+    ("large", "Large images", "python cli.py benchmark large"),
 ]
 
 

@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmark", help="speed and quality benchmarks (writes under results/)",
         epilog=EXAMPLES["benchmark"], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bench.add_argument("which", choices=["denoise", "deblur", "mri", "speed", "fitting", "activations", "layers", "report", "all"])
+    bench.add_argument("which", choices=["denoise", "deblur", "mri", "speed", "fitting", "activations", "layers", "large", "report", "all"])
     bench.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     bench.add_argument("--output", default="results", help="folder for JSON and Markdown results")
     bench.add_argument("--problems", nargs="+", help="deblur/mri: only these problem names")

@@ -43,5 +43,12 @@ def test_quick_deblur_and_report(quick_benchmarks):
     rows = results["problems"]["deblur-gaussian1.6-noise0.01"]
     assert rows["fbs-spline"]["psnr"] > rows["baseline"]["psnr"] and rows["fbs-spline"]["monotone_all"]
     report = (quick_benchmarks / "README.md").read_text()
-    for stem in ("denoise", "mri", "deblur", "fitting", "activations", "speed", "layers"):
+    for stem in ("denoise", "mri", "deblur", "fitting", "activations", "speed", "layers", "large"):
         assert f"python cli.py benchmark {stem} --quick" in report and f"`{stem}-quick.md`" in report
+
+
+def test_quick_large_images(quick_benchmarks):
+    results = json.loads((quick_benchmarks / "large-quick.json").read_text())
+    assert [row["side"] for row in results["rows"]] == [256, 512]
+    for row in results["rows"]:
+        assert row["tiled_512"]["seconds"] > 0 and row["pnp_fbs"]["seconds_per_iteration"] > 0
