@@ -46,14 +46,18 @@ def interleaved_medians(functions: dict[str, Callable[[], object]], repeats: int
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder (mode 0644)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        tmp.write(text)
+    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates owner-only files
+    os.replace(tmp.name, path)
+
+
 def write_results(output: str, name: str, results: dict, markdown: str) -> None:
     """Write ``name.json`` and ``name.md`` atomically under ``output``."""
     folder = Path(output)
-    folder.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps(results, indent=2) + "\n"), (".md", markdown)):
-        target = folder / f"{name}{suffix}"
-        with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as tmp:
-            tmp.write(text)
-        os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates owner-only files
-        os.replace(tmp.name, target)
+        write_text_atomic(folder / f"{name}{suffix}", text)
     print(f"wrote {folder / name}.json and {folder / name}.md")

@@ -23,15 +23,16 @@ import torch
 from torch import Tensor
 
 from lipden.baselines import tv_reconstruct
+from lipden.denoise_cli import _ssim
 from lipden.imageio import write_image
 from lipden.pretrained import list_denoisers, load_denoiser
 from lipden.reconstruction import psnr_per_image, reconstruct
 from lipden.solvers import default_parameters
 from lipden.splines import set_spline_backend
-from lipden.tuning import tune
+from lipden.tuning import _batches, tune
 from problems import dev_set, problem_from_name
 
-from .common import machine, write_results
+from .common import machine, write_results, write_text_atomic
 
 SETUPS = {
     "mri": {
@@ -87,13 +88,6 @@ ROWS: dict[str, Row] = {
 QUICK_ROWS = ("baseline", "tv", "fbs-spline", "fbs-relu")
 
 
-def _ssim(x: Tensor, reference: Tensor) -> float:
-    from skimage.metrics import structural_similarity
-
-    a, b = x.clamp(0, 1).cpu().numpy(), reference.cpu().numpy()
-    return float(np.mean([structural_similarity(a[c], b[c], data_range=1.0) for c in range(a.shape[0])]))
-
-
 def _parameters(problem, row: Row, tuning_images: list[Tensor], max_iter: int, quick: bool) -> tuple[dict, str]:
     stored = problem.default_parameters(row.defaults_key())
     if stored and (row.method == "tv" or stored.get("model") in row.models()):
@@ -124,12 +118,9 @@ def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_it
     per: dict[str, list] = {k: [None] * n for k in ("psnr", "ssim", "iterations", "converged")}
     curves: dict = {}
     increases, monotone, first = [], [], None
-    groups: dict[tuple, list[int]] = {}
-    for index, image in enumerate(images):
-        groups.setdefault(tuple(image.shape), []).append(index)
     started = time.perf_counter()
-    for indices in groups.values():
-        truth = torch.cat([images[i] for i in indices]).to(device)
+    for indices, batch in _batches(images):  # one batched solve per image shape
+        truth = batch.to(device)
         physics = problem.physics(truth.shape, device)
         y = torch.cat([problem.measure(images[i].to(device), seed=i) for i in indices])
         if row.method == "baseline":
@@ -153,7 +144,7 @@ def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_it
                           "relative_residual": [float(v) for v in result.relative_residuals[:, b]]}
         scores = psnr_per_image(x, truth).tolist()
         for b, i in enumerate(indices):
-            per["psnr"][i], per["ssim"][i] = scores[b], _ssim(x[b], truth[b])
+            per["psnr"][i], per["ssim"][i] = scores[b], _ssim(x[b].cpu(), truth[b].cpu())
             per["iterations"][i], per["converged"][i] = its[b], conv[b]
             if i == 0:
                 first = x[b : b + 1].detach().clamp(0, 1).cpu()
@@ -170,14 +161,6 @@ def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_it
     }
     assert first is not None
     return summary, first
-
-
-def _atomic_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        json.dump(data, handle, indent=1)
-        handle.write("\n")
-    os.replace(handle.name, path)
 
 
 def _figures(folder: Path, stem: str, problem_name: str, rows: dict, run_dir: Path, truth: Tensor) -> list[str]:
@@ -277,7 +260,7 @@ def run(
             summary.update(parameters=parameters, parameters_source=source, problem=name)
             target.parent.mkdir(parents=True, exist_ok=True)
             write_image(runs / name / f"{row_id}.png", first[0], force=True)
-            _atomic_json(target, summary)
+            write_text_atomic(target, json.dumps(summary, indent=1) + "\n")
             print(f"{name} / {row.label}: {summary['psnr']:.2f} dB, {summary['iterations_mean']} iterations, "
                   f"converged {summary['converged_all']}")
 

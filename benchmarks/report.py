@@ -6,9 +6,9 @@ tables are exactly the committed measurements.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from .common import write_text_atomic
 
 #: (result stem, title, command that writes it); figures ``stem.png`` / ``stem-*.png`` are shown
 SECTIONS: list[tuple[str, str, str]] = [
@@ -61,10 +61,6 @@ def run(quick: bool = False, output: str = "results") -> dict:
         figures = sorted(p.name for p in folder.glob(f"{variant}*.png") if _belongs(p.name, variant))
         parts += [f"## {label}", "", f"Command: `{command}{flag}` (files `{variant}.json`, `{variant}.md`).", "",
                   _demote(markdown), "", *[f"![{f}]({f})" for f in figures if f"]({f})" not in markdown], ""]
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as handle:
-        handle.write("\n".join(parts) + "\n")
-    os.chmod(handle.name, 0o644)
-    os.replace(handle.name, folder / "README.md")
+    write_text_atomic(folder / "README.md", "\n".join(parts) + "\n")
     print(f"wrote {folder / 'README.md'} ({', '.join(present) or 'no results yet'})")
     return {"sections": present}
