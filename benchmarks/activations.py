@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from lipden import LinearSpline, list_denoisers, load_denoiser
+from lipden.training import DEFAULT_DATA
 
 from .common import machine, write_results
 
@@ -36,7 +37,7 @@ CHANNELS_SHOWN = 6
 SHAPE_TOLERANCE = 0.05
 MONOTONE_TOLERANCE = 1e-3
 MARGIN = 0.25
-SET12 = Path(__file__).resolve().parents[2] / "shared" / "data" / "set12"
+SET12 = DEFAULT_DATA / "set12"
 
 
 def spline_layers(model: nn.Module) -> list[LinearSpline]:

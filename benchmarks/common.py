@@ -46,6 +46,10 @@ def interleaved_medians(functions: dict[str, Callable[[], object]], repeats: int
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+#: files written by this process through ``write_text_atomic`` (``benchmark --json`` lists them)
+WRITTEN: list[Path] = []
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder (mode 0644)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,6 +57,7 @@ def write_text_atomic(path: Path, text: str) -> None:
         tmp.write(text)
     os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates owner-only files
     os.replace(tmp.name, path)
+    WRITTEN.append(path)
 
 
 def write_results(output: str, name: str, results: dict, markdown: str) -> None:

@@ -32,7 +32,7 @@ from lipden.splines import set_spline_backend
 from lipden.tuning import _batches, tune
 from problems import dev_set, problem_from_name
 
-from .common import machine, write_results, write_text_atomic
+from .common import WRITTEN, machine, write_results, write_text_atomic
 
 SETUPS = {
     "mri": {
@@ -109,7 +109,7 @@ def _first_below(relative: Tensor, tol: float) -> list[int | None]:
 
 
 def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_iter: int, tol: float,
-               device: str) -> tuple[dict, Tensor]:
+               device: str, progress: bool = False) -> tuple[dict, Tensor]:
     """Solve every test image (batched by shape); per-image metrics and image 0's result."""
     params = dict(parameters)
     model = params.pop("model", None)
@@ -132,16 +132,17 @@ def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_it
             its, conv = [count] * len(indices), [count < max_iter] * len(indices)
         else:
             result = reconstruct(y, physics, denoiser, row.method, max_iter=max_iter, tol=tol, x_true=truth,
-                                 guarantee=row.guarantee, **params)
+                                 guarantee=row.guarantee, progress=progress, **params)
             x = result.x
-            its = _first_below(result.relative_residuals, tol)
+            its = _first_below(result.relative_residuals, tol)  # each image stops there (frozen after)
             conv = [k is not None for k in its]
             increases.append(result.max_residual_increase)
             monotone.append(result.monotone)
             if 0 in indices:
                 b = indices.index(0)
-                curves = {"psnr": [round(float(v), 4) for v in result.psnr[:, b]],
-                          "relative_residual": [float(v) for v in result.relative_residuals[:, b]]}
+                own = int(result.iterations_per_image[b]) if result.iterations_per_image is not None else None
+                curves = {"psnr": [round(float(v), 4) for v in result.psnr[:own, b]],
+                          "relative_residual": [float(v) for v in result.relative_residuals[:own, b]]}
         scores = psnr_per_image(x, truth).tolist()
         for b, i in enumerate(indices):
             per["psnr"][i], per["ssim"][i] = scores[b], _ssim(x[b].cpu(), truth[b].cpu())
@@ -207,20 +208,22 @@ def _save(fig, path: Path) -> None:
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".png") as handle:
         fig.savefig(handle.name, dpi=110, bbox_inches="tight")
     os.replace(handle.name, path)
+    WRITTEN.append(path)
     plt.close(fig)
 
 
 def run(
     kind: str, quick: bool = False, output: str = "results", *, problems: list[str] | None = None,
     rows: list[str] | None = None, stride: int = 1, device: str = "cpu", force: bool = False,
-    compile_spline: bool = False,
+    compile_spline: bool = False, progress: bool = False,
 ) -> dict:
     """Run (or resume) the ``kind`` ("mri" or "deblur") benchmark and rebuild its summary.
 
     ``problems`` / ``rows`` restrict what is computed now (the summary still shows every
     cached row of the same test set); ``stride`` keeps every stride-th test image (a subset,
     labelled as such); ``force`` recomputes cached rows; ``compile_spline`` runs the spline
-    activations through ``torch.compile`` (same function, faster on CPU).
+    activations through ``torch.compile`` (same function, faster on CPU); ``progress``
+    shows a bar per solve.
     """
     if compile_spline:
         set_spline_backend("compiled")
@@ -256,7 +259,7 @@ def run(
                 continue
             parameters, source = ({}, "none") if row.method == "baseline" else _parameters(
                 problem, row, tuning_images, 150, quick)
-            summary, first = _solve_row(problem, row, parameters, test_images, max_iter, tol, device)
+            summary, first = _solve_row(problem, row, parameters, test_images, max_iter, tol, device, progress)
             summary.update(parameters=parameters, parameters_source=source, problem=name)
             target.parent.mkdir(parents=True, exist_ok=True)
             write_image(runs / name / f"{row_id}.png", first[0], force=True)
@@ -272,7 +275,7 @@ def run(
              "", f"Test images: {test_spec}; parameters tuned on {results['tuning_set']} (see each row's source); "
              f"stop at relative residual {tol:g} or {max_iter} iterations; device {device}. Machine: {results['machine']}.",
              "PSNR / SSIM are means over the test images (estimates clipped to [0, 1]); iterations: mean first "
-             "iteration at which the image's relative residual reached the tolerance (a batch runs until all do); "
+             "iteration at which the image's relative residual reached the tolerance (each image stops there); "
              "residual non-increasing: no increase beyond float round-off (2e-6 of the iterate's norm), the "
              "largest relative increase r_{k+1}/r_k - 1 is shown beside it.", ""]
     for name in setup["problems"]:

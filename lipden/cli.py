@@ -30,6 +30,12 @@ EXAMPLES = {
   python cli.py train --preset paper --device cuda --sigma 15 --output runs/paper15
   torchrun --nproc_per_node=4 cli.py train --preset paper --device cuda --output runs/ddp
 """,
+    "publish": """examples:
+  python cli.py publish checkpoints/spline-sigma15 --name spline-sigma15 --force   # replace a shipped model
+  python cli.py publish runs/paper15 --name spline-paper-sigma15 --json
+Measures BSD68 PSNR (../shared/data/bsd68) and the certified bound first; the shipped
+weights and card are replaced only when both are measured.
+""",
     "reconstruct": """examples:
   python cli.py reconstruct mri                           # Shepp-Logan phantom, random mask, x4
   python cli.py reconstruct deblur photo.png -o sharp.png --kernel motion --noise 0.01
@@ -48,6 +54,7 @@ EXAMPLES = {
   python cli.py benchmark mri --rows fbs-spline tv --stride 4   # a labelled subset, resumable
   python cli.py benchmark all --quick            # every benchmark on subsets (< 10 min on CPU)
   python cli.py benchmark report                 # rebuild results/README.md from the result files
+  python cli.py benchmark speed --json --quiet   # one JSON object: the files written
 """,
 }
 
@@ -125,8 +132,17 @@ def _publish(args: argparse.Namespace) -> int:
     from .publish import publish
 
     card = publish(args.run, args.name, force=args.force)
-    print(json.dumps(card, indent=2))
+    if args.json:
+        print(json.dumps(card))
+    else:
+        print(f"published {card['name']}: BSD68 PSNR {card['bsd68_psnr']:.2f} dB at sigma {card['sigma_255']:g}, "
+              f"certified Lipschitz bound {_bound_text(card['certified_lipschitz_40x40'])} (40x40), "
+              f"sha256 {card['sha256'][:12]}...")
     return 0
+
+
+def _bound_text(bound: float | None) -> str:
+    return "none" if bound is None else f"{bound:.6f}"
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
@@ -168,9 +184,22 @@ def _benchmark(args: argparse.Namespace) -> int:
         from benchmarks import run_benchmark
     except ImportError as error:  # installed without the source tree
         raise UserError("benchmarks run from a source checkout: python cli.py benchmark ...") from error
+    import contextlib
+    import time
+
+    from benchmarks.common import WRITTEN
+
     options = {"problems": args.problems, "rows": args.rows, "stride": args.stride, "device": args.device,
-               "force": args.force, "compile_spline": args.compile}
-    return run_benchmark(args.which, quick=args.quick, output=args.output, **options)
+               "force": args.force, "compile_spline": args.compile, "progress": not args.quiet}
+    started = time.perf_counter()
+    WRITTEN.clear()
+    # with --json, stdout carries only the JSON object; the benchmarks' messages go to stderr
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        code = run_benchmark(args.which, quick=args.quick, output=args.output, **options)
+    if args.json:
+        print(json.dumps({"benchmark": args.which, "quick": args.quick, "output": args.output,
+                          "files": [str(p) for p in WRITTEN], "seconds": round(time.perf_counter() - started, 1)}))
+    return code
 
 
 def _cuda() -> bool:
@@ -180,7 +209,7 @@ def _cuda() -> bool:
 
 
 def _add_run_options(parser: argparse.ArgumentParser, json_help: str) -> None:
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument("--json", action="store_true", help=json_help)
 
@@ -209,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
              "3 x channels x (N + 16)^2 x 4 bytes per colour channel: 0.1 GB at N=512 for the shipped "
              "models); default: 512 above 1024 x 1024 pixels; 0: never tile",
     )
+    denoise.add_argument("--quiet", action="store_true", help="no progress bar (shown for several inputs)")
     _add_run_options(denoise, "one JSON object per image")
     denoise.set_defaults(handler=_denoise)
 
@@ -217,15 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES["certify"], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     certify.add_argument("--model", help="shipped model name or .safetensors path (default: a random-init preset)")
-    certify.add_argument("--preset", choices=["paper", "cpu"], default="paper")
+    certify.add_argument("--preset", choices=["paper", "cpu"], default="paper",
+                         help="architecture of the random-init model (paper: 64 channels, cpu: 32)")
     certify.add_argument("--activation", default="spline",
-                         choices=["spline", "relu", "absolute_value", "prelu", "groupsort", "householder"])
+                         choices=["spline", "relu", "absolute_value", "prelu", "groupsort", "householder"],
+                         help="activation of the random-init model")
     certify.add_argument("--size", type=int, nargs="+", default=[40], metavar="N",
                          help="image size: N or H W (default 40)")
     certify.add_argument("--points", type=int, default=2, help="random points for the lower bound")
-    certify.add_argument("--power-iterations", type=int, default=10)
-    certify.add_argument("--ascent-steps", type=int, default=20)
-    certify.add_argument("--seed", type=int, default=0)
+    certify.add_argument("--power-iterations", type=int, default=10, help="per point, for the lower bound")
+    certify.add_argument("--ascent-steps", type=int, default=20,
+                         help="gradient ascent on the gain, for the lower bound")
+    certify.add_argument("--seed", type=int, default=0, help="seed of the random init and of the points")
     certify.add_argument("--json", action="store_true", help="print one JSON object")
     certify.set_defaults(handler=_certify)
 
@@ -237,63 +270,77 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--output", required=True, help="folder for checkpoints, best model and log.csv")
     train.add_argument("--sigma", type=float, default=15.0, help="noise level on the 0-255 scale")
-    train.add_argument("--preset", choices=["paper", "cpu"], default="cpu")
+    train.add_argument("--preset", choices=["paper", "cpu"], default="cpu",
+                       help="paper: 64 channels, batch 128, the paper's learning rates; cpu (default): "
+                            "32 channels, batch 32, 4000 steps")
     train.add_argument("--activation", default="spline",
-                       choices=["spline", "relu", "absolute_value", "prelu", "groupsort", "householder"])
+                       choices=["spline", "relu", "absolute_value", "prelu", "groupsort", "householder"],
+                       help="learned 1-Lipschitz spline (default) or a 1-Lipschitz baseline")
     train.add_argument("--conv", choices=["ortho", "spectral", "free"], default="ortho",
                        help="free = unconstrained convolutions (no guarantee)")
-    train.add_argument("--train-dir", default=str(DEFAULT_DATA / "train400"))
-    train.add_argument("--val-dir", default=str(DEFAULT_DATA / "set12"))
-    train.add_argument("--batch-size", type=int)
+    train.add_argument("--train-dir", default=str(DEFAULT_DATA / "train400"),
+                       help="training images (default: ../shared/data/train400)")
+    train.add_argument("--val-dir", default=str(DEFAULT_DATA / "set12"),
+                       help="validation images (default: ../shared/data/set12)")
+    train.add_argument("--batch-size", type=int, help="patches per step (default: the preset's)")
     train.add_argument("--channels", type=int, help="override the preset's width")
     train.add_argument("--depth", type=int, help="override the preset's number of convolutions")
     train.add_argument("--steps", type=int, help="total optimizer steps (default: the preset's)")
     train.add_argument("--minutes", type=float, help="stop (and save) after this wall time")
-    train.add_argument("--validate-every", type=int, default=250)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    train.add_argument("--validate-every", type=int, default=250, help="steps between validations and checkpoints")
+    train.add_argument("--seed", type=int, default=0, help="seed of the init and of the patch sampling")
+    train.add_argument("--device", default="cuda" if _cuda() else "cpu", help="default: cuda when available")
     train.add_argument("--compile", action="store_true", help="torch.compile the spline forward")
     train.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
                        help="bf16 autocast of the convolutions (default: on for CUDA); constraints, "
                             "splines and loss stay float32")
     train.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument("--json", action="store_true")
+    train.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     train.set_defaults(handler=_train)
 
-    pub = sub.add_parser("publish", help="ship a trained run as weights/<name> with a measured model card")
+    pub = sub.add_parser(
+        "publish", help="ship a trained run as weights/<name> with a measured model card",
+        epilog=EXAMPLES["publish"], formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     pub.add_argument("run", help="training output folder (with best.safetensors)")
     pub.add_argument("--name", required=True, help="e.g. spline-sigma15")
-    pub.add_argument("--force", action="store_true")
+    pub.add_argument("--force", action="store_true", help="replace a shipped model of that name")
+    pub.add_argument("--json", action="store_true", help="print the model card as one JSON object")
     pub.set_defaults(handler=_publish)
 
     rec = sub.add_parser(
         "reconstruct", help="simulate a deblurring or MRI measurement and reconstruct it (PnP / RED)",
         epilog=EXAMPLES["reconstruct"], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    rec.add_argument("problem", choices=["deblur", "mri"])
+    rec.add_argument("problem", choices=["deblur", "mri"], help="the inverse problem")
     rec.add_argument("input", nargs="?", metavar="INPUT", help="ground-truth image (default: an embedded one)")
     rec.add_argument("-o", "--output", help="write the reconstruction here")
-    rec.add_argument("--kernel", choices=["gaussian", "uniform", "motion"], default="gaussian")
+    rec.add_argument("--kernel", choices=["gaussian", "uniform", "motion"], default="gaussian", help="deblur: blur kernel")
     rec.add_argument("--blur-sigma", type=float, default=1.6, help="Gaussian kernel std (pixels)")
     rec.add_argument("--kernel-size", type=int, help="uniform / motion kernel size (default 9 / 31)")
     rec.add_argument("--kernel-seed", type=int, default=0, help="seed of the motion kernel")
     rec.add_argument("--noise", type=float, help="noise std, images in [0, 1] (default 0.01 deblur, 0.002 MRI)")
-    rec.add_argument("--acceleration", type=int, default=4)
-    rec.add_argument("--mask", choices=["random", "gaussian", "equispaced"], default="random")
+    rec.add_argument("--acceleration", type=int, default=4, help="mri: undersampling factor (>= 1)")
+    rec.add_argument("--mask", choices=["random", "gaussian", "equispaced"], default="random",
+                     help="mri: k-space line mask")
     rec.add_argument("--center-fraction", type=float, help="default 0.08 at x4, 0.04 at x8")
-    rec.add_argument("--mask-seed", type=int, default=0)
-    rec.add_argument("--method", default="pnp-fbs", choices=["pnp-fbs", "pnp-drs", "pnp-admm", "red"])
+    rec.add_argument("--mask-seed", type=int, default=0, help="mri: seed of the random mask")
+    rec.add_argument("--method", default="pnp-fbs", choices=["pnp-fbs", "pnp-drs", "pnp-admm", "red"],
+                     help="solver (default pnp-fbs)")
     rec.add_argument("--model", help="denoiser name or path (default: the tuned one, else spline-sigma15)")
     rec.add_argument("--step", type=float, help="pnp-fbs: gamma in (0, 2/L]; pnp-drs: prox gamma; red: tau")
     rec.add_argument("--strength", type=float, help="denoiser strength theta: D = (1 - theta) Id + theta N")
     rec.add_argument("--relaxation", type=float, help="Krasnosel'skii-Mann relaxation")
     rec.add_argument("--weight", type=float, help="red: regularisation weight mu")
-    rec.add_argument("--max-iter", type=int, default=500)
+    rec.add_argument("--max-iter", type=int, default=500, help="iteration cap")
     rec.add_argument("--tol", type=float, default=1e-5, help="relative fixed-point residual to stop at")
     rec.add_argument("--seed", type=int, default=0, help="seed of the measurement noise")
     rec.add_argument("--no-guarantee", action="store_true", help="run even if the convergence theorem fails")
     rec.add_argument("--plot", help="save a figure (truth, baseline, result, residual curve)")
+    rec.add_argument("--tile", type=int, metavar="N",
+                     help="apply the denoiser in N x N tiles (same iterates, bounded memory); default: 512 "
+                          "above 1024 x 1024 pixels; 0: never tile")
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_run_options(rec, "print one JSON object")
     rec.set_defaults(handler=_reconstruct)
@@ -303,22 +350,23 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES["tune"], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tun.add_argument("problem", help="a problem name, e.g. mri-random-x4-cf0.08-noise0.002")
-    tun.add_argument("--method", default="pnp-fbs", choices=["pnp-fbs", "pnp-drs", "pnp-admm", "red", "tv"])
+    tun.add_argument("--method", default="pnp-fbs", choices=["pnp-fbs", "pnp-drs", "pnp-admm", "red", "tv"],
+                     help="solver whose parameters are tuned (tv: the TV weight)")
     tun.add_argument("--models", nargs="+", default=["spline-sigma15"], help="shipped denoisers to choose from")
     tun.add_argument("--images", help="folder of tuning images (default: set12, or MRI slices 00-07)")
     tun.add_argument("--limit", type=int, help="use the first N tuning images")
-    tun.add_argument("--max-iter", type=int, default=100)
-    tun.add_argument("--tol", type=float, default=1e-4)
+    tun.add_argument("--max-iter", type=int, default=100, help="iteration cap of each trial solve")
+    tun.add_argument("--tol", type=float, default=1e-4, help="relative residual that stops a trial solve")
     tun.add_argument("--write", action="store_true", help="store the result in problems/tuned_defaults.json")
-    tun.add_argument("--quiet", action="store_true")
-    tun.add_argument("--json", action="store_true")
+    tun.add_argument("--quiet", action="store_true", help="no progress bar")
+    tun.add_argument("--json", action="store_true", help="print one JSON object (with every trial)")
     tun.set_defaults(handler=_tune)
 
     bench = sub.add_parser(
         "benchmark", help="speed and quality benchmarks (writes under results/)",
         epilog=EXAMPLES["benchmark"], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bench.add_argument("which", choices=["denoise", "deblur", "mri", "speed", "fitting", "activations", "layers", "large", "report", "all"])
+    bench.add_argument("which", help="the benchmark to run; all: every one, then the report", choices=["denoise", "deblur", "mri", "speed", "fitting", "activations", "layers", "large", "report", "all"])
     bench.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     bench.add_argument("--output", default="results", help="folder for JSON and Markdown results")
     bench.add_argument("--problems", nargs="+", help="deblur/mri: only these problem names")
@@ -327,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu", help="deblur/mri: cpu or cuda")
     bench.add_argument("--force", action="store_true", help="deblur/mri: recompute cached rows")
     bench.add_argument("--compile", action="store_true", help="deblur/mri: torch.compile the spline activations")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.add_argument("--json", action="store_true",
+                       help="print one JSON object (the files written); messages go to stderr")
     bench.set_defaults(handler=_benchmark)
     return parser
 
@@ -388,7 +439,7 @@ def _out_of_memory(error: BaseException) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit code: 0, 2 (bad input, one line on stderr),
+    """Run one command; returns the exit code: 0, 1 (training diverged), 2 (bad input, one line on stderr),
     130 (interrupted by Ctrl-C) or 143 (SIGTERM). Outputs are written atomically, so an
     interrupted batch keeps every finished output and leaves no partial file."""
     from .reconstruction import SolverError
@@ -412,6 +463,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 143 if terminated else 130
     except (MemoryError, RuntimeError) as error:
+        from .training import TrainingDiverged
+
+        if isinstance(error, TrainingDiverged):
+            print(f"lipden {args.command}: error: {error}", file=sys.stderr)
+            return 1
         if not _out_of_memory(error):
             raise
         hint = "; try --tile 256" if args.command == "denoise" else ""

@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .imageio import READABLE, deferred_signals, read_image, write_image
 from .pretrained import list_denoisers, load_denoiser
@@ -154,7 +156,8 @@ def _plan(args: argparse.Namespace) -> list[_Job]:
     return jobs
 
 
-def _tile_for(tile: int | None, shape: torch.Size) -> int | None:
+def tile_for(tile: int | None, shape: torch.Size) -> int | None:
+    """The tile size to use: ``tile`` (0: never), else 512 above 1024 x 1024 pixels."""
     if tile == 0:
         return None
     if tile is not None:
@@ -194,8 +197,11 @@ def run_denoise(args: argparse.Namespace) -> int:
         reference, _ = read_image(args.reference)
     model = load_denoiser(model_name, device=device)
     written: list[Path] = []
+    quiet = getattr(args, "quiet", False) or len(pending) < 2
     try:
-        for position, job in pending:
+        # the bar is shown only on a terminal (disable=None), never in logs or pipes
+        for position, job in tqdm(pending, desc="denoise", unit="image", disable=True if quiet else None,
+                                  leave=False, file=sys.stderr):
             _denoise_one(args, job, position, model, model_name, device, add_noise, reference, tile, written)
     except KeyboardInterrupt as interrupt:
         skipped = len(jobs) - len(pending)
@@ -210,7 +216,8 @@ def run_denoise(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace, record: dict, line: str) -> None:
-    print(json.dumps(record) if args.json else line, flush=True)
+    tqdm.write(json.dumps(record) if args.json else line, file=sys.stdout)  # above the progress bar
+    sys.stdout.flush()
 
 
 def _denoise_one(args, job: _Job, index: int, model, model_name: str, device: torch.device,
@@ -233,7 +240,7 @@ def _denoise_one(args, job: _Job, index: int, model, model_name: str, device: to
         if reference.shape != image.shape:
             raise ValueError(f"--reference has shape {tuple(reference.shape)}, {job.label} {tuple(image.shape)}")
         ref = reference
-    used_tile = _tile_for(tile, image.shape)
+    used_tile = tile_for(tile, image.shape)
     start = time.perf_counter()
     with torch.no_grad():
         if used_tile is None:

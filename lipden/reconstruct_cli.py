@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .denoise_cli import _ssim, check_device, check_writable_folder, same_file
+from .denoise_cli import _ssim, check_device, check_writable_folder, same_file, tile_for
 from .imageio import READABLE, deferred_signals, read_image, write_image
 from .pretrained import load_denoiser
 from .reconstruction import reconstruct
@@ -140,6 +140,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 
     method = canonical_method(args.method)
     params = {k: v for k, v in params.items() if k in parameter_names(method)}
+    if args.tile is not None and args.tile < 0:
+        raise ValueError(f"--tile must be >= 1 (or 0: never tile), got {args.tile}")
     denoiser = load_denoiser(model_name, device=device)
     started = time.perf_counter()
     y = problem.measure(truth, seed=args.seed)
@@ -147,7 +149,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     baseline = problem.baseline(y, truth.shape)
     result = reconstruct(
         y, physics, denoiser, method, x_true=truth, max_iter=args.max_iter, tol=args.tol,
-        guarantee=not args.no_guarantee, progress=not args.quiet and not args.json, **params,
+        guarantee=not args.no_guarantee, progress=not args.quiet and not args.json,
+        tile=tile_for(args.tile, truth.shape), **params,
     )
     seconds = time.perf_counter() - started
     estimate = result.x.clamp(0, 1).cpu()
@@ -168,7 +171,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         "guaranteed": result.guaranteed,
         "max_residual_increase": result.max_residual_increase,
         "monotone_residual": result.monotone,
-        "final_relative_residual": float(result.relative_residuals[-1].max()),
+        "final_relative_residual": float(result.final_relative_residuals.max()),
         "seconds": seconds,
     }
     if output is not None:

@@ -39,12 +39,17 @@ class GuaranteeWarning(UserWarning):
 class ReconstructionResult:
     """Outcome of :func:`reconstruct`.
 
+    Each image stops at its own first iteration with relative residual <= ``tol`` and is
+    frozen from then on, so its result does not depend on the other images of the batch.
+
     ``x``: (B, C, H, W) estimate (not clipped). ``residuals``: (K, B) fixed-point residuals
-    ||z_{k+1} - z_k|| (z is x for FBS/RED, the DRS variable for DRS); ``relative_residuals``
-    divides by ||z_{k+1}||. ``converged``: every image reached ``tol``. ``psnr``: (K, B)
-    per-iteration PSNR (dB, clipped estimate) when a ground truth was given.
-    ``max_residual_increase``: the largest relative increase r_{k+1}/r_k - 1 observed
-    (0 if the sequence is non-increasing); ``monotone``: no increase beyond round-off.
+    ||z_{k+1} - z_k|| (z is x for FBS/RED, the DRS variable for DRS), NaN after the image
+    stopped; ``relative_residuals`` divides by ||z_{k+1}||. ``iterations``: K, the largest
+    ``iterations_per_image`` (B,). ``converged``: every image reached ``tol``. ``psnr``:
+    (K, B) per-iteration PSNR (dB, clipped estimate) when a ground truth was given (constant
+    after an image stopped). ``max_residual_increase``: the largest relative increase
+    r_{k+1}/r_k - 1 observed (0 if the sequence is non-increasing); ``monotone``: no increase
+    beyond round-off.
     """
 
     x: Tensor
@@ -64,6 +69,19 @@ class ReconstructionResult:
     psnr: Tensor | None = None
     averagedness: float | None = None
     notes: list[str] = field(default_factory=list)
+    iterations_per_image: Tensor | None = None
+
+    @property
+    def final_relative_residuals(self) -> Tensor:
+        """(B,) each image's relative residual at its last iteration."""
+        return _last_finite(self.relative_residuals)
+
+
+def _last_finite(values: Tensor) -> Tensor:
+    """Per column of a (K, B) tensor, the last non-NaN entry."""
+    finite = ~torch.isnan(values)
+    index = (finite.cumsum(0) == finite.sum(0, keepdim=True)) & finite
+    return values.nan_to_num(0.0).mul(index).sum(0)
 
 
 def _certified_denoiser_bound(denoiser: nn.Module, shape: tuple[int, ...]) -> float | None:
@@ -111,6 +129,7 @@ def reconstruct(
     lipschitz_sq: float | None = None,
     denoiser_sigma: float | None = None,
     progress: bool = False,
+    tile: int | None = None,
     **params: float,
 ) -> ReconstructionResult:
     """Solve ``y = A x + n`` by PnP-FBS, PnP-DRS (ADMM) or RED with a 1-Lipschitz denoiser.
@@ -128,9 +147,14 @@ def reconstruct(
             ``lipden.solvers.conditions`` for each theorem and its exact hypotheses.
         x0: warm start (default ``A^T y``: the zero-filled image for MRI).
         x_true: ground truth, for a per-iteration PSNR.
-        tol: stop when every image has ||z_{k+1} - z_k|| <= tol ||z_{k+1}||.
+        tol: each image stops (and is frozen) at its first iteration with
+            ||z_{k+1} - z_k|| <= tol ||z_{k+1}||; the solve ends when every image has stopped.
         guarantee: if True (default), refuse to run when the hypotheses fail (including an
             uncertified or > 1-Lipschitz denoiser); if False, run anyway with a warning.
+        tile: apply the denoiser in ``tile`` x ``tile`` blocks (``lipden.denoise_tiled``: the
+            same function, so the same iterates and guarantee) to bound the memory of large
+            images: about 3 x channels x (tile + 16)^2 x 4 bytes instead of 3 x channels x H x W
+            x 4 bytes per image, plus a few image-sized buffers (iterate, gradient, measurement).
 
     Returns a :class:`ReconstructionResult`. Raises ``ConvergenceConditionError`` for
     parameters outside the theorem (with ``guarantee=True``), ``SolverError`` on NaN/inf or
@@ -186,15 +210,25 @@ def reconstruct(
 
     sigma = denoiser_sigma if denoiser_sigma is not None else getattr(getattr(denoiser, "config", None), "sigma", None)
 
+    if tile is not None and tile < 1:
+        raise ValueError(f"tile must be >= 1, got {tile}")
+
     def denoise(v: Tensor) -> Tensor:
-        out = denoiser(v, sigma) if sigma is not None else denoiser(v)
+        if tile is not None:
+            from .tiling import denoise_tiled
+
+            out = denoise_tiled(denoiser, v, sigma, tile=tile)
+        else:
+            out = denoiser(v, sigma) if sigma is not None else denoiser(v)
         return out / scale if scale != 1.0 else out
 
+    measured = [y]  # the measurements of the images still iterating
+
     def gradient(x: Tensor) -> Tensor:
-        return physics.A_adjoint(physics.A(x) - y)
+        return physics.A_adjoint(physics.A(x) - measured[0])
 
     def prox(z: Tensor, gamma: float) -> Tensor:
-        return physics.prox_l2(z, y, gamma)
+        return physics.prox_l2(z, measured[0], gamma)
 
     step, estimate, initial = make_step(method, chosen, denoise, gradient, prox)
     z = initial(start)
@@ -203,29 +237,48 @@ def reconstruct(
     psnrs: list[Tensor] = []
     roundoff = 2e-6 if z.dtype == torch.float32 else 1e-13
     max_increase, monotone, converged = 0.0, True, False
+    batch = z.shape[0]
+    running = torch.ones(batch, dtype=torch.bool, device=z.device)
+    stopped_at = torch.full((batch,), max_iter, dtype=torch.long)
+    # Iterate only the running images when the physics has no per-image parameters.
+    sub_batches = batch > 1 and _acts_per_image(physics, start, y)
     bar = tqdm(range(max_iter), desc=method, disable=not progress, leave=False)
     with torch.no_grad():
-        for _ in bar:
-            z_next = step(z)
+        for k in bar:
+            if bool(running.all()):
+                z_next = step(z)
+            elif sub_batches:
+                index = running.nonzero().squeeze(1)
+                measured[0] = y[index]
+                z_next = z.clone()
+                z_next[index] = step(z[index])
+                measured[0] = y
+            else:
+                z_next = torch.where(running.view(-1, *[1] * (z.dim() - 1)), step(z), z)
             if not torch.isfinite(z_next).all():
-                raise SolverError(f"{method}: the iterate became NaN/inf after {len(residuals) + 1} iterations")
+                raise SolverError(f"{method}: the iterate became NaN/inf after {k + 1} iterations")
             r = (z_next - z).flatten(1).norm(dim=1)
             norm = z_next.flatten(1).norm(dim=1).clamp_min(1e-12)
             if residuals:
                 previous = residuals[-1]
-                ratio = float(((r - previous) / previous.clamp_min(1e-30)).max())
+                live = running & ~torch.isnan(previous)
+                ratio = float(((r - previous) / previous.clamp_min(1e-30))[live].max())
                 max_increase = max(max_increase, ratio)
-                if bool((r > previous + roundoff * norm).any()):
+                if bool((r > previous + roundoff * norm)[live].any()):
                     monotone = False
-                if float((r / residuals[0].clamp_min(1e-30)).max()) > 1e4:
+                if float((r / residuals[0].clamp_min(1e-30))[live].max()) > 1e4:
                     raise SolverError(f"{method}: diverging (residual grew 1e4-fold)")
-            residuals.append(r)
-            relative.append(r / norm)
+            nan = torch.full_like(r, float("nan"))
+            residuals.append(torch.where(running, r, nan))
+            relative.append(torch.where(running, r / norm, nan))
             z = z_next
             if x_true is not None:
                 psnrs.append(psnr_per_image(estimate(z), x_true))
-            bar.set_postfix(rel=f"{float(relative[-1].max()):.2e}")
-            if bool((relative[-1] <= tol).all()):
+            done_now = running & (relative[-1] <= tol)
+            stopped_at[done_now.cpu()] = k + 1
+            running &= ~done_now
+            bar.set_postfix(rel=f"{float(relative[-1].nan_to_num(0.0).max()):.2e}", running=int(running.sum()))
+            if not bool(running.any()):
                 converged = True
                 break
         x = estimate(z)
@@ -250,4 +303,14 @@ def reconstruct(
         psnr=torch.stack(psnrs) if psnrs else None,
         averagedness=averagedness(method, chosen, L),
         notes=notes,
+        iterations_per_image=stopped_at.clamp_max(len(residuals)),
     )
+
+
+def _acts_per_image(physics, x: Tensor, y: Tensor) -> bool:
+    """True when A applied to one image gives that image's measurement shape (shared physics)."""
+    try:
+        with torch.no_grad():
+            return tuple(physics.A(x[:1]).shape) == (1, *y.shape[1:])
+    except (RuntimeError, ValueError, IndexError):
+        return False

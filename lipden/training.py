@@ -26,11 +26,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .checkpoint import load_tensors, save_denoiser, save_tensors_atomic
-from .data import PatchSampler, list_images, load_grayscale
+from .data import PatchSampler, default_data_root, list_images, load_grayscale
 from .denoiser import PRESETS, DenoiserConfig, LipschitzDenoiser
 from .splines import LinearSpline, set_spline_backend
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEFAULT_DATA = default_data_root()  # $LIPDEN_DATA, else ../shared/data
 
 # Paper (GPU): batch 128, lr 4e-5 / 1e-6 / 1e-5. CPU: a quarter of the batch and ~20x the
 # learning rates, which reach good quality within an hour on 2 cores.
@@ -244,7 +244,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
         loss = (output_batch.float() - clean).pow(2).sum() + config.tv2_weight * model.regularization()
         if not torch.isfinite(loss):
             raise TrainingDiverged(
-                f"loss is {float(loss)} at step {step}: lower the learning rates; "
+                f"loss is {loss.detach().item()} at step {step + 1}: lower the learning rates; "
                 f"the last good checkpoint is kept in {state_path}"
             )
         optimizer.zero_grad(set_to_none=True)

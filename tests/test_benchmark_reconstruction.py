@@ -52,3 +52,4 @@ def test_quick_large_images(quick_benchmarks):
     assert [row["side"] for row in results["rows"]] == [256, 512]
     for row in results["rows"]:
         assert row["tiled_512"]["seconds"] > 0 and row["pnp_fbs"]["seconds_per_iteration"] > 0
+        assert row["pnp_fbs_tiled_512"]["seconds_per_iteration"] > 0

@@ -32,3 +32,29 @@ def test_bad_arguments_give_one_line_errors():
 def test_help_lists_commands_and_examples():
     result = run_cli("certify", "--help")
     assert result.returncode == 0 and "examples:" in result.stdout
+
+
+def test_every_command_has_help_with_examples():
+    from lipden.cli import build_parser
+    from lipden.cli_reference import _subparsers
+
+    for name, parser in _subparsers(build_parser()).items():
+        text = parser.format_help()
+        assert "examples:" in text, name
+        undocumented = [a.dest for a in parser._actions if not a.help and a.dest != "help"]
+        assert not undocumented, (name, undocumented)
+
+
+def test_readme_cli_reference_matches_the_help_texts():
+    from lipden.cli_reference import cli_reference, replace_block
+
+    text = (ROOT / "README.md").read_text()
+    assert replace_block(text, cli_reference()) == text, "run: python -m lipden.cli_reference README.md"
+
+
+def test_benchmark_json_prints_only_one_object_listing_its_files(tmp_path):
+    result = run_cli("benchmark", "report", "--output", str(tmp_path), "--json", "--quiet")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["benchmark"] == "report" and record["files"] == [str(tmp_path / "README.md")]
+    assert (tmp_path / "README.md").is_file()

@@ -52,7 +52,7 @@ def test_regular_install_runs_the_console_command_with_shipped_weights(tmp_path)
     # pip comes from the system site-packages: no ensurepip, no network
     venv.create(env_dir, system_site_packages=True, with_pip=False, symlinks=True)
     python = env_dir / "bin" / "python"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "LIPDEN_DATA")}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
 
     install = _run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
@@ -60,9 +60,9 @@ def test_regular_install_runs_the_console_command_with_shipped_weights(tmp_path)
     assert install.returncode == 0, install.stdout + install.stderr
 
     probe = _run([python, "-c", (
-        "import json, lipden, lipden.pretrained as p, sys; "
+        "import json, lipden, lipden.pretrained as p, lipden.training as t, sys; "
         "print(json.dumps({'lipden': lipden.__file__, 'weights': str(p.weights_dir()), "
-        "'shipped': p.list_denoisers(), 'prefix': sys.prefix}))"
+        "'shipped': p.list_denoisers(), 'prefix': sys.prefix, 'data': str(t.DEFAULT_DATA)}))"
     )], work, env)
     assert probe.returncode == 0, probe.stderr
     where = json.loads(probe.stdout)
@@ -73,6 +73,8 @@ def test_regular_install_runs_the_console_command_with_shipped_weights(tmp_path)
     assert not site_packages.is_relative_to(ROOT.resolve()), where
     assert Path(where["weights"]).resolve() == site_packages / "weights", where
     assert "spline-sigma15" in where["shipped"], where
+    # the dev sets are looked for beside the working directory, not inside site-packages
+    assert Path(where["data"]) == (work.parent / "shared" / "data").resolve(), where
 
     script = env_dir / "bin" / "lipden"
     assert script.is_file(), "the console script was not installed"

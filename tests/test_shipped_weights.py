@@ -21,8 +21,13 @@ PSNR_FLOORS = {
     "absolute_value-sigma15": 29.0,
     "householder-sigma15": 28.7,
     "groupsort-sigma15": 28.7,
+    "free-sigma15": 29.0,
 }
 SHIPPED = lipden.list_denoisers()
+
+
+def _unconstrained(name: str) -> bool:
+    return lipden.denoiser_card(name)["config"]["conv"] == "free"
 
 
 def test_weights_folder_is_small():
@@ -38,17 +43,20 @@ def test_card_matches_file_and_model_is_certified(name):
     for key in ("config", "sigma_255", "training", "bsd68_psnr", "certified_lipschitz_40x40"):
         assert key in card, key
     model = lipden.load_denoiser(name)
-    assert model.lipschitz_bound <= 1 + 1e-4
+    if _unconstrained(name):  # the comparison CNN without constraints: no guarantee, and it says so
+        assert not model.is_lipschitz_constrained and model.lipschitz_bound > 1
+    else:
+        assert model.lipschitz_bound <= 1 + 1e-4
     assert model.config.sigma == pytest.approx(card["sigma_255"] / 255)
     json.dumps(card)
 
 
-def test_spline_beats_every_shipped_baseline_at_sigma15():
+def test_spline_beats_every_shipped_1_lipschitz_baseline_at_sigma15():
     if "spline-sigma15" not in SHIPPED:
         pytest.skip("spline-sigma15 not shipped")
     spline = lipden.denoiser_card("spline-sigma15")["bsd68_psnr"]
     for name in SHIPPED:
-        if name.endswith("-sigma15") and not name.startswith("spline"):
+        if name.endswith("-sigma15") and not name.startswith("spline") and not _unconstrained(name):
             assert spline > lipden.denoiser_card(name)["bsd68_psnr"], name
 
 
@@ -82,3 +90,23 @@ def test_denoising_improves_an_embedded_image(name):
     mse_in = float((noisy.clamp(0, 1) - clean).pow(2).mean())
     mse_out = float((out - clean).pow(2).mean())
     assert 10 * np.log10(mse_in / mse_out) > 2.0  # at least 2 dB better than the input
+
+
+def test_unconstrained_model_is_refused_by_the_solvers_unless_the_guarantee_is_waived():
+    if "free-sigma15" not in SHIPPED:
+        pytest.skip("free-sigma15 not shipped")
+    import problems
+
+    from lipden.certify import CertificationError
+    from lipden.reconstruction import GuaranteeWarning
+
+    problem = problems.DeblurProblem("gaussian", blur_sigma=1.6, noise=0.01)
+    x = problems.default_image("natural", 32)
+    y, physics = problem.measure(x, seed=0), problem.physics(x.shape)
+    model = lipden.load_denoiser("free-sigma15")
+    with pytest.raises(CertificationError, match="guarantee"):
+        lipden.reconstruct(y, physics, model, "pnp-fbs", step=1.0, strength=0.5, max_iter=3)
+    with pytest.warns(GuaranteeWarning):
+        result = lipden.reconstruct(y, physics, model, "pnp-fbs", step=1.0, strength=0.5, max_iter=3,
+                                    guarantee=False)
+    assert not result.guaranteed

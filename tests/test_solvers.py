@@ -47,7 +47,7 @@ def test_solvers_converge_with_non_increasing_residuals(case, method, params, sm
     problem, x, y, physics = request.getfixturevalue(case)
     result = reconstruct(y, physics, small_denoiser, method, x_true=x, max_iter=3000, tol=1e-5, **params)
     assert result.guaranteed and result.converged
-    assert float(result.relative_residuals[-1].max()) <= 1e-5
+    assert float(result.final_relative_residuals.max()) <= 1e-5
     r = result.residuals[:, 0]
     # non-increasing up to float32 round-off of the iterate
     assert bool((r[1:] <= r[:-1] + 2e-6 * float(result.x.norm())).all())
@@ -181,3 +181,24 @@ def test_fbs_and_drs_share_their_fixed_point(deblur_case, small_denoiser):
     drs = reconstruct(y, physics, small_denoiser, "pnp-drs", max_iter=3000, tol=1e-6, step=1.0, strength=0.5)
     assert fbs.converged and drs.converged
     torch.testing.assert_close(fbs.x, drs.x, atol=5e-4, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["deblur_case", "mri_case"])
+def test_each_image_stops_on_its_own_and_matches_a_lone_solve(case, small_denoiser, request):
+    problem, x, y, physics = request.getfixturevalue(case)
+    method, params = METHOD_PARAMS[0]
+    other = 0.3 * x.flip(-1) + 0.1  # a low-contrast image: it stops earlier
+    pair = torch.cat([x, other])
+    y_pair = torch.cat([y, problem.measure(other, seed=1)])
+    together = reconstruct(y_pair, physics, small_denoiser, method, max_iter=3000, tol=1e-5, **params)
+    alone = reconstruct(y, physics, small_denoiser, method, max_iter=3000, tol=1e-5, **params)
+    assert together.converged and together.iterations_per_image is not None
+    assert int(together.iterations_per_image[0]) == alone.iterations
+    assert together.iterations == int(together.iterations_per_image.max())
+    torch.testing.assert_close(together.x[:1], alone.x, rtol=0, atol=1e-5)
+    # the second image stops first; afterwards its residuals are NaN
+    first = int(together.iterations_per_image[1])
+    assert first < together.iterations
+    assert torch.isnan(together.residuals[first:, 1]).all() and not torch.isnan(together.residuals[:first, 1]).any()
+    assert float(together.final_relative_residuals.max()) <= 1e-5
+    assert pair.shape == together.x.shape

@@ -92,3 +92,18 @@ def test_cli_tile_option_gives_the_untiled_image(tmp_path, capsys):
         assert main(["denoise", str(source), "-o", str(target), "--tile", tile]) == 0
     assert "32x32 tiles" in capsys.readouterr().out
     np.testing.assert_allclose(np.load(tiled), np.load(whole), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method, params", [("pnp-fbs", {"step": 1.9, "strength": 0.5}),
+                                            ("pnp-drs", {"step": 1.0, "strength": 0.5})])
+def test_reconstruct_with_a_tiled_denoiser_gives_the_same_iterates(small, method, params):
+    import problems
+
+    problem = problems.DeblurProblem("gaussian", blur_sigma=1.6, noise=0.01)
+    x = problems.default_image("natural", 48)
+    y, physics = problem.measure(x, seed=0), problem.physics(x.shape)
+    whole = lipden.reconstruct(y, physics, small, method, max_iter=15, tol=1e-12, **params)
+    tiled = lipden.reconstruct(y, physics, small, method, max_iter=15, tol=1e-12, tile=20, **params)
+    torch.testing.assert_close(tiled.x, whole.x, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="tile"):
+        lipden.reconstruct(y, physics, small, method, max_iter=2, tile=0, **params)

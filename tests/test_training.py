@@ -103,3 +103,60 @@ def test_mixed_precision_keeps_the_constraint_in_float32(image_folders, tmp_path
     model, _ = load_denoiser_file(tmp_path / "best.safetensors")
     assert summary["step"] == 4 and all(p.dtype == torch.float32 for p in model.parameters())
     assert model.lipschitz_certificate((1, 1, 16, 16)) <= 1 + 1e-4
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(image_folders, tmp_path):
+    from lipden.training import TrainingDiverged
+
+    train(tiny_config(image_folders, tmp_path, steps=4), progress=False)
+    state = tmp_path / "train_state.safetensors"
+    before = state.read_bytes()
+    with pytest.raises(TrainingDiverged, match="lower the learning rates"):
+        train(tiny_config(image_folders, tmp_path, steps=8, lr_conv=1e30), progress=False)
+    assert state.read_bytes() == before
+    _, metadata = load_tensors(state)
+    assert metadata["step"] == 4
+    model, _ = load_denoiser_file(tmp_path / "best.safetensors")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+KILLED_RUN = """
+import sys
+sys.path.insert(0, {root!r})
+from lipden.training import TrainConfig, train
+train(TrainConfig(output={output!r}, train_dir={train!r}, val_dir={val!r}, channels=4, depth=3, batch_size=4,
+                  patch_size=16, steps={steps}, validate_every=1), progress=False)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.3])
+def test_sigkill_never_corrupts_the_checkpoint_and_resuming_matches_a_straight_run(image_folders, tmp_path, delay):
+    import signal
+    import time
+
+    steps = 40  # every run below has the same length, hence the same learning-rate schedule
+    output = tmp_path / "killed"
+    code = KILLED_RUN.format(root=str(ROOT), output=str(output), train=str(image_folders[0]),
+                             val=str(image_folders[1]), steps=steps)
+    process = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    state = output / "train_state.safetensors"
+    deadline = time.monotonic() + 120
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    _, metadata = load_tensors(state)  # a complete, readable checkpoint
+    killed_at = metadata["step"]
+    assert 1 <= killed_at < steps
+    assert not [p.name for p in output.iterdir() if p.name.startswith(".")], "temporary files left"
+    # resume to the end and compare with an uninterrupted run
+    train(tiny_config(image_folders, output, steps=steps, validate_every=1), progress=False)
+    train(tiny_config(image_folders, tmp_path / "straight", steps=steps, validate_every=1), progress=False)
+    a, _ = load_tensors(tmp_path / "straight" / "train_state.safetensors")
+    b, meta = load_tensors(state)
+    assert meta["step"] == steps
+    for key in a:
+        if not key.startswith("train.rng"):
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
