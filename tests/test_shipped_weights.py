@@ -96,7 +96,6 @@ def test_unconstrained_model_is_refused_by_the_solvers_unless_the_guarantee_is_w
     if "free-sigma15" not in SHIPPED:
         pytest.skip("free-sigma15 not shipped")
     import problems
-
     from lipden.certify import CertificationError
     from lipden.reconstruction import GuaranteeWarning
 

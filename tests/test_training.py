@@ -122,6 +122,8 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
 
 KILLED_RUN = """
 import sys
+import torch
+torch.set_num_threads({threads})
 sys.path.insert(0, {root!r})
 from lipden.training import TrainConfig, train
 train(TrainConfig(output={output!r}, train_dir={train!r}, val_dir={val!r}, channels=4, depth=3, batch_size=4,
@@ -137,8 +139,10 @@ def test_sigkill_never_corrupts_the_checkpoint_and_resuming_matches_a_straight_r
     steps = 40  # every run below has the same length, hence the same learning-rate schedule
     output = tmp_path / "killed"
     code = KILLED_RUN.format(root=str(ROOT), output=str(output), train=str(image_folders[0]),
-                             val=str(image_folders[1]), steps=steps)
-    process = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
+                             val=str(image_folders[1]), steps=steps, threads=torch.get_num_threads())
+    # the same thread count as this process, which resumes the run: same float reductions
+    threads = str(torch.get_num_threads())
+    process = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": threads})
     state = output / "train_state.safetensors"
     deadline = time.monotonic() + 120
     while not state.exists() and process.poll() is None and time.monotonic() < deadline:
