@@ -102,12 +102,6 @@ def _parameters(problem, row: Row, tuning_images: list[Tensor], max_iter: int, q
     return result.parameters, f"tuned now ({len(result.trials)} trials, {max_iter} iterations)"
 
 
-def _first_below(relative: Tensor, tol: float) -> list[int | None]:
-    """Per image, the first iteration (1-based) whose relative residual is <= tol."""
-    hits = relative <= tol
-    return [int(hits[:, b].nonzero()[0]) + 1 if hits[:, b].any() else None for b in range(relative.shape[1])]
-
-
 def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_iter: int, tol: float,
                device: str, progress: bool = False) -> tuple[dict, Tensor]:
     """Solve every test image (batched by shape); per-image metrics and image 0's result."""
@@ -134,13 +128,14 @@ def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_it
             result = reconstruct(y, physics, denoiser, row.method, max_iter=max_iter, tol=tol, x_true=truth,
                                  guarantee=row.guarantee, progress=progress, **params)
             x = result.x
-            its = _first_below(result.relative_residuals, tol)  # each image stops there (frozen after)
-            conv = [k is not None for k in its]
+            # each image stops at its first iteration below tol (frozen after)
+            conv = (result.final_relative_residuals <= tol).tolist()
+            its = [int(k) if ok else None for k, ok in zip(result.iterations_per_image, conv, strict=True)]
             increases.append(result.max_residual_increase)
             monotone.append(result.monotone)
             if 0 in indices:
                 b = indices.index(0)
-                own = int(result.iterations_per_image[b]) if result.iterations_per_image is not None else None
+                own = int(result.iterations_per_image[b])
                 curves = {"psnr": [round(float(v), 4) for v in result.psnr[:own, b]],
                           "relative_residual": [float(v) for v in result.relative_residuals[:own, b]]}
         scores = psnr_per_image(x, truth).tolist()

@@ -426,9 +426,15 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> None:
     while stack:
         current = stack.pop()
         current.error = types.MethodType(error, current)  # type: ignore[method-assign]
-        for action in current._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                stack.extend(action.choices.values())
+        stack.extend(subcommands(current).values())
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommand parsers of ``parser`` by name (empty when it has none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 def _out_of_memory(error: BaseException) -> bool:

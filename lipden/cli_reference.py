@@ -31,22 +31,15 @@ def _columns(width: int) -> Iterator[None]:
             os.environ["COLUMNS"] = previous
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
-
-
 def cli_reference(width: int = WIDTH) -> str:
     """Markdown with the ``--help`` text of ``lipden`` and of each subcommand."""
-    from .cli import build_parser
+    from .cli import build_parser, subcommands
 
     with _columns(width):
         parser = build_parser()
         parts = ["`python cli.py COMMAND` and the installed `lipden COMMAND` are the same program.", "",
                  "```text", parser.format_help().rstrip(), "```"]
-        for name, sub in _subparsers(parser).items():
+        for name, sub in subcommands(parser).items():
             parts += ["", f"<details><summary><code>lipden {name} --help</code></summary>", "",
                       "```text", sub.format_help().rstrip(), "```", "", "</details>"]
     return "\n".join(parts)

@@ -66,22 +66,16 @@ class ReconstructionResult:
     max_residual_increase: float
     monotone: bool
     seconds: float
+    iterations_per_image: Tensor
     psnr: Tensor | None = None
     averagedness: float | None = None
     notes: list[str] = field(default_factory=list)
-    iterations_per_image: Tensor | None = None
 
     @property
     def final_relative_residuals(self) -> Tensor:
         """(B,) each image's relative residual at its last iteration."""
-        return _last_finite(self.relative_residuals)
-
-
-def _last_finite(values: Tensor) -> Tensor:
-    """Per column of a (K, B) tensor, the last non-NaN entry."""
-    finite = ~torch.isnan(values)
-    index = (finite.cumsum(0) == finite.sum(0, keepdim=True)) & finite
-    return values.nan_to_num(0.0).mul(index).sum(0)
+        last = (self.iterations_per_image - 1).to(self.relative_residuals.device)
+        return self.relative_residuals.gather(0, last[None]).squeeze(0)
 
 
 def _certified_denoiser_bound(denoiser: nn.Module, shape: tuple[int, ...]) -> float | None:

@@ -35,10 +35,9 @@ def test_help_lists_commands_and_examples():
 
 
 def test_every_command_has_help_with_examples():
-    from lipden.cli import build_parser
-    from lipden.cli_reference import _subparsers
+    from lipden.cli import build_parser, subcommands
 
-    for name, parser in _subparsers(build_parser()).items():
+    for name, parser in subcommands(build_parser()).items():
         text = parser.format_help()
         assert "examples:" in text, name
         undocumented = [a.dest for a in parser._actions if not a.help and a.dest != "help"]

@@ -192,7 +192,7 @@ def test_each_image_stops_on_its_own_and_matches_a_lone_solve(case, small_denois
     y_pair = torch.cat([y, problem.measure(other, seed=1)])
     together = reconstruct(y_pair, physics, small_denoiser, method, max_iter=3000, tol=1e-5, **params)
     alone = reconstruct(y, physics, small_denoiser, method, max_iter=3000, tol=1e-5, **params)
-    assert together.converged and together.iterations_per_image is not None
+    assert together.converged and together.iterations_per_image.shape == (2,)
     assert int(together.iterations_per_image[0]) == alone.iterations
     assert together.iterations == int(together.iterations_per_image.max())
     torch.testing.assert_close(together.x[:1], alone.x, rtol=0, atol=1e-5)
