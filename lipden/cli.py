@@ -118,6 +118,7 @@ def _train(args: argparse.Namespace) -> int:
         output=args.output, sigma=args.sigma, preset=args.preset, activation=args.activation,
         conv=args.conv, train_dir=args.train_dir, val_dir=args.val_dir, batch_size=args.batch_size,
         steps=args.steps, validate_every=args.validate_every, seed=args.seed, device=args.device,
+        lr_scale=args.lr_scale,
         max_minutes=args.minutes, compile_spline=args.compile, mixed_precision=args.mixed_precision, channels=args.channels, depth=args.depth,
     )
     summary = train(config, resume=not args.no_resume, progress=not args.quiet)
@@ -286,7 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--channels", type=int, help="override the preset's width")
     train.add_argument("--depth", type=int, help="override the preset's number of convolutions")
     train.add_argument("--steps", type=int, help="total optimizer steps (default: the preset's)")
-    train.add_argument("--minutes", type=float, help="stop (and save) after this wall time")
+    train.add_argument("--minutes", type=float,
+                       help="stop (and save) after this wall time; the learning rates decay at 75%% of "
+                            "it (or of the steps, whichever comes first)")
+    train.add_argument("--lr-scale", type=float, default=1.0, help="multiply the preset's learning rates")
     train.add_argument("--validate-every", type=int, default=250, help="steps between validations and checkpoints")
     train.add_argument("--seed", type=int, default=0, help="seed of the init and of the patch sampling")
     train.add_argument("--device", default="cuda" if _cuda() else "cpu", help="default: cuda when available")

@@ -63,7 +63,8 @@ class TrainConfig:
     lr_spline: float | None = None
     lr_scaling: float | None = None
     tv2_weight: float = 1e-6
-    lr_decay_at: float = 0.75  # fraction of the steps after which all learning rates ...
+    lr_scale: float = 1.0  # multiplies the preset's learning rates (not explicitly given ones)
+    lr_decay_at: float = 0.75  # fraction of the steps (or of max_minutes) after which all learning rates ...
     lr_decay_factor: float = 0.1  # ... are multiplied by this factor
     seed: int = 0
     device: str = "cpu"
@@ -78,10 +79,15 @@ class TrainConfig:
         if self.preset not in TRAINING_PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {', '.join(TRAINING_PRESETS)}")
         defaults = TRAINING_PRESETS[self.preset]
+        if not self.lr_scale > 0:
+            raise ValueError(f"lr_scale must be positive, got {self.lr_scale}")
         values: dict[str, Any] = {
             k: (defaults[k] if getattr(self, k) is None and k in defaults else getattr(self, k))
             for k in (f.name for f in dataclasses.fields(self))
         }
+        for k in ("lr_conv", "lr_spline", "lr_scaling"):  # only the preset's rates are scaled
+            if getattr(self, k) is None:
+                values[k] = defaults[k] * self.lr_scale
         config = TrainConfig(**values)
         if not 0 < config.sigma < 255:
             raise ValueError(f"sigma is on the 0-255 scale and must be in (0, 255), got {config.sigma}")
@@ -170,6 +176,10 @@ def _distributed(device_type: str) -> tuple[int, int]:
     return rank, world
 
 
+def _past_decay_time(config: TrainConfig, elapsed_s: float) -> bool:
+    return config.max_minutes is not None and elapsed_s >= config.lr_decay_at * 60 * config.max_minutes
+
+
 def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> dict:
     """Train (or resume) a denoiser; returns a summary dict. Files go to ``config.output``."""
     config = config.resolved()
@@ -232,8 +242,12 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     last_loss = math.nan
     model.train()
     base_lrs = [group["lr"] for group in optimizer.param_groups]
+    # The decay comes at lr_decay_at of the step budget or of the time budget, whichever
+    # is reached first, so a run stopped by --minutes has also had its decayed phase.
+    decayed = step >= config.lr_decay_at * steps or _past_decay_time(config, elapsed)
     while step < steps:
-        factor = config.lr_decay_factor if step >= config.lr_decay_at * steps else 1.0
+        decayed = decayed or step >= config.lr_decay_at * steps
+        factor = config.lr_decay_factor if decayed else 1.0
         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base * factor
         clean = sampler.sample(batch_size)
@@ -255,10 +269,12 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
         bar.update(1)
         elapsed = time.perf_counter() - start
         out_of_time = config.max_minutes is not None and elapsed >= 60 * config.max_minutes
-        if world > 1:  # all ranks must stop together
-            flag = torch.tensor([float(out_of_time)], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            out_of_time = bool(flag.item())
+        decay_now = _past_decay_time(config, elapsed)
+        if world > 1:  # all ranks must stop and decay together
+            flags = torch.tensor([float(out_of_time), float(decay_now)], device=device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            out_of_time, decay_now = bool(flags[0].item()), bool(flags[1].item())
+        decayed = decayed or decay_now
         if step % config.validate_every == 0 or step == config.steps or out_of_time:
             if rank == 0:
                 score = evaluate(model, val_clean, val_noisy, device) if val_clean else math.nan
@@ -273,8 +289,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
                 with open(log_path, "a", newline="") as handle:
                     writer = csv.writer(handle)
                     if new_log:
-                        writer.writerow(["step", "elapsed_s", "loss_per_patch", "val_psnr"])
-                    writer.writerow([step, f"{elapsed:.1f}", f"{last_loss:.6f}", f"{score:.4f}"])
+                        writer.writerow(["step", "elapsed_s", "loss_per_patch", "val_psnr", "lr_factor"])
+                    writer.writerow([step, f"{elapsed:.1f}", f"{last_loss:.6f}", f"{score:.4f}", factor])
                 bar.set_postfix(loss=f"{last_loss:.4f}", psnr=f"{score:.2f}")
             if world > 1:
                 dist.barrier()

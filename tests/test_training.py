@@ -164,3 +164,36 @@ def test_sigkill_never_corrupts_the_checkpoint_and_resuming_matches_a_straight_r
     for key in a:
         if not key.startswith("train.rng"):
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_a_time_budget_also_schedules_the_learning_rate_decay(image_folders, tmp_path, monkeypatch):
+    """With --minutes, the rates decay at 75% of the time budget (steps permitting) and the
+    run stops at the budget: simulated clock, 10 s per reading."""
+    import types
+
+    from lipden import training
+
+    clock = {"t": 0.0}
+
+    def perf_counter() -> float:
+        clock["t"] += 10.0
+        return clock["t"]
+
+    monkeypatch.setattr(training, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    summary = train(tiny_config(image_folders, tmp_path, steps=1000, validate_every=1, max_minutes=1.0), progress=False)
+    rows = [line.split(",") for line in (tmp_path / "log.csv").read_text().splitlines()]
+    assert rows[0] == ["step", "elapsed_s", "loss_per_patch", "val_psnr", "lr_factor"]
+    elapsed = [float(r[1]) for r in rows[1:]]
+    factors = [float(r[4]) for r in rows[1:]]
+    assert summary["step"] == len(rows) - 1 < 1000 and elapsed[-1] >= 60
+    decayed = [e for e, f in zip(elapsed, factors, strict=True) if f < 1]
+    assert decayed and all(f == 1.0 for e, f in zip(elapsed, factors, strict=True) if e < 45)
+    assert min(decayed) >= 45  # the factor applied at a step is decided by the clock before it
+
+
+def test_lr_scale_multiplies_only_the_preset_rates(tmp_path):
+    config = TrainConfig(output=str(tmp_path), lr_scale=0.5, lr_spline=3e-5).resolved()
+    assert config.lr_conv == pytest.approx(4e-4) and config.lr_scaling == pytest.approx(1e-4)
+    assert config.lr_spline == 3e-5 and config.resolved().lr_conv == config.lr_conv
+    with pytest.raises(ValueError, match="lr_scale"):
+        TrainConfig(output=str(tmp_path), lr_scale=0).resolved()

@@ -1,0 +1,139 @@
+"""The CUDA path gives the CPU's results: layers, splines, certificates, solvers, training.
+
+Skipped without a GPU (CI has none); run on a GPU machine with ``pytest tests/test_cuda.py``.
+Convolutions are compared with TF32 off (float32 accuracy); with TF32 on (PyTorch's default
+for cuDNN convolutions) the outputs move by about 1e-3, which is checked separately.
+"""
+
+import numpy as np
+import pytest
+import torch
+from skimage import io
+
+import problems as P
+from lipden import DenoiserConfig, LinearSpline, LipschitzDenoiser, OrthoConv2d, load_denoiser
+from lipden.certify import lipschitz_lower_bound
+from lipden.checkpoint import load_denoiser_file
+from lipden.conv_ops import circular_conv_singular_values
+from lipden.reconstruction import reconstruct
+from lipden.splines import get_spline_backend, set_spline_backend
+from lipden.training import TrainConfig, train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def _float32_convolutions():
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = previous
+
+
+def _spline_outputs_and_gradients(spline: LinearSpline, x: torch.Tensor, device: str, dtype: torch.dtype):
+    module = spline.to(device=device, dtype=dtype)
+    module.zero_grad()
+    xd = x.detach().to(device=device, dtype=dtype).clone().requires_grad_(True)
+    y = module(xd)
+    (y * torch.linspace(-1, 1, y.numel(), device=device, dtype=dtype).view_as(y)).sum().backward()
+    # clones: converting the module next would also convert these gradients in place
+    return [t.detach().to("cpu", torch.float64).clone() for t in (y, xd.grad, module.coefficients.grad)]
+
+
+@pytest.mark.parametrize("backend", ["eager", "compiled"])
+@pytest.mark.parametrize("shape", [(2, 4, 9, 7), (1, 4, 64, 64)])
+def test_spline_forward_and_backward_on_cuda_match_a_float64_reference(backend, shape):
+    """Errors relative to each quantity's largest entry: the coefficient gradients are sums
+    (bincount; atomics on CUDA) of up to thousands of terms, so only a normwise float32
+    bound is meaningful; the CPU's float32 result is held to the same bound."""
+    previous = get_spline_backend()
+    set_spline_backend(backend)
+    try:
+        spline = LinearSpline(4, init="relu")
+        with torch.no_grad():
+            spline.coefficients.add_(0.3 * torch.randn_like(spline.coefficients))
+        x = 3 * torch.randn(shape)
+        reference = _spline_outputs_and_gradients(spline, x, "cpu", torch.float64)
+        for device in ("cpu", "cuda"):
+            got = _spline_outputs_and_gradients(spline, x, device, torch.float32)
+            for name, a, b, bound in zip(("output", "input gradient", "coefficient gradient"), got, reference,
+                                         (1e-5, 1e-5, 2e-5), strict=True):
+                error = float((a - b).abs().max()) / float(b.abs().max())
+                assert error <= bound, f"{device} {name}: relative error {error:.2e}"
+    finally:
+        set_spline_backend(previous)
+
+
+def test_orthogonal_conv_on_cuda_has_unit_singular_values():
+    conv = OrthoConv2d(8, 8, padding_mode="circular").cuda()
+    weight = conv.constrained_weight().double().cpu()
+    values = circular_conv_singular_values(weight, (16, 16))
+    assert float((values - 1).abs().max()) < 1e-4
+
+
+def test_shipped_denoiser_gives_the_same_image_on_cuda_and_stays_nonexpansive():
+    model_cpu = load_denoiser("spline-sigma15")
+    model_gpu = load_denoiser("spline-sigma15", device="cuda")
+    x = P.default_image("natural", 96)
+    noisy = (x + 15 / 255 * torch.randn(x.shape)).clamp(0, 1)
+    with torch.no_grad():
+        expected = model_cpu(noisy)
+        got = model_gpu(noisy.cuda()).cpu()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+    lower = lipschitz_lower_bound(model_gpu, (1, 1, 24, 24))
+    assert lower <= 1 + 1e-4
+    torch.backends.cudnn.allow_tf32 = True
+    with torch.no_grad():
+        tf32 = model_gpu(noisy.cuda()).cpu()
+    assert float((tf32 - expected).abs().max()) < 1e-2
+
+
+@pytest.mark.parametrize("kind", ["deblur", "mri"])
+def test_pnp_fbs_on_cuda_matches_the_cpu(kind):
+    problem = P.DeblurProblem("gaussian", blur_sigma=1.6, noise=0.01) if kind == "deblur" else P.MRIProblem("random", 4)
+    x = P.default_image("natural" if kind == "deblur" else "mri", 48)
+    y = problem.measure(x, seed=0)
+    denoiser = LipschitzDenoiser(DenoiserConfig(channels=8, depth=4, sigma=None)).eval()
+    params = {"step": 1.5, "strength": 0.5}
+    torch.backends.cudnn.allow_tf32 = True  # the solver must switch it off itself (restored by the fixture)
+    results = []
+    for device in ("cpu", "cuda"):
+        physics = problem.physics(x.shape, device)
+        results.append(reconstruct(y.to(device), physics, denoiser.to(device), "pnp-fbs", max_iter=400, tol=1e-5, **params))
+    cpu, gpu = results
+    assert gpu.max_residual_increase <= 1e-4, "TF32 must be off during a solve"
+    assert gpu.guaranteed and gpu.converged and gpu.monotone and gpu.x.device.type == "cuda"
+    torch.testing.assert_close(gpu.x.cpu(), cpu.x, rtol=0, atol=2e-4)
+    assert abs(int(gpu.iterations) - int(cpu.iterations)) <= 5
+    assert torch.backends.cudnn.allow_tf32  # restored after the solve
+
+
+def test_physics_adjointness_on_cuda():
+    for problem in (P.DeblurProblem("motion", noise=0.01), P.MRIProblem("gaussian", 8)):
+        physics = problem.physics((1, 1, 40, 40), "cuda")
+        x = torch.rand(1, 1, 40, 40, device="cuda")
+        y = torch.randn_like(physics.A(x))
+        lhs = float((physics.A(x) * y).sum())
+        rhs = float((x * physics.A_adjoint(y)).sum())
+        assert abs(lhs - rhs) < 1e-4 * abs(lhs)
+
+
+def test_mixed_precision_training_on_cuda_keeps_the_certificate(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3), ("val", 1)):
+        (tmp_path / split).mkdir()
+        for i in range(count):
+            smooth = np.cumsum(np.cumsum(rng.normal(size=(48, 56)), 0), 1)
+            smooth = (smooth - smooth.min()) / (smooth.max() - smooth.min())
+            io.imsave(tmp_path / split / f"{i}.png", (smooth * 255).astype(np.uint8), check_contrast=False)
+    config = TrainConfig(output=str(tmp_path / "run"), train_dir=str(tmp_path / "train"), val_dir=str(tmp_path / "val"),
+                         channels=8, depth=4, batch_size=8, patch_size=16, steps=30, validate_every=10, device="cuda")
+    summary = train(config, progress=False)
+    assert summary["step"] == 30 and np.isfinite(summary["best_psnr"])
+    model, _ = load_denoiser_file(tmp_path / "run" / "best.safetensors")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.lipschitz_certificate((1, 1, 16, 16)) <= 1 + 1e-4
+    for module in model.modules():
+        if isinstance(module, OrthoConv2d):
+            values = circular_conv_singular_values(module.constrained_weight().double(), (16, 16))
+            assert float(values.max()) <= 1 + 1e-4
