@@ -18,6 +18,8 @@ class ConstrainedLayer(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._weight_cache: tuple[tuple, Tensor] | None = None
+        # set by a model that computed several layers' training weights in one pass
+        self.shared_weight: Tensor | None = None
 
     def training_weight(self) -> Tensor:
         """The constrained weight, differentiable in the raw parameters."""
@@ -44,7 +46,7 @@ class ConstrainedLayer(nn.Module):
         with torch.autocast(device_type=device_type, enabled=False):
             if self.training:
                 self._weight_cache = None
-                return self.training_weight()
+                return self.shared_weight if self.shared_weight is not None else self.training_weight()
             if self._needs_weight_grad():
                 return self.inference_weight()
             key = self._state_key()

@@ -95,12 +95,18 @@ def conv2d_same_adjoint(y: Tensor, kernel: Tensor, padding_mode: str) -> Tensor:
 def compose_kernels(first: Tensor, second: Tensor) -> Tensor:
     """Kernel of ``conv(conv(x, first), second)`` on the infinite grid (cross-correlation).
 
-    first: (C_mid, C_in, a_h, a_w), second: (C_out, C_mid, b_h, b_w);
-    returns (C_out, C_in, a_h + b_h - 1, a_w + b_w - 1).
+    first: ([G,] C_mid, C_in, a_h, a_w), second: ([G,] C_out, C_mid, b_h, b_w);
+    returns ([G,] C_out, C_in, a_h + b_h - 1, a_w + b_w - 1). With a leading batch of G
+    pairs, all G compositions run as one grouped convolution.
     """
-    bh, bw = second.shape[-2:]
-    out = F.conv2d(first.transpose(0, 1), second.flip(-1, -2), padding=(bh - 1, bw - 1))
-    return out.transpose(0, 1)
+    if first.dim() == 4:
+        return compose_kernels(first[None], second[None])[0]
+    g, c_mid, c_in, ah, aw = first.shape
+    c_out, bh, bw = second.shape[1], second.shape[-2], second.shape[-1]
+    inputs = first.permute(2, 0, 1, 3, 4).reshape(c_in, g * c_mid, ah, aw)
+    weight = second.flip(-1, -2).reshape(g * c_out, c_mid, bh, bw)
+    out = F.conv2d(inputs, weight, padding=(bh - 1, bw - 1), groups=g)
+    return out.reshape(c_in, g, c_out, *out.shape[-2:]).permute(1, 2, 0, 3, 4)
 
 
 def kernel_frequency_response(kernel: Tensor, size: tuple[int, int]) -> Tensor:

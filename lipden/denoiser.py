@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .activations import ACTIVATION_ALIASES, ACTIVATIONS, make_activation
 from .averaged import Averaged
 from .certify import lipschitz_upper_bound
-from .layers import OrthoConv2d, SpectralNormConv2d
+from .layers import OrthoConv2d, SpectralNormConv2d, shared_training_weights
 
 CONV_TYPES = ("ortho", "spectral", "free")
 
@@ -154,7 +154,8 @@ class LipschitzDenoiser(deepinv.models.Denoiser):
             raise ValueError("the image contains NaN or inf values")
         self._check_sigma(sigma)
         b, c, h, w = x.shape
-        out = self.body(x.reshape(b * c, 1, h, w))
+        with shared_training_weights(self.body):  # training: one batched parametrisation pass
+            out = self.body(x.reshape(b * c, 1, h, w))
         return out.reshape(b, c, h, w)
 
     def lipschitz_certificate(self, input_shape: tuple[int, ...]) -> float:

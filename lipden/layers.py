@@ -13,6 +13,8 @@ All take and return (B, C, H, W) (convolutions, stride 1, 'same' size) or (B, fe
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TypedDict
 
 import torch
@@ -193,17 +195,72 @@ class OrthoConv2d(_LipschitzConv2d):
             nn.init.zeros_(self.bias)
 
     def training_weight(self) -> Tensor:
-        c, k = self.channels, self.kernel_size
-        kernel = bjorck_orthonormalize(self.orthogonal_matrix, self.bjorck_iters)[:, :, None, None]
-        if k > 1:
-            q = bjorck_orthonormalize(self.projector_matrices, self.bjorck_iters)
-            projectors = q @ q.mT
-            complements = torch.eye(c, device=q.device, dtype=q.dtype) - projectors
-            blocks = torch.stack([projectors, complements], dim=-1)  # (2(k-1), c, c, 2)
-            for index, block in enumerate(blocks):
-                shape = (c, c, 1, 2) if index < k - 1 else (c, c, 2, 1)
-                kernel = compose_kernels(kernel, block.reshape(shape))
-        return kernel[: self.out_channels, : self.in_channels]
+        kernel = bcop_kernels(self.orthogonal_matrix[None], self.projector_matrices[None], self.kernel_size, self.bjorck_iters)
+        return kernel[0, : self.out_channels, : self.in_channels]
+
+    def _batch_key(self) -> tuple:
+        """Layers with equal keys have their weights computed in one batched pass."""
+        p = self.orthogonal_matrix
+        return (self.channels, self.projector_matrices.shape, self.kernel_size, self.bjorck_iters, p.dtype, p.device)
+
+
+def bcop_kernels(orthogonal: Tensor, projectors: Tensor, kernel_size: int, bjorck_iters: int) -> Tensor:
+    """Paraunitary (G, c, c, k, k) kernels from G raw parameter sets (see :class:`OrthoConv2d`).
+
+    orthogonal: (G, c, c); projectors: (G, 2(k-1), c, r). Every matrix product is batched
+    over G, so G layers cost the kernel launches of one.
+    """
+    g, c, k = orthogonal.shape[0], orthogonal.shape[-1], kernel_size
+    kernel = bjorck_orthonormalize(orthogonal, bjorck_iters)[..., None, None]
+    if k > 1:
+        q = bjorck_orthonormalize(projectors, bjorck_iters)
+        symmetric = q @ q.mT  # (G, 2(k-1), c, c) projectors P
+        complements = torch.eye(c, device=q.device, dtype=q.dtype) - symmetric
+        blocks = torch.stack([symmetric, complements], dim=-1)  # (G, 2(k-1), c, c, 2)
+        for index in range(2 * (k - 1)):
+            shape = (g, c, c, 1, 2) if index < k - 1 else (g, c, c, 2, 1)
+            kernel = compose_kernels(kernel, blocks[:, index].reshape(shape))
+    return kernel
+
+
+def batched_training_weights(layers: list[OrthoConv2d]) -> list[Tensor]:
+    """``[layer.training_weight() for layer in layers]``, with the layers of equal shape
+    (and Björck iterations, dtype, device) computed together: one batched pass per group
+    (the same arithmetic, batched; equal up to float round-off)."""
+    groups: dict[tuple, list[int]] = {}
+    for index, layer in enumerate(layers):
+        groups.setdefault(layer._batch_key(), []).append(index)
+    weights: list[Tensor | None] = [None] * len(layers)
+    for indices in groups.values():
+        first = layers[indices[0]]
+        kernels = bcop_kernels(
+            torch.stack([layers[i].orthogonal_matrix for i in indices]),
+            torch.stack([layers[i].projector_matrices for i in indices]),
+            first.kernel_size, first.bjorck_iters,
+        )
+        for position, i in enumerate(indices):
+            weights[i] = kernels[position, : layers[i].out_channels, : layers[i].in_channels]
+    return [w for w in weights if w is not None]
+
+
+@contextmanager
+def shared_training_weights(module: nn.Module) -> Iterator[None]:
+    """Within this block, the training-mode :class:`OrthoConv2d` layers of ``module`` use
+    weights computed together by :func:`batched_training_weights` (once, before the block)
+    instead of one parametrisation pass each. Outside training mode it does nothing."""
+    layers = [m for m in module.modules() if isinstance(m, OrthoConv2d) and m.training]
+    if len(layers) < 2:
+        yield
+        return
+    with torch.autocast(device_type=layers[0].orthogonal_matrix.device.type, enabled=False):
+        weights = batched_training_weights(layers)
+    for layer, weight in zip(layers, weights, strict=True):
+        layer.shared_weight = weight
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.shared_weight = None
 
 
 class SpectralNormConv2d(_LipschitzConv2d):

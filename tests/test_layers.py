@@ -209,3 +209,51 @@ def test_circular_pad_matches_torch_and_passes_gradcheck(size, pads):
     assert torch.autograd.gradcheck(lambda t: circular_pad(t, ph, pw), (x,))
     with pytest.raises(ValueError, match="smaller than"):
         circular_pad(x, size[0] + 1, 0)
+
+
+def test_batched_parametrisation_equals_the_per_layer_one_with_its_gradients():
+    from lipden.layers import batched_training_weights
+
+    torch.manual_seed(0)
+    layers = [OrthoConv2d(1, 8), OrthoConv2d(8, 8), OrthoConv2d(8, 8, kernel_size=5), OrthoConv2d(8, 1),
+              OrthoConv2d(6, 6, kernel_size=1), OrthoConv2d(8, 8, bjorck_iters=5)]
+    probes = [torch.randn_like(layer.training_weight()) for layer in layers]
+
+    def loss_and_grads(weights):
+        for layer in layers:
+            layer.zero_grad()
+        sum((w * p).sum() for w, p in zip(weights, probes, strict=True)).backward()
+        return [p.grad.clone() for layer in layers for p in layer.parameters() if p.grad is not None]
+
+    single = [layer.training_weight() for layer in layers]
+    batched = batched_training_weights(layers)
+    for a, b in zip(single, batched, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    for a, b in zip(loss_and_grads(single), loss_and_grads(batched_training_weights(layers)), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    # still orthogonal: a property of the result, measured on the operator
+    values = circular_conv_singular_values(batched[1].detach().double(), (8, 8))
+    assert float((values - 1).abs().max()) < 1e-5
+
+
+def test_denoiser_training_forward_uses_one_batched_pass_and_cleans_up():
+    from lipden import DenoiserConfig, LipschitzDenoiser
+
+    model = LipschitzDenoiser(DenoiserConfig(channels=8, depth=4, sigma=None)).train()
+    layers = [m for m in model.modules() if isinstance(m, OrthoConv2d)]
+    calls = []
+    for layer in layers:
+        layer.training_weight = lambda original=layer.training_weight: calls.append(1) or original()
+    out = model(torch.rand(2, 1, 16, 16))
+    out.square().sum().backward()
+    assert not calls  # no layer ran its own parametrisation
+    assert all(layer.shared_weight is None for layer in layers)
+    assert all(p.grad is not None for layer in layers for p in layer.parameters())
+    def failing(x):
+        raise RuntimeError("inside the forward pass")
+
+    layers[-1].forward = failing
+    with pytest.raises(RuntimeError, match="inside the forward"):
+        model(torch.rand(2, 1, 16, 16))
+    assert all(layer.shared_weight is None for layer in layers)  # cleared on errors too
