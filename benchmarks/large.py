@@ -57,7 +57,10 @@ def _reconstruct_job(side: int, iterations: int, tile: int | None = None) -> dic
 
 def _in_fresh_process(function, *args) -> dict:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(function, args)
+        result = pool.apply(function, args)
+        pool.close()  # let the worker exit on its own: terminating it leaks its semaphores
+        pool.join()
+    return result
 
 
 def run(quick: bool = False, output: str = "results") -> dict:
