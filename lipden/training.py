@@ -244,7 +244,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     # The decay comes at lr_decay_at of the step budget or of the time budget, whichever
     # is reached first, so a run stopped by --minutes has also had its decayed phase.
-    decayed = step >= config.lr_decay_at * steps or _past_decay_time(config, elapsed)
+    decayed = _past_decay_time(config, elapsed)  # the step condition is checked in the loop
     while step < steps:
         decayed = decayed or step >= config.lr_decay_at * steps
         factor = config.lr_decay_factor if decayed else 1.0
