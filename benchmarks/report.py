@@ -114,22 +114,30 @@ def summary(folder: Path) -> str:
     for kind in ("deblur", "mri"):
         stems = sorted((p.stem for p in folder.glob(f"{kind}*.json") if not p.stem.endswith("-quick")),
                        key=lambda stem: (stem != kind, stem))
-        found = _first_existing(folder, stems + [f"{kind}-quick"])
-        if not found:
-            continue
-        stem, data = found
-        lines += [f"{'Deblurring' if kind == 'deblur' else 'MRI'}: test images {data['test_set']}, stop at "
-                  f"relative residual {data['tol']:g} (from `results/{stem}.json`):", "",
-                  "| problem | method | PSNR (dB) | SSIM | iterations | converged |", "|---|---|---|---|---|---|"]
-        for problem, rows in data["problems"].items():
-            for row in rows.values():
-                its = "-" if row["iterations_mean"] is None else f"{row['iterations_mean']:.0f}"
-                lines.append(f"| {problem} | {row['label']} | {row['psnr']:.2f} | {row['ssim']:.4f} | {its} "
-                             f"| {row['converged_all']} |")
-            if figure is None and (folder / f"{stem}-{problem}.png").is_file():
-                figure = f"results/{stem}-{problem}.png"
-        lines.append("")
+        runs = [(stem, json.loads((folder / f"{stem}.json").read_text())) for stem in stems]
+        if not runs:  # only a quick run: show it
+            quick_run = _first_existing(folder, [f"{kind}-quick"])
+            runs = [quick_run] if quick_run else []
+        for stem, data in runs:  # the full test set first, then labelled subsets
+            lines += _reconstruction_digest(kind, stem, data)
+            for problem in data["problems"]:
+                if figure is None and (folder / f"{stem}-{problem}.png").is_file():
+                    figure = f"results/{stem}-{problem}.png"
     if figure:
         lines += [f"![reconstructions]({figure})", ""]
     lines.append("All tables, with their protocols, machines and commands: [`results/README.md`](results/README.md).")
     return "\n".join(lines)
+
+
+def _reconstruction_digest(kind: str, stem: str, data: dict) -> list[str]:
+    subset = " (a labelled subset)" if "-stride" in stem else ""
+    lines = [f"{'Deblurring' if kind == 'deblur' else 'MRI'}: test images {data['test_set']}{subset}, stop at "
+             f"relative residual {data['tol']:g} or {data['max_iter']} iterations (from `results/{stem}.json`):", "",
+             "| problem | method | PSNR (dB) | SSIM | iterations | converged |", "|---|---|---|---|---|---|"]
+    for problem, rows in data["problems"].items():
+        for row in rows.values():
+            its = "-" if row["iterations_mean"] is None else f"{row['iterations_mean']:.0f}"
+            lines.append(f"| {problem} | {row['label']} | {row['psnr']:.2f} | {row['ssim']:.4f} | {its} "
+                         f"| {row['converged_all']} |")
+    return lines + [""]
+

@@ -67,9 +67,13 @@ def conditions(method: str, params: dict, lipschitz_sq: float, denoiser_lipschit
 
     - pnp-fbs: x+ = (1 - lam) x + lam D(x - gamma grad f(x)), D = (1 - theta) Id + theta N.
       If Lip(N) <= 1, D is theta-averaged; Id - gamma grad f is (gamma L / 2)-averaged for
-      0 < gamma < 2/L (Baillon-Haddad), nonexpansive at gamma = 2/L. Their composition is
-      averaged when theta < 1 and gamma < 2/L, so lam in (0, 1] converges; otherwise it is
-      nonexpansive and lam in (0, 1) converges (Krasnosel'skii-Mann).
+      0 < gamma < 2/L (Baillon-Haddad), nonexpansive at gamma = 2/L. When theta < 1 and
+      gamma < 2/L their composition T is alpha-averaged with alpha = (a1 + a2 - 2 a1 a2) /
+      (1 - a1 a2), a1 = theta, a2 = gamma L / 2 (Combettes & Yamada 2015, Prop. 2.4), i.e.
+      T = (1 - alpha) Id + alpha R with R nonexpansive, so the relaxed step is
+      (1 - lam alpha) Id + lam alpha R: it converges for lam in (0, 1/alpha) (over-relaxation
+      beyond 1 is allowed and speeds the solve up). Otherwise T is only nonexpansive and
+      lam in (0, 1) converges (Krasnosel'skii-Mann).
     - pnp-drs (= ADMM): z+ = (1 - lam) z + lam R_D R_f z, x = prox_{gamma f}(z), with
       R = 2 P - Id. R_f is nonexpansive for any gamma > 0 (f convex); R_D = (1 - 2 theta) Id
       + 2 theta N is nonexpansive iff theta <= 1/2 when Lip(N) <= 1 (D firmly nonexpansive);
@@ -92,10 +96,12 @@ def conditions(method: str, params: dict, lipschitz_sq: float, denoiser_lipschit
             violations.append(f"step {gamma:.6g} is outside (0, 2/L] = (0, {2 / L:.6g}]")
         if not 0 < theta <= 1:
             violations.append(f"strength {theta:.6g} is outside (0, 1]")
-        averaged = theta < 1 and gamma < 2 / L
-        if not (0 < lam <= 1 if averaged else 0 < lam < 1):
+        alpha = _fbs_averagedness(theta, gamma * L / 2)
+        if not 0 < lam < 1 / alpha:
             violations.append(
-                f"relaxation {lam:.6g} must be in (0, 1]" + ("" if averaged else " and < 1 when strength = 1 or step = 2/L")
+                f"relaxation {lam:.6g} must be in (0, 1/alpha) = (0, {1 / alpha:.6g})"
+                + (" (T is only nonexpansive when strength = 1 or step = 2/L)" if alpha >= 1 else
+                   f" (T is {alpha:.4g}-averaged)")
             )
         theorem = (
             "PnP-FBS: D(x - gamma grad f) with D averaged and gamma in (0, 2/L) is an averaged "
@@ -166,14 +172,26 @@ def averagedness(method: str, params: dict, lipschitz_sq: float) -> float | None
     method = canonical_method(method)
     L = lipschitz_sq
     if method == "pnp-fbs":
-        a1, a2 = params["strength"], min(1.0, params["step"] * L / 2)
-        if a1 >= 1 or a2 >= 1:
-            composed = 1.0
-        else:
-            composed = (a1 + a2 - 2 * a1 * a2) / (1 - a1 * a2)
-        return params["relaxation"] * composed
+        return params["relaxation"] * _fbs_averagedness(params["strength"], params["step"] * L / 2)
     if method == "pnp-drs":
         return params["relaxation"]
     beta = 1 / (L + 2 * params["weight"])
     return params["step"] / (2 * beta)
 
+
+def _fbs_averagedness(theta: float, half_step_l: float) -> float:
+    """Averagedness of D o (Id - gamma grad f): 1 (only nonexpansive) unless both factors are averaged."""
+    a1, a2 = theta, half_step_l
+    if not (0 < a1 < 1 and 0 < a2 < 1):
+        return 1.0
+    return (a1 + a2 - 2 * a1 * a2) / (1 - a1 * a2)
+
+
+def fbs_fast_relaxation(step: float, strength: float, lipschitz_sq: float, margin: float = 0.95) -> float:
+    """PnP-FBS relaxation ``margin / alpha``: near the largest the theorem allows (lam < 1/alpha).
+
+    Relaxation does not move the fixed point, only the speed of reaching it: on the MRI
+    tuning slices (x4, step 1/L, strength 0.15) lam = 1.8 instead of 1 cut the iterations to
+    a relative residual of 1e-5 from 935 / >1000 to 652 / 793.
+    """
+    return margin / _fbs_averagedness(strength, step * lipschitz_sq / 2)

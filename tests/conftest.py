@@ -53,3 +53,21 @@ def write_tiny_model(folder: pathlib.Path) -> pathlib.Path:
     save_denoiser(model, path)
     (folder / "tiny.json").write_text(json.dumps({"sha256": sha256_of(path)}))
     return path
+
+
+def write_smooth_images(root: pathlib.Path, counts: dict[str, int]) -> dict[str, pathlib.Path]:
+    """Folders ``root/<split>`` of smooth random 48x56 8-bit PNGs (integrated noise): training data
+    for tests, so they run without ../shared/data."""
+    import numpy as np
+    from skimage import io
+
+    rng = np.random.default_rng(0)
+    folders = {}
+    for split, count in counts.items():
+        folder = folders[split] = root / split
+        folder.mkdir()
+        for i in range(count):
+            smooth = np.cumsum(np.cumsum(rng.normal(size=(48, 56)), 0), 1)
+            smooth = (smooth - smooth.min()) / (smooth.max() - smooth.min())
+            io.imsave(folder / f"{i:02d}.png", (smooth * 255).astype(np.uint8), check_contrast=False)
+    return folders

@@ -53,3 +53,23 @@ def test_quick_large_images(quick_benchmarks):
     for row in results["rows"]:
         assert row["tiled_512"]["seconds"] > 0 and row["pnp_fbs"]["seconds_per_iteration"] > 0
         assert row["pnp_fbs_tiled_512"]["seconds_per_iteration"] > 0
+
+
+def test_a_subset_is_taken_from_the_full_run_without_solving(quick_benchmarks, tmp_path):
+    full = {"label": "x", "psnr": 0.0, "ssim": 0.0, "iterations_mean": 0.0, "converged_all": False,
+            "per_image": {"psnr": [30.0, 10.0, 32.0, 10.0], "ssim": [0.8, 0.1, 0.9, 0.1],
+                          "iterations": [100, None, 300, None], "converged": [True, False, True, False]}}
+    subset = reconstruction._subset_of(full, 2, "somewhere")
+    assert subset["psnr"] == 31.0 and subset["ssim"] == pytest.approx(0.85)
+    assert subset["iterations_mean"] == 200.0 and subset["converged_all"] is True
+    assert subset["per_image"]["psnr"] == [30.0, 32.0] and "somewhere" in subset["parameters_source"]
+    # through run(): the quick full run's rows are reused (its single test image is the subset)
+    import shutil
+
+    shutil.copytree(quick_benchmarks / "runs" / "mri-quick", tmp_path / "runs" / "mri-quick")
+    results = reconstruction.run("mri", quick=True, output=str(tmp_path), rows=["baseline", "fbs-spline"], stride=2)
+    rows = results["problems"]["mri-random-x4-cf0.08-noise0.002"]
+    original = json.loads((quick_benchmarks / "mri-quick.json").read_text())["problems"]["mri-random-x4-cf0.08-noise0.002"]
+    assert rows["fbs-spline"]["psnr"] == original["fbs-spline"]["psnr"]
+    assert "mri-quick" in rows["fbs-spline"]["parameters_source"]
+    assert (tmp_path / "mri-stride2-quick.md").is_file()

@@ -8,7 +8,6 @@ for cuDNN convolutions) the outputs move by about 1e-3, which is checked separat
 import numpy as np
 import pytest
 import torch
-from skimage import io
 
 import problems as P
 from lipden import DenoiserConfig, LinearSpline, LipschitzDenoiser, OrthoConv2d, load_denoiser
@@ -18,6 +17,8 @@ from lipden.conv_ops import circular_conv_singular_values
 from lipden.reconstruction import reconstruct
 from lipden.splines import get_spline_backend, set_spline_backend
 from lipden.training import TrainConfig, train
+
+from .conftest import write_smooth_images
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -119,13 +120,7 @@ def test_physics_adjointness_on_cuda():
 
 
 def test_mixed_precision_training_on_cuda_keeps_the_certificate(tmp_path):
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 3), ("val", 1)):
-        (tmp_path / split).mkdir()
-        for i in range(count):
-            smooth = np.cumsum(np.cumsum(rng.normal(size=(48, 56)), 0), 1)
-            smooth = (smooth - smooth.min()) / (smooth.max() - smooth.min())
-            io.imsave(tmp_path / split / f"{i}.png", (smooth * 255).astype(np.uint8), check_contrast=False)
+    write_smooth_images(tmp_path, {"train": 3, "val": 1})
     config = TrainConfig(output=str(tmp_path / "run"), train_dir=str(tmp_path / "train"), val_dir=str(tmp_path / "val"),
                          channels=8, depth=4, batch_size=8, patch_size=16, steps=30, validate_every=10, device="cuda")
     summary = train(config, progress=False)

@@ -8,6 +8,7 @@ from skimage import io
 
 import problems as P
 from lipden.cli import main
+from lipden.solvers import averagedness, conditions
 from lipden.tuning import tune
 
 FAST = ["--max-iter", "30", "--tol", "1e-3", "--quiet"]
@@ -74,5 +75,11 @@ def test_tune_returns_parameters_that_reconstruct_accepts():
     assert result.parameters["model"] == "spline-sigma15"
     assert result.psnr == max(t["psnr"] for t in result.trials)
     assert len(result.trials) > 6  # coarse grid and refinement
+    L = problem.lipschitz_sq(images[0].shape)
+    for trial in result.trials:  # each FBS trial runs at 0.95 / alpha: over-relaxed, within the theorem
+        alpha = averagedness("pnp-fbs", {**trial, "relaxation": 1.0}, L)
+        assert trial["relaxation"] == pytest.approx(0.95 / alpha)
+        assert conditions("pnp-fbs", trial, L, 1.0).holds
+    assert max(t["relaxation"] for t in result.trials) > 1
     tv = tune(problem, images, None, "tv", max_iter=8, tol=1e-3, progress=False)
     assert set(tv.parameters) == {"weight"}

@@ -3,29 +3,19 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
-from skimage import io
 
 from lipden.checkpoint import WeightsError, load_denoiser_file, load_tensors
 from lipden.training import TrainConfig, train
 
-from .conftest import ROOT
+from .conftest import ROOT, write_smooth_images
 
 
 @pytest.fixture(scope="module")
 def image_folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 3), ("val", 2)):
-        folder = root / split
-        folder.mkdir()
-        for i in range(count):
-            smooth = np.cumsum(np.cumsum(rng.normal(size=(48, 56)), 0), 1)
-            smooth = (smooth - smooth.min()) / (smooth.max() - smooth.min())
-            io.imsave(folder / f"{i:02d}.png", (smooth * 255).astype(np.uint8), check_contrast=False)
-    return root / "train", root / "val"
+    folders = write_smooth_images(tmp_path_factory.mktemp("images"), {"train": 3, "val": 2})
+    return folders["train"], folders["val"]
 
 
 def tiny_config(folders, output, **kwargs):
