@@ -160,6 +160,11 @@ def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_it
     return summary, first
 
 
+def _stem(kind: str, stride: int, quick: bool) -> str:
+    """Name of a run's result files and cache folder: ``mri``, ``mri-stride4``, ``mri-quick``..."""
+    return f"{kind}{f'-stride{stride}' if stride > 1 else ''}{'-quick' if quick else ''}"
+
+
 def _subset_of(full: dict, stride: int, source: str) -> dict:
     """The row of every ``stride``-th test image, taken from the full test set's cached row.
 
@@ -254,7 +259,7 @@ def run(
     test_images = dev_set(dataset, test_indices)
     tune_set, tune_start, tune_stop = setup[prefix + "tune"]
     tuning_images = dev_set(tune_set, slice(tune_start, tune_stop))
-    stem = f"{kind}{f'-stride{stride}' if stride > 1 else ''}{'-quick' if quick else ''}"
+    stem = _stem(kind, stride, quick)
     folder = Path(output)
     runs = folder / "runs" / stem
     problem_names = problems or setup[prefix + "problems"]
@@ -270,7 +275,7 @@ def run(
             if row.family is not None and not row.models():
                 print(f"skip {name} / {row_id}: no shipped {row.family} model")
                 continue
-            full = folder / "runs" / (kind + ("-quick" if quick else "")) / name / f"{row_id}.json"
+            full = folder / "runs" / _stem(kind, 1, quick) / name / f"{row_id}.json"
             if stride > 1 and full.is_file() and not force:  # the subset's images were all solved there
                 summary = _subset_of(json.loads(full.read_text()), stride, str(full))
                 target.parent.mkdir(parents=True, exist_ok=True)
