@@ -28,7 +28,7 @@ from lipden.denoise_cli import _ssim
 from lipden.imageio import write_image
 from lipden.pretrained import list_denoisers, load_denoiser
 from lipden.reconstruction import psnr_per_image, reconstruct
-from lipden.solvers import default_parameters
+from lipden.solvers import default_parameters, fbs_fast_relaxation
 from lipden.splines import set_spline_backend
 from lipden.tuning import _batches, tune
 from problems import dev_set, problem_from_name
@@ -62,6 +62,7 @@ class Row:
     method: str
     family: str | None = None
     guarantee: bool = True
+    bounds: tuple[float, float] | None = None  # box constraint lower <= x <= upper (projected)
 
     def models(self) -> list[str]:
         """Shipped denoisers of this family (``spline`` -> spline-sigma5, spline-sigma15, ...)."""
@@ -70,14 +71,21 @@ class Row:
         return [name for name in list_denoisers() if name.split("-sigma")[0] == self.family]
 
     def defaults_key(self) -> str:
-        """Key of the stored defaults: the method for the spline prior, ``method:family`` otherwise."""
-        return self.method if self.family in (None, "spline") else f"{self.method}:{self.family}"
+        """Key of the stored defaults: the method for the spline prior, ``method:family`` otherwise,
+        with ``:box`` appended for a box-constrained row."""
+        key = self.method if self.family in (None, "spline") else f"{self.method}:{self.family}"
+        return key + (":box" if self.bounds is not None else "")
+
+    def fixed(self) -> dict:
+        """Parameters every trial and solve of this row gets unsearched (the box bounds)."""
+        return {} if self.bounds is None else {"lower": self.bounds[0], "upper": self.bounds[1]}
 
 
 ROWS: dict[str, Row] = {
     "baseline": Row("zero-filled / A^T y", "baseline"),
     "tv": Row("TV (FISTA)", "tv"),
     "fbs-spline": Row("PnP-FBS, spline prior", "pnp-fbs", "spline"),
+    "fbs-spline-box": Row("PnP-FBS, spline prior, box [0, 1]", "pnp-fbs", "spline", bounds=(0.0, 1.0)),
     "drs-spline": Row("PnP-DRS, spline prior", "pnp-drs", "spline"),
     "red-spline": Row("RED, spline prior", "red", "spline"),
     "fbs-relu": Row("PnP-FBS, 1-Lipschitz ReLU prior", "pnp-fbs", "relu"),
@@ -94,12 +102,15 @@ def _parameters(problem, row: Row, tuning_images: list[Tensor], max_iter: int, q
     if stored and (row.method == "tv" or stored.get("model") in row.models()):
         return stored, "stored (problems/tuned_defaults.json)"
     if quick:  # no tuning in quick mode: the solver's safe defaults and the lowest-sigma model
-        defaults = {"weight": 3e-3} if row.method == "tv" else default_parameters(
-            row.method, problem.lipschitz_sq(tuning_images[0].shape))
+        L = problem.lipschitz_sq(tuning_images[0].shape)
+        defaults = {"weight": 3e-3} if row.method == "tv" else default_parameters(row.method, L) | row.fixed()
+        if row.bounds is not None and row.method == "pnp-fbs":
+            defaults["relaxation"] = min(defaults["relaxation"], fbs_fast_relaxation(
+                defaults["step"], defaults["strength"], L, projected=True))
         models = sorted(row.models(), key=lambda m: float(m.split("-sigma")[1]))
         return ({"model": models[0]} if models else {}) | defaults, "UNTUNED safe defaults (quick mode)"
     result = tune(problem, tuning_images, row.models(), row.method, max_iter=max_iter, progress=False,
-                  guarantee=row.guarantee)
+                  guarantee=row.guarantee, fixed=row.fixed())
     return result.parameters, f"tuned now ({len(result.trials)} trials, {max_iter} iterations)"
 
 

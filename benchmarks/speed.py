@@ -12,7 +12,11 @@
     a 481x321 deblurring problem, and the overhead of the solver loop over calling the
     gradient step and the denoiser alone, per iteration (goal: <= 5%). The period between
     consecutive denoiser calls is timed, so the one-off setup of ``reconstruct`` (the
-    certification of the denoiser at the image size) is reported apart.
+    certification of the denoiser at the image size) is reported apart;
+(f) the allocator: eval forward on a batch of images whose activations exceed glibc's mmap
+    threshold, in two fresh processes, with glibc's defaults vs
+    :func:`lipden.allocator.keep_freed_memory` (which the command line applies; so (a)-(e)
+    run with it).
 
 Times are medians of interleaved runs (:func:`benchmarks.common.interleaved_medians`).
 No data set is needed: the images are scikit-image's embedded test images.
@@ -20,14 +24,19 @@ No data set is needed: the images are scikit-image's embedded test images.
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from lipden import reconstruct
+from lipden.allocator import freed_memory_kept, keep_freed_memory
 from lipden.denoiser import PRESETS, DenoiserConfig, LipschitzDenoiser
 from lipden.pretrained import list_denoisers, load_denoiser
 from lipden.training import TrainConfig, make_optimizer
@@ -163,6 +172,38 @@ def pnp_cost(model: LipschitzDenoiser, name: str, iterations: int, repeats: int)
     }
 
 
+def allocator_probe(keep: bool, batch: int, size: int, repeats: int, threads: int) -> dict:
+    """Median eval-forward time of the shipped denoiser on (batch, 1, size, size), this process."""
+    if keep:
+        keep_freed_memory()
+    torch.set_num_threads(threads)
+    model, _ = _denoiser()
+    image = _image("mri", (size, size)).expand(batch, -1, -1, -1).contiguous()
+    with torch.no_grad():
+        times = interleaved_medians({"forward": lambda: model(image, SIGMA)}, repeats)
+    return {"seconds": times["forward"], "kept": freed_memory_kept()}
+
+
+def allocator_cost(batch: int, size: int, repeats: int) -> dict:
+    """(f) the same forward in a fresh process with glibc's default allocator and with freed blocks kept."""
+    seconds = {}
+    root = Path(__file__).resolve().parents[1]
+    for keep in (False, True):
+        code = ("import json; from benchmarks.speed import allocator_probe; "
+                f"print(json.dumps(allocator_probe({keep}, {batch}, {size}, {repeats}, {torch.get_num_threads()})))")
+        done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"allocator probe failed: {done.stderr.strip().splitlines()[-1:]}")
+        probe = json.loads(done.stdout.strip().splitlines()[-1])
+        seconds["kept" if keep else "default"] = probe["seconds"]
+        if keep and not probe["kept"]:
+            seconds["kept"] = None  # not glibc: nothing to compare
+    megabytes = batch * PRESETS["cpu"].channels * size * size * 4 / 2**20
+    ratio = None if seconds["kept"] is None else seconds["default"] / seconds["kept"]
+    return {"shape": [batch, 1, size, size], "activation_megabytes": megabytes, "seconds": seconds,
+            "speedup": ratio}
+
+
 def run(quick: bool = False, output: str = "results") -> dict:
     """Measure (a)-(e) (see the module docstring); write speed[-quick].{json,md}."""
     started = time.perf_counter()
@@ -183,12 +224,31 @@ def run(quick: bool = False, output: str = "results") -> dict:
                            repeats=1 if quick else 3)
             for name in PROBLEMS
         },
+        "allocator": allocator_cost(8, 192 if quick else 256, 2 if quick else 5),
+        "freed_memory_kept": freed_memory_kept(),
     }
     results["wall_seconds"] = time.perf_counter() - started
     markdown = _markdown(results, repeats)
     print(markdown)
     write_results(output, "speed" + ("-quick" if quick else ""), results, markdown)
     return results
+
+
+def _allocator_lines(r: dict) -> list[str]:
+    a = r.get("allocator")
+    if a is None:
+        return []
+    shape = "x".join(str(v) for v in a["shape"])
+    if a["speedup"] is None:
+        return [f"(f) Allocator: not glibc here; default allocator {a['seconds']['default']:.3f} s per forward on {shape}.", ""]
+    kept = "with" if r.get("freed_memory_kept") else "without"
+    return [
+        f"(f) Allocator (fresh processes, median forward on {shape}: {a['activation_megabytes']:.0f} MiB per "
+        f"activation): glibc defaults {a['seconds']['default']:.3f} s, freed blocks kept "
+        f"(`lipden.allocator.keep_freed_memory`) {a['seconds']['kept']:.3f} s: {a['speedup']:.2f}x faster. "
+        f"(a)-(e) above ran {kept} it.",
+        "",
+    ]
 
 
 def _markdown(r: dict, repeats: int) -> str:
@@ -230,6 +290,7 @@ def _markdown(r: dict, repeats: int) -> str:
         "Setup = time from the call to the first denoiser evaluation; the first call certifies the "
         "denoiser at that image size (cached afterwards for the same size).",
         "",
+        *_allocator_lines(r),
         f"Wall time: {r['wall_seconds']:.0f} s.",
         "",
     ]

@@ -134,12 +134,19 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     tuned = problem.default_parameters(args.method)
     model_name = args.model or tuned.pop("model", DEFAULT_MODEL)
     tuned.pop("model", None)
-    params = {**tuned, **{k: getattr(args, k) for k in ("step", "strength", "relaxation", "weight")
+    params = {**tuned, **{k: getattr(args, k) for k in ("step", "strength", "relaxation", "weight", "lower", "upper")
                           if getattr(args, k) is not None}}
-    from .solvers import canonical_method, parameter_names
+    from .solvers import box_bounds, canonical_method, fbs_fast_relaxation, parameter_names
 
     method = canonical_method(args.method)
+    if (args.lower is not None or args.upper is not None) and "lower" not in parameter_names(method):
+        raise ValueError(f"--lower / --upper apply to pnp-fbs and red, not {method}")
     params = {k: v for k, v in params.items() if k in parameter_names(method)}
+    if method == "pnp-fbs" and args.relaxation is None and box_bounds(params) and {"step", "strength"} <= set(params):
+        # the projection makes the step less averaged: cap a stored over-relaxation accordingly
+        fastest = fbs_fast_relaxation(params["step"], params["strength"], problem.lipschitz_sq(truth.shape),
+                                      projected=True)
+        params["relaxation"] = min(params.get("relaxation", 1.0), fastest)
     if args.tile is not None and args.tile < 0:
         raise ValueError(f"--tile must be >= 1 (or 0: never tile), got {args.tile}")
     denoiser = load_denoiser(model_name, device=device)

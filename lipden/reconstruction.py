@@ -160,8 +160,10 @@ def reconstruct(
             is computed for this image size (``lipschitz_certificate`` or
             ``lipden.lipschitz_upper_bound``).
         method: ``pnp-fbs`` (params step, strength, relaxation), ``pnp-drs`` / ``pnp-admm``
-            (step, strength, relaxation) or ``red`` (weight, step); see
-            ``lipden.solvers.conditions`` for each theorem and its exact hypotheses.
+            (step, strength, relaxation) or ``red`` (weight, step); ``pnp-fbs`` and ``red``
+            also take box bounds ``lower`` / ``upper`` (projection after each step, e.g.
+            ``lower=0, upper=1`` for images in [0, 1]); see ``lipden.solvers.conditions`` for
+            each theorem and its exact hypotheses.
         x0: warm start (default ``A^T y``: the zero-filled image for MRI).
         x_true: ground truth, for a per-iteration PSNR.
         tol: each image stops (and is frozen) at its first iteration with

@@ -56,8 +56,22 @@ def default_parameters(method: str, lipschitz_sq: float) -> dict:
     return {"weight": 1.0, "step": 1.8 / (lipschitz_sq + 2.0)}
 
 
+#: Optional parameters: the bounds of a box constraint lower <= x <= upper (either may be
+#: left out), enforced by projecting after the denoiser (pnp-fbs) or after the step (red).
+BOUND_PARAMETERS = ("lower", "upper")
+_BOUNDED_METHODS = ("pnp-fbs", "red")
+
+
 def parameter_names(method: str) -> tuple[str, ...]:
-    return tuple(default_parameters(method, 1.0))
+    """Every parameter ``method`` accepts: its defaults, plus the box bounds where supported."""
+    names = tuple(default_parameters(method, 1.0))
+    return names + BOUND_PARAMETERS if canonical_method(method) in _BOUNDED_METHODS else names
+
+
+def box_bounds(params: dict) -> tuple[float | None, float | None] | None:
+    """``(lower, upper)`` of the box constraint in ``params``, or None when there is none."""
+    lower, upper = params.get("lower"), params.get("upper")
+    return None if lower is None and upper is None else (lower, upper)
 
 
 def conditions(method: str, params: dict, lipschitz_sq: float, denoiser_lipschitz: float | None) -> Conditions:
@@ -73,7 +87,10 @@ def conditions(method: str, params: dict, lipschitz_sq: float, denoiser_lipschit
       T = (1 - alpha) Id + alpha R with R nonexpansive, so the relaxed step is
       (1 - lam alpha) Id + lam alpha R: it converges for lam in (0, 1/alpha) (over-relaxation
       beyond 1 is allowed and speeds the solve up). Otherwise T is only nonexpansive and
-      lam in (0, 1) converges (Krasnosel'skii-Mann).
+      lam in (0, 1) converges (Krasnosel'skii-Mann). With box bounds (``lower`` / ``upper``)
+      the step is P_C o T, C = {lower <= x <= upper}: P_C is firmly nonexpansive (1/2-averaged),
+      so P_C o T is 1/(2 - alpha)-averaged by the same composition rule, lam in (0, 2 - alpha),
+      and every limit lies in C.
     - pnp-drs (= ADMM): z+ = (1 - lam) z + lam R_D R_f z, x = prox_{gamma f}(z), with
       R = 2 P - Id. R_f is nonexpansive for any gamma > 0 (f convex); R_D = (1 - 2 theta) Id
       + 2 theta N is nonexpansive iff theta <= 1/2 when Lip(N) <= 1 (D firmly nonexpansive);
@@ -81,7 +98,9 @@ def conditions(method: str, params: dict, lipschitz_sq: float, denoiser_lipschit
     - red: x+ = x - tau (grad f(x) + mu (x - N(x))). grad f is 1/L-cocoercive and, if
       Lip(N) <= 1, Id - N is 1/2-cocoercive, so their sum B is 1/(L + 2 mu)-cocoercive and
       Id - tau B is averaged for 0 < tau < 2 / (L + 2 mu): the iteration converges to a zero
-      of B (a RED fixed point) when one exists. N need not be a gradient.
+      of B (a RED fixed point) when one exists. N need not be a gradient. With box bounds
+      the step is P_C o (Id - tau B), still averaged: it converges to a solution in C of the
+      variational inequality <B x, y - x> >= 0 for all y in C, when one exists.
     """
     method = canonical_method(method)
     violations: list[str] = []
@@ -90,13 +109,20 @@ def conditions(method: str, params: dict, lipschitz_sq: float, denoiser_lipschit
     elif denoiser_lipschitz > 1:
         violations.append(f"the denoiser's certified Lipschitz bound is {denoiser_lipschitz:.6g} > 1")
     L = float(lipschitz_sq)
+    bounds = box_bounds(params)
+    if bounds is not None:
+        if method not in _BOUNDED_METHODS:
+            raise ValueError(f"box bounds (lower / upper) apply to {' and '.join(_BOUNDED_METHODS)}, not {method}")
+        lower, upper = bounds
+        if lower is not None and upper is not None and not lower < upper:
+            raise ValueError(f"need lower < upper for the box constraint, got {lower} and {upper}")
     if method == "pnp-fbs":
         gamma, theta, lam = params["step"], params["strength"], params["relaxation"]
         if not 0 < gamma <= 2 / L:
             violations.append(f"step {gamma:.6g} is outside (0, 2/L] = (0, {2 / L:.6g}]")
         if not 0 < theta <= 1:
             violations.append(f"strength {theta:.6g} is outside (0, 1]")
-        alpha = _fbs_averagedness(theta, gamma * L / 2)
+        alpha = _fbs_averagedness(theta, gamma * L / 2, bounds is not None)
         if not 0 < lam < 1 / alpha:
             violations.append(
                 f"relaxation {lam:.6g} must be in (0, 1/alpha) = (0, {1 / alpha:.6g})"
@@ -106,6 +132,7 @@ def conditions(method: str, params: dict, lipschitz_sq: float, denoiser_lipschit
         theorem = (
             "PnP-FBS: D(x - gamma grad f) with D averaged and gamma in (0, 2/L) is an averaged "
             "operator; its (relaxed) fixed-point iteration converges (Krasnosel'skii-Mann)"
+            + ("; the projection onto the box keeps it averaged" if bounds is not None else "")
         )
     elif method == "pnp-drs":
         gamma, theta, lam = params["step"], params["strength"], params["relaxation"]
@@ -128,6 +155,7 @@ def conditions(method: str, params: dict, lipschitz_sq: float, denoiser_lipschit
         theorem = (
             "RED: grad f + mu (Id - N) is 1/(L + 2 mu)-cocoercive, so the gradient-type step "
             "with tau < 2/(L + 2 mu) is averaged and converges"
+            + (" (projected onto the box: still averaged)" if bounds is not None else "")
         )
     return Conditions(not violations, theorem, tuple(violations))
 
@@ -140,15 +168,21 @@ def make_step(
     ``denoise`` is N, ``gradient`` is grad f, ``prox(z, gamma)`` is prox_{gamma f}(z).
     """
     method = canonical_method(method)
+    bounds = box_bounds(params)
+
+    def project(x: Tensor) -> Tensor:
+        return x if bounds is None else x.clamp(*bounds)
+
     if method == "pnp-fbs":
         gamma, theta, lam = params["step"], params["strength"], params["relaxation"]
 
         def fbs(x: Tensor) -> Tensor:
             v = x - gamma * gradient(x)
-            d = (1 - theta) * v + theta * denoise(v)
+            d = project((1 - theta) * v + theta * denoise(v))
             return x + lam * (d - x)
 
-        return fbs, lambda x: x, lambda x: x
+        # An over-relaxed iterate may step outside the box; its limit (a fixed point) does not.
+        return fbs, project, lambda x: x
     if method == "pnp-drs":
         gamma, theta, lam = params["step"], params["strength"], params["relaxation"]
 
@@ -162,36 +196,46 @@ def make_step(
     mu, tau = params["weight"], params["step"]
 
     def red(x: Tensor) -> Tensor:
-        return x - tau * (gradient(x) + mu * (x - denoise(x)))
+        return project(x - tau * (gradient(x) + mu * (x - denoise(x))))
 
-    return red, lambda x: x, lambda x: x
+    return red, project, lambda x: x
 
 
 def averagedness(method: str, params: dict, lipschitz_sq: float) -> float | None:
     """The averagedness constant alpha of T (T = (1 - alpha) Id + alpha R, R nonexpansive)."""
     method = canonical_method(method)
     L = lipschitz_sq
+    projected = box_bounds(params) is not None
     if method == "pnp-fbs":
-        return params["relaxation"] * _fbs_averagedness(params["strength"], params["step"] * L / 2)
+        return params["relaxation"] * _fbs_averagedness(params["strength"], params["step"] * L / 2, projected)
     if method == "pnp-drs":
         return params["relaxation"]
     beta = 1 / (L + 2 * params["weight"])
-    return params["step"] / (2 * beta)
+    alpha = params["step"] / (2 * beta)
+    return _composed_averagedness(alpha, 0.5) if projected else alpha
 
 
-def _fbs_averagedness(theta: float, half_step_l: float) -> float:
-    """Averagedness of D o (Id - gamma grad f): 1 (only nonexpansive) unless both factors are averaged."""
-    a1, a2 = theta, half_step_l
+def _composed_averagedness(a1: float, a2: float) -> float:
+    """Averagedness of the composition of an a1- and an a2-averaged operator (Combettes & Yamada
+    2015, Prop. 2.4): (a1 + a2 - 2 a1 a2) / (1 - a1 a2); 1 (only nonexpansive) unless both are < 1."""
     if not (0 < a1 < 1 and 0 < a2 < 1):
         return 1.0
     return (a1 + a2 - 2 * a1 * a2) / (1 - a1 * a2)
 
 
-def fbs_fast_relaxation(step: float, strength: float, lipschitz_sq: float, margin: float = 0.95) -> float:
+def _fbs_averagedness(theta: float, half_step_l: float, projected: bool = False) -> float:
+    """Averagedness of [P_C o] D o (Id - gamma grad f); P_C (a box projection) is 1/2-averaged."""
+    alpha = _composed_averagedness(theta, half_step_l)
+    return _composed_averagedness(alpha, 0.5) if projected else alpha
+
+
+def fbs_fast_relaxation(
+    step: float, strength: float, lipschitz_sq: float, margin: float = 0.95, projected: bool = False
+) -> float:
     """PnP-FBS relaxation ``margin / alpha``: near the largest the theorem allows (lam < 1/alpha).
 
     Relaxation does not move the fixed point, only the speed of reaching it: on the MRI
     tuning slices (x4, step 1/L, strength 0.15) lam = 1.8 instead of 1 cut the iterations to
     a relative residual of 1e-5 from 935 / >1000 to 652 / 793.
     """
-    return margin / _fbs_averagedness(strength, step * lipschitz_sq / 2)
+    return margin / _fbs_averagedness(strength, step * lipschitz_sq / 2, projected)

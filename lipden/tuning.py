@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .baselines import tv_reconstruct
 from .pretrained import load_denoiser
 from .reconstruction import psnr_per_image, reconstruct
-from .solvers import canonical_method, conditions, fbs_fast_relaxation
+from .solvers import box_bounds, canonical_method, conditions, fbs_fast_relaxation
 
 #: Coarse grids; step for pnp-fbs is in units of 1/L (rescaled per problem).
 COARSE_GRIDS: dict[str, list[dict]] = {
@@ -90,6 +90,7 @@ def _valid(method: str, params: dict, lipschitz_sq: float) -> bool:
 def tune(
     problem, images: Sequence[Tensor], denoiser_names: Sequence[str] | None, method: str, *,
     max_iter: int = 100, tol: float = 1e-4, seed: int = 0, progress: bool = True, guarantee: bool = True,
+    fixed: dict | None = None,
 ) -> TuneResult:
     """Maximise the mean PSNR over ``images`` ((1, C, H, W) tensors in [0, 1]).
 
@@ -98,7 +99,8 @@ def tune(
     that satisfy the method's convergence conditions. For PnP-FBS the relaxation is not
     searched: each trial uses ``fbs_fast_relaxation`` (0.95 / alpha), which leaves the fixed
     point unchanged and usually reaches it in fewer iterations. ``method="tv"`` tunes the TV weight
-    (no denoiser). The result's ``parameters`` can be passed to ``reconstruct`` as
+    (no denoiser). ``fixed`` parameters (e.g. the box bounds ``{"lower": 0.0}``) go into every
+    trial unsearched. The result's ``parameters`` can be passed to ``reconstruct`` as
     ``reconstruct(y, physics, load_denoiser(p.pop("model")), method, **p)``.
     """
     method = method if method == "tv" else canonical_method(method)
@@ -108,9 +110,11 @@ def tune(
     if not names:
         raise ValueError("give at least one denoiser name")
     L = problem.lipschitz_sq(images[0].shape)
+    fixed = dict(fixed or {})
+    projected = box_bounds(fixed) is not None
     scale = (lambda p: {**p, "step": p["step"] / L}) if method == "pnp-fbs" else (lambda p: dict(p))
     candidates = [
-        {**({"model": n} if n else {}), **scale(g)} for n in names for g in COARSE_GRIDS[method]
+        {**({"model": n} if n else {}), **scale(g), **fixed} for n in names for g in COARSE_GRIDS[method]
     ]
     trials: list[dict] = []
     seen: set[str] = set()
@@ -119,7 +123,8 @@ def tune(
 
     def run(candidate: dict) -> None:
         if method == "pnp-fbs":
-            candidate["relaxation"] = fbs_fast_relaxation(candidate["step"], candidate["strength"], L)
+            candidate["relaxation"] = fbs_fast_relaxation(candidate["step"], candidate["strength"], L,
+                                                          projected=projected)
         key = json.dumps(candidate, sort_keys=True)
         if key in seen or not _valid(method, {k: v for k, v in candidate.items() if k != "model"}, L):
             return
@@ -133,7 +138,9 @@ def tune(
     for candidate in candidates:
         run(candidate)
     best = max(trials, key=lambda t: t["psnr"])
-    for name in [k for k, v in best.items() if k not in ("model", "psnr", "relaxation") and isinstance(v, float)]:
+    searched = [k for k, v in best.items()
+                if k not in ("model", "psnr", "relaxation", *fixed) and isinstance(v, float)]
+    for name in searched:
         for factor in REFINE_FACTORS:
             candidate = {k: v for k, v in best.items() if k != "psnr"}
             candidate[name] = candidate[name] * factor

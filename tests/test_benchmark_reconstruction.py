@@ -73,3 +73,15 @@ def test_a_subset_is_taken_from_the_full_run_without_solving(quick_benchmarks, t
     assert rows["fbs-spline"]["psnr"] == original["fbs-spline"]["psnr"]
     assert "mri-quick" in rows["fbs-spline"]["parameters_source"]
     assert (tmp_path / "mri-stride2-quick.md").is_file()
+
+
+def test_box_row_solves_within_the_theorem(tmp_path):
+    row = reconstruction.ROWS["fbs-spline-box"]
+    assert row.defaults_key() == "pnp-fbs:box" and row.fixed() == {"lower": 0.0, "upper": 1.0}
+    results = reconstruction.run("mri", quick=True, output=str(tmp_path), rows=["baseline", "fbs-spline-box"])
+    rows = results["problems"]["mri-random-x4-cf0.08-noise0.002"]
+    boxed = rows["fbs-spline-box"]
+    assert (boxed["parameters"]["lower"], boxed["parameters"]["upper"]) == (0.0, 1.0)
+    assert boxed["guarantee"] is True and boxed["monotone_all"] is True
+    assert boxed["psnr"] > rows["baseline"]["psnr"] + 3
+    assert "box [0, 1]" in (tmp_path / "mri-quick.md").read_text()

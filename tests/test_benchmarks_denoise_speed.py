@@ -62,4 +62,7 @@ def test_speed_quick(quick_benchmarks):
     assert set(results["pnp"]) == set(PROBLEMS)
     for pnp in results["pnp"].values():
         ratios += [*pnp["iterations_per_second"].values(), 1 + pnp["loop_overhead"]]
+    allocator = results["allocator"]
+    ratios += [v for v in allocator["seconds"].values() if v is not None]
     assert all(_positive_finite(float(r)) for r in ratios), ratios
+    assert "(f) Allocator" in (tmp_path / "speed-quick.md").read_text()

@@ -42,6 +42,18 @@ def test_reconstruct_json_record_and_output(problem, extra, truth_png, tmp_path,
     assert "exists" in capsys.readouterr().err
 
 
+def test_reconstruct_box_bounds_keep_the_guarantee(capsys):
+    """MRI x4's stored relaxation (1.8) is beyond 1/alpha' once projected: it is capped, not refused."""
+    assert main(["reconstruct", "mri", "--lower", "0", "--upper", "1", "--json", *FAST]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    params = record["parameters"]
+    assert (params["lower"], params["upper"]) == (0.0, 1.0) and record["guaranteed"]
+    L = P.problem_from_name(record["problem"]).lipschitz_sq((1, 1, 256, 256))
+    assert params["relaxation"] < 1 / averagedness("pnp-fbs", {**params, "relaxation": 1.0}, L)
+    assert main(["reconstruct", "deblur", "--method", "pnp-drs", "--lower", "0", *FAST]) == 2
+    assert "--lower / --upper apply to pnp-fbs and red" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -81,5 +93,12 @@ def test_tune_returns_parameters_that_reconstruct_accepts():
         assert trial["relaxation"] == pytest.approx(0.95 / alpha)
         assert conditions("pnp-fbs", trial, L, 1.0).holds
     assert max(t["relaxation"] for t in result.trials) > 1
+    boxed = tune(problem, images[:1], ["spline-sigma15"], "pnp-fbs", max_iter=4, tol=1e-3, progress=False,
+                 fixed={"lower": 0.0, "upper": 1.0})
+    for trial in boxed.trials:  # the bounds are in every trial, unsearched; relaxation 0.95 / alpha'
+        assert (trial["lower"], trial["upper"]) == (0.0, 1.0)
+        alpha = averagedness("pnp-fbs", {**trial, "relaxation": 1.0}, L)
+        assert trial["relaxation"] == pytest.approx(0.95 / alpha)
+        assert conditions("pnp-fbs", trial, L, 1.0).holds
     tv = tune(problem, images, None, "tv", max_iter=8, tol=1e-3, progress=False)
     assert set(tv.parameters) == {"weight"}

@@ -39,6 +39,9 @@ METHOD_PARAMS = [
     ("pnp-drs", {"step": 1.0, "strength": 0.5, "relaxation": 0.5}),
     ("pnp-admm", {"step": 0.3, "strength": 0.25, "relaxation": 0.7}),
     ("red", {"weight": 0.3}),
+    # projected onto a box: 1/alpha' = 2 - alpha = 1.42 for this step and strength
+    ("pnp-fbs", {"step": 1.0, "strength": 0.3, "relaxation": 1.35, "lower": 0.0, "upper": 1.0}),
+    ("red", {"weight": 0.3, "lower": 0.0}),
 ]
 
 
@@ -73,6 +76,31 @@ def test_fbs_over_relaxation_reaches_the_same_fixed_point_sooner(case, small_den
     assert float((fast.x - plain.x).norm() / plain.x.norm()) < 1e-4
     with pytest.raises(ConvergenceConditionError, match="1/alpha"):
         reconstruct(y, physics, small_denoiser, "pnp-fbs", max_iter=5, relaxation=1.0 / alpha + 1e-3, **base)
+
+
+@pytest.mark.parametrize("case", ["deblur_case", "mri_case"])
+def test_box_constrained_fbs_converges_inside_the_box_to_a_fixed_point(case, small_denoiser, request):
+    """P_C o D o (Id - gamma grad f) is 1/(2 - alpha)-averaged: relaxation up to 2 - alpha is allowed."""
+    problem, x, y, physics = request.getfixturevalue(case)
+    base = {"step": 1.0, "strength": 0.3, "lower": 0.05, "upper": 0.9}  # a box that the plain solve leaves
+    L = problem.lipschitz_sq(x.shape)
+    alpha = averagedness("pnp-fbs", {**base, "relaxation": 1.0}, L)
+    plain_alpha = averagedness("pnp-fbs", {"step": 1.0, "strength": 0.3, "relaxation": 1.0}, L)
+    assert alpha == pytest.approx(1 / (2 - plain_alpha))
+    result = reconstruct(y, physics, small_denoiser, "pnp-fbs", max_iter=3000, tol=1e-6,
+                         relaxation=0.95 / alpha, **base)
+    assert result.converged and result.monotone and result.guaranteed
+    assert float(result.x.min()) >= 0.05 and float(result.x.max()) <= 0.9
+    plain = reconstruct(y, physics, small_denoiser, "pnp-fbs", max_iter=3000, tol=1e-6, step=1.0, strength=0.3)
+    assert float(plain.x.min()) < 0.05 or float(plain.x.max()) > 0.9
+    step, _, _ = make_step(
+        "pnp-fbs", {**base, "relaxation": 1.0}, small_denoiser, lambda v: physics.A_adjoint(physics.A(v) - y),
+        lambda z, g: physics.prox_l2(z, y, g),
+    )
+    with torch.no_grad():
+        assert float((step(result.x) - result.x).norm() / result.x.norm()) < 1e-5
+    with pytest.raises(ConvergenceConditionError, match="1/alpha"):
+        reconstruct(y, physics, small_denoiser, "pnp-fbs", max_iter=5, relaxation=1 / alpha + 1e-3, **base)
 
 
 def test_fbs_limit_is_a_fixed_point(deblur_case, small_denoiser):
@@ -166,12 +194,16 @@ def test_conditions_name_the_theorem():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"method": "ista"}, "unknown method"), ({"max_iter": 0}, "max_iter"), ({"stepsize": 1.0}, "unknown parameters")],
+    [
+        ({"method": "ista"}, "unknown method"), ({"max_iter": 0}, "max_iter"), ({"stepsize": 1.0}, "unknown parameters"),
+        ({"method": "pnp-drs", "lower": 0.0}, "unknown parameters"),  # box bounds: pnp-fbs and red only
+        ({"lower": 0.5, "upper": 0.5}, "lower < upper"),
+    ],
 )
 def test_bad_solver_arguments(kwargs, message, deblur_case, small_denoiser):
     _, _, y, physics = deblur_case
     with pytest.raises(ValueError, match=message):
-        reconstruct(y, physics, small_denoiser, **kwargs)
+        reconstruct(y, physics, small_denoiser, max_iter=kwargs.pop("max_iter", 2), **kwargs)
 
 
 def test_tv_baseline_improves_on_the_measurement(deblur_case):
