@@ -296,8 +296,10 @@ def run(
                 continue
             parameters, source = ({}, "none") if row.method == "baseline" else _parameters(
                 problem, row, tuning_images, 150, quick)
-            summary, first = _solve_row(problem, row, parameters, test_images, max_iter, tol, device, progress)
-            summary.update(parameters=parameters, parameters_source=source, problem=name)
+            # a stored entry may need more iterations than the common cap (a weak prior converges slowly)
+            cap = max_iter if quick else max(max_iter, problem.default_iteration_cap(row.defaults_key()) or 0)
+            summary, first = _solve_row(problem, row, parameters, test_images, cap, tol, device, progress)
+            summary.update(parameters=parameters, parameters_source=source, problem=name, max_iter=cap)
             target.parent.mkdir(parents=True, exist_ok=True)
             write_image(runs / name / f"{row_id}.png", first[0], force=True)
             write_text_atomic(target, json.dumps(summary, indent=1) + "\n")
@@ -310,7 +312,7 @@ def run(
     subset_note = f" (SUBSET: every {stride}-th test image)" if stride > 1 else ""
     lines = [f"# {kind} reconstruction benchmark{' (QUICK: subsets, fewer iterations)' if quick else ''}{subset_note}",
              "", f"Test images: {test_spec}; parameters tuned on {results['tuning_set']} (see each row's source); "
-             f"stop at relative residual {tol:g} or {max_iter} iterations; device {device}. Machine: {results['machine']}.",
+             f"stop at relative residual {tol:g} or {max_iter} iterations (unless a row states its own cap); device {device}. Machine: {results['machine']}.",
              "PSNR / SSIM are means over the test images (estimates clipped to [0, 1]); iterations: mean first "
              "iteration at which the image's relative residual reached the tolerance (each image stops there); "
              "residual non-increasing: no increase beyond float round-off (2e-6 of the iterate's norm), the "
@@ -327,6 +329,8 @@ def run(
             its = "-" if row["iterations_mean"] is None else f"{row['iterations_mean']:.0f}"
             inc = "-" if row["max_residual_increase"] is None else f"{row['max_residual_increase']:.1e}"
             params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["parameters"].items())
+            if row.get("max_iter", max_iter) != max_iter:
+                params += f" (cap {row['max_iter']} iterations)"
             mono = "-" if row["monotone_all"] is None else str(row["monotone_all"])
             lines.append(f"| {row['label']} | {row['psnr']:.2f} | {row['ssim']:.4f} | {its} | {row['converged_all']} "
                          f"| {mono} | {inc} | {row['seconds_per_image']:.1f} | {params} |")

@@ -85,5 +85,12 @@ class InverseProblem(ABC):
         table = json.loads(TUNED_DEFAULTS_FILE.read_text())
         return dict(table.get(self.name, {}).get(method, {}).get("parameters", {}))
 
+    def default_iteration_cap(self, method: str) -> int | None:
+        """Iteration cap stored with the tuned parameters (a weak prior converges slowly), or None."""
+        if not TUNED_DEFAULTS_FILE.is_file():
+            return None
+        cap = json.loads(TUNED_DEFAULTS_FILE.read_text()).get(self.name, {}).get(method, {}).get("max_iter")
+        return None if cap is None else int(cap)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

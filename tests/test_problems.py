@@ -132,9 +132,15 @@ def test_stored_tuned_defaults_are_valid_and_within_the_theorems():
         problem = P.problem_from_name(name)
         shape = (1, 256, 256)
         for key, entry in methods.items():
-            method, _, family = key.partition(":")  # "pnp-fbs:relu": the benchmark's baseline-prior rows
+            # "pnp-fbs:relu": a baseline-prior row of the benchmark; a ":box" suffix: the box-constrained row
+            method, *qualifiers = key.split(":")
+            boxed = qualifiers[-1:] == ["box"]
+            family = qualifiers[0] if qualifiers and qualifiers[0] != "box" else ""
             params = dict(entry["parameters"])
             assert entry["tuned_on"]
+            assert boxed == ("lower" in params or "upper" in params), key
+            assert int(entry.get("max_iter", 1)) >= 1
+            assert problem.default_iteration_cap(key) == entry.get("max_iter")
             if method == "tv":
                 assert params["weight"] > 0
                 continue
