@@ -114,6 +114,12 @@ def _parameters(problem, row: Row, tuning_images: list[Tensor], max_iter: int, q
     return result.parameters, f"tuned now ({len(result.trials)} trials, {max_iter} iterations)"
 
 
+def _iteration_cap(problem, row: Row, max_iter: int, quick: bool) -> int:
+    """The common cap, or the larger one stored with the row's tuned entry (a weak prior
+    converges slowly); quick runs keep their own small cap."""
+    return max_iter if quick else max(max_iter, problem.default_iteration_cap(row.defaults_key()) or 0)
+
+
 def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_iter: int, tol: float,
                device: str, progress: bool = False) -> tuple[dict, Tensor]:
     """Solve every test image (batched by shape); per-image metrics and image 0's result."""
@@ -296,8 +302,7 @@ def run(
                 continue
             parameters, source = ({}, "none") if row.method == "baseline" else _parameters(
                 problem, row, tuning_images, 150, quick)
-            # a stored entry may need more iterations than the common cap (a weak prior converges slowly)
-            cap = max_iter if quick else max(max_iter, problem.default_iteration_cap(row.defaults_key()) or 0)
+            cap = _iteration_cap(problem, row, max_iter, quick)
             summary, first = _solve_row(problem, row, parameters, test_images, cap, tol, device, progress)
             summary.update(parameters=parameters, parameters_source=source, problem=name, max_iter=cap)
             target.parent.mkdir(parents=True, exist_ok=True)
