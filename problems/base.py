@@ -80,17 +80,18 @@ class InverseProblem(ABC):
 
     def default_parameters(self, method: str) -> dict:
         """Solver parameters tuned for this problem (``lipden.tune``), or {} if none are stored."""
-        if not TUNED_DEFAULTS_FILE.is_file():
-            return {}
-        table = json.loads(TUNED_DEFAULTS_FILE.read_text())
-        return dict(table.get(self.name, {}).get(method, {}).get("parameters", {}))
+        return dict(self._tuned_entry(method).get("parameters", {}))
 
     def default_iteration_cap(self, method: str) -> int | None:
         """Iteration cap stored with the tuned parameters (a weak prior converges slowly), or None."""
-        if not TUNED_DEFAULTS_FILE.is_file():
-            return None
-        cap = json.loads(TUNED_DEFAULTS_FILE.read_text()).get(self.name, {}).get(method, {}).get("max_iter")
+        cap = self._tuned_entry(method).get("max_iter")
         return None if cap is None else int(cap)
+
+    def _tuned_entry(self, method: str) -> dict:
+        """This problem's entry for ``method`` in ``problems/tuned_defaults.json`` ({} if none)."""
+        if not TUNED_DEFAULTS_FILE.is_file():
+            return {}
+        return json.loads(TUNED_DEFAULTS_FILE.read_text()).get(self.name, {}).get(method, {})
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
