@@ -179,7 +179,10 @@ def run(quick: bool = False, output: str = "results") -> dict:
         splines = spline_layers(model)
         layers = [layer_stats(s) for s in splines]
         if image is not None:
-            for stats, coverage in zip(layers, input_coverage(model, image, model.config.sigma), strict=True):
+            sigma = model.config.sigma
+            if sigma is None:
+                raise ValueError(f"{name} records no training noise level")
+            for stats, coverage in zip(layers, input_coverage(model, image, sigma), strict=True):
                 stats.update(coverage)
         figure = folder / f"activations-{name}{suffix}.png"
         plot_model(figure, name, splines, "QUICK: " if quick else "")

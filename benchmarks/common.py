@@ -8,7 +8,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ def machine() -> dict:
     }
 
 
-def interleaved_medians(functions: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
+def interleaved_medians(functions: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
     """Median wall time (s) of each function, runs interleaved so drift hits all alike."""
     for f in functions.values():
         for _ in range(warmup):

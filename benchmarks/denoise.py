@@ -25,6 +25,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import deepinv
@@ -59,6 +60,10 @@ PUBLISHED = [  # BSD68 PSNR (dB) at sigma 5 / 15 / 25, from the papers: not meas
 ]
 
 Denoise = Callable[[Tensor], Tensor]  # (1, 1, H, W) noisy -> (1, 1, H, W) estimate
+
+
+def _with_parameter(apply: Callable[[Tensor, float], Tensor], value: float) -> Denoise:
+    return lambda y: apply(y, value)
 
 
 def _data_folders() -> tuple[Path, Path]:
@@ -246,6 +251,7 @@ def run(quick: bool = False, output: str = "results") -> dict:
         free = card["config"].get("conv") == "free"
         # Quick mode: the card's certificate (40x40); full mode: certified here at the BSD68
         # size (for images above 96x96 pixels, the size-independent bound).
+        bound_size: tuple[int, ...]
         if quick:
             bound_size, bound = (40, 40), card.get("certified_lipschitz_40x40")
         else:
@@ -262,7 +268,7 @@ def run(quick: bool = False, output: str = "results") -> dict:
             "card_bsd68_psnr": card.get("bsd68_psnr"),
             "note": "unconstrained CNN (conv='free'): no Lipschitz guarantee" if free else "",
         }
-        add_row(row, lambda y, m=model, s=sigma: m(y, s / 255), sigma)
+        add_row(row, partial(model, sigma=sigma / 255), sigma)
         # The protocol must agree with lipden.publish.evaluate_folder, which wrote the cards:
         # full mode compares with the card, quick mode reruns it on the same images once.
         if not quick and row["card_bsd68_psnr"] is not None:
@@ -290,7 +296,7 @@ def run(quick: bool = False, output: str = "results") -> dict:
                 value = row["tuned"]["value"]
             else:
                 value = sigma / 255
-            add_row(row, lambda y, f=apply_param, v=value: f(y, v), sigma)
+            add_row(row, _with_parameter(apply_param, value), sigma)
 
     # Time per megapixel: one image, eval mode, no grad, runs interleaved across methods.
     print(f"  timing {len(timers)} methods ...", flush=True)

@@ -41,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -168,7 +169,7 @@ class ParallelNetworks(nn.Module):
         for layer in range(DEPTH):
             stack = [templates[seed][layer] for _, seed in specs]
             self.raw_weights.append(nn.Parameter(torch.stack([t.raw_weight.detach() for t in stack])))
-            self.biases.append(nn.Parameter(torch.stack([t.bias.detach() for t in stack])))
+            self.biases.append(nn.Parameter(torch.stack([cast(Tensor, t.bias).detach() for t in stack])))
         # Consecutive runs of one activation: (name, first network, count).
         self.groups: list[tuple[str, int, int]] = []
         for index, (name, _) in enumerate(specs):
@@ -195,7 +196,7 @@ class ParallelNetworks(nn.Module):
                 chunks = h.split([count for _, _, count in self.groups])
                 parts = []
                 for (name, _, count), module, chunk in zip(
-                    self.groups, self.activations[layer], chunks, strict=True
+                    self.groups, cast(nn.ModuleList, self.activations[layer]), chunks, strict=True
                 ):
                     half_major = name == "householder"
                     parts.append(_from_channels(module(_to_channels(chunk, half_major)), count, half_major))
@@ -212,10 +213,10 @@ class ParallelNetworks(nn.Module):
             linear = BjorckLinear(in_features, out_features, bjorck_iters=self.bjorck_iters)
             with torch.no_grad():
                 linear.raw_weight.copy_(self.raw_weights[layer][index])
-                linear.bias.copy_(self.biases[layer][index])
+                cast(Tensor, linear.bias).copy_(self.biases[layer][index])
             layers.append(linear)
             if layer < DEPTH - 1:
-                big = self.activations[layer][group]
+                big = cast(nn.ModuleList, self.activations[layer])[group]
                 small = make_activation(name, WIDTH, **activation_kwargs(name))
                 own = dict(small.named_parameters())
                 with torch.no_grad():  # every activation parameter is per channel (or pair)
@@ -339,7 +340,9 @@ def run(quick: bool = False, output: str = "results") -> dict:
     model.eval()
     with torch.no_grad():
         parallel_test = model(torch.from_numpy(x_test).float().unsqueeze(1)).squeeze(1).numpy()
-    runs, fits, extraction_error = [], {t: {} for t in targets}, 0.0
+    runs: list[dict[str, Any]] = []
+    fits: dict[str, dict[str, tuple[float, np.ndarray]]] = {t: {} for t in targets}
+    extraction_error = 0.0
     for index, ((activation, seed), target) in enumerate(zip(specs, target_of, strict=True)):
         net = model.extract(index)
         extraction_error = max(
@@ -359,8 +362,8 @@ def run(quick: bool = False, output: str = "results") -> dict:
             "lipschitz_certified_bound": lipschitz_upper_bound(net, (1, 1)),
             "one_lipschitz": ratio <= 1 + LIPSCHITZ_TOLERANCE,
         })
-        best = fits[target].get(activation)
-        if best is None or runs[-1]["test_mse"] < best[0]:
+        best_fit = fits[target].get(activation)
+        if best_fit is None or runs[-1]["test_mse"] < best_fit[0]:
             fits[target][activation] = (runs[-1]["test_mse"], prediction)
     if extraction_error > 1e-4:
         raise RuntimeError(f"extracted networks differ from the trained ones by {extraction_error:.2e}")
@@ -388,7 +391,7 @@ def run(quick: bool = False, output: str = "results") -> dict:
     )
     wall = time.perf_counter() - start
 
-    results = {
+    results: dict[str, Any] = {
         "quick": quick,
         "machine": machine(),
         "config": {

@@ -12,6 +12,7 @@ import copy
 import json
 import subprocess
 import sys
+from typing import Any
 
 import torch
 from torch import nn
@@ -125,7 +126,7 @@ def run(quick: bool = False, output: str = "results") -> dict:
             {"lipschitz": lambda: model(image), "plain": lambda: plain(image)}, repeats
         )
 
-    results = {
+    results: dict[str, Any] = {
         "quick": quick,
         "machine": machine(),
         "block_shape": list(shape),

@@ -18,6 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -35,7 +36,19 @@ from problems import dev_set, problem_from_name
 
 from .common import WRITTEN, machine, write_results, write_text_atomic
 
-SETUPS = {
+
+class Setup(TypedDict):
+    """Problems and (dataset, start, stop) image ranges of a benchmark, full and quick."""
+
+    problems: list[str]
+    quick_problems: list[str]
+    test: tuple[str, int, int]
+    quick_test: tuple[str, int, int]
+    tune: tuple[str, int, int]
+    quick_tune: tuple[str, int, int]
+
+
+SETUPS: dict[str, Setup] = {
     "mri": {
         "problems": ["mri-random-x4-cf0.08-noise0.002", "mri-random-x8-cf0.04-noise0.002",
                      "mri-equispaced-x4-cf0.08-noise0.002", "mri-equispaced-x8-cf0.04-noise0.002"],
@@ -154,6 +167,7 @@ def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_it
             if 0 in indices:
                 b = indices.index(0)
                 own = int(result.iterations_per_image[b])
+                assert result.psnr is not None  # x_true was given
                 curves = {"psnr": [round(float(v), 4) for v in result.psnr[:own, b]],
                           "relative_residual": [float(v) for v in result.relative_residuals[:own, b]]}
         scores = psnr_per_image(x, truth).tolist()
@@ -263,23 +277,22 @@ def run(
     if compile_spline:
         set_spline_backend("compiled")
     setup = SETUPS[kind]
-    prefix = "quick_" if quick else ""
     max_iter, tol = (60, 1e-4) if quick else (1000, 1e-5)
     unknown = sorted(set(rows or []) - set(ROWS))
     if unknown:
         raise ValueError(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
     if stride < 1:
         raise ValueError("stride must be >= 1")
-    dataset, start, stop = setup[prefix + "test"]
+    dataset, start, stop = setup["quick_test"] if quick else setup["test"]
     test_indices = list(range(start, stop, stride))
     test_spec = f"{dataset}[{start}:{stop}" + (f":{stride}]" if stride > 1 else "]")
     test_images = dev_set(dataset, test_indices)
-    tune_set, tune_start, tune_stop = setup[prefix + "tune"]
+    tune_set, tune_start, tune_stop = setup["quick_tune"] if quick else setup["tune"]
     tuning_images = dev_set(tune_set, slice(tune_start, tune_stop))
     stem = _stem(kind, stride, quick)
     folder = Path(output)
     runs = folder / "runs" / stem
-    problem_names = problems or setup[prefix + "problems"]
+    problem_names = problems or (setup["quick_problems"] if quick else setup["problems"])
     row_ids = rows or list(QUICK_ROWS if quick else ROWS)
 
     for name in problem_names:
