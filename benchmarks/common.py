@@ -32,6 +32,12 @@ def machine() -> dict:
     }
 
 
+def device_name(device: str | torch.device) -> str:
+    """``cpu`` or the GPU's name (``NVIDIA H200``) for a torch device string."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def interleaved_medians(functions: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
     """Median wall time (s) of each function, runs interleaved so drift hits all alike."""
     for f in functions.values():

@@ -34,7 +34,7 @@ from lipden.splines import set_spline_backend
 from lipden.tuning import _batches, tune
 from problems import dev_set, problem_from_name
 
-from .common import WRITTEN, machine, write_results, write_text_atomic
+from .common import WRITTEN, device_name, machine, write_results, write_text_atomic
 
 
 class Setup(TypedDict):
@@ -110,7 +110,8 @@ ROWS: dict[str, Row] = {
 QUICK_ROWS = ("baseline", "tv", "fbs-spline", "fbs-relu")
 
 
-def _parameters(problem, row: Row, tuning_images: list[Tensor], max_iter: int, quick: bool) -> tuple[dict, str]:
+def _parameters(problem, row: Row, tuning_images: list[Tensor], max_iter: int, quick: bool,
+                device: str = "cpu") -> tuple[dict, str]:
     stored = problem.default_parameters(row.defaults_key())
     if stored and (row.method == "tv" or stored.get("model") in row.models()):
         return stored, "stored (problems/tuned_defaults.json)"
@@ -123,8 +124,9 @@ def _parameters(problem, row: Row, tuning_images: list[Tensor], max_iter: int, q
         models = sorted(row.models(), key=lambda m: float(m.split("-sigma")[1]))
         return ({"model": models[0]} if models else {}) | defaults, "UNTUNED safe defaults (quick mode)"
     result = tune(problem, tuning_images, row.models(), row.method, max_iter=max_iter, progress=False,
-                  guarantee=row.guarantee, fixed=row.fixed())
-    return result.parameters, f"tuned now ({len(result.trials)} trials, {max_iter} iterations)"
+                  guarantee=row.guarantee, fixed=row.fixed(), device=device)
+    return result.parameters, (f"tuned now ({len(result.trials)} trials, {max_iter} iterations, on {device_name(device)}; "
+                               f"best tuning PSNR {result.psnr:.2f} dB)")
 
 
 def _iteration_cap(problem, row: Row, max_iter: int, quick: bool) -> int:
@@ -185,10 +187,16 @@ def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_it
         "converged_all": all(per["converged"]),
         "max_residual_increase": max(increases) if increases else None,
         "monotone_all": all(monotone) if monotone else None,
-        "seconds_per_image": seconds / n, "per_image": per, "curves_image0": curves,
+        "seconds_per_image": seconds / n, "device": device_name(device), "per_image": per, "curves_image0": curves,
     }
     assert first is not None
     return summary, first
+
+
+def _seconds(row: dict) -> str:
+    """Seconds per image, with the device when it was not this CPU (rows without one ran on CPU)."""
+    device = row.get("device", "cpu")
+    return f"{row['seconds_per_image']:.1f}" + ("" if device.startswith("cpu") else f" ({device})")
 
 
 def _stem(kind: str, stride: int, quick: bool) -> str:
@@ -314,7 +322,7 @@ def run(
                 print(f"{name} / {row.label}: {summary['psnr']:.2f} dB (every {stride}-th image of the full run)")
                 continue
             parameters, source = ({}, "none") if row.method == "baseline" else _parameters(
-                problem, row, tuning_images, 150, quick)
+                problem, row, tuning_images, 150, quick, device)
             cap = _iteration_cap(problem, row, max_iter, quick)
             summary, first = _solve_row(problem, row, parameters, test_images, cap, tol, device, progress)
             summary.update(parameters=parameters, parameters_source=source, problem=name, max_iter=cap)
@@ -330,7 +338,7 @@ def run(
     subset_note = f" (SUBSET: every {stride}-th test image)" if stride > 1 else ""
     lines = [f"# {kind} reconstruction benchmark{' (QUICK: subsets, fewer iterations)' if quick else ''}{subset_note}",
              "", f"Test images: {test_spec}; parameters tuned on {results['tuning_set']} (see each row's source); "
-             f"stop at relative residual {tol:g} or {max_iter} iterations (unless a row states its own cap); device {device}. Machine: {results['machine']}.",
+             f"stop at relative residual {tol:g} or {max_iter} iterations (unless a row states its own cap); rows computed now on {device_name(device)}, others as their s/image column says (CPU when it names no GPU). Machine: {results['machine']}.",
              "PSNR / SSIM are means over the test images (estimates clipped to [0, 1]); iterations: mean first "
              "iteration at which the image's relative residual reached the tolerance (each image stops there); "
              "residual non-increasing: no increase beyond float round-off (2e-6 of the iterate's norm), the "
@@ -351,7 +359,7 @@ def run(
                 params += f" (cap {row['max_iter']} iterations)"
             mono = "-" if row["monotone_all"] is None else str(row["monotone_all"])
             lines.append(f"| {row['label']} | {row['psnr']:.2f} | {row['ssim']:.4f} | {its} | {row['converged_all']} "
-                         f"| {mono} | {inc} | {row['seconds_per_image']:.1f} | {params} |")
+                         f"| {mono} | {inc} | {_seconds(row)} | {params} |")
         truth = test_images[0]
         figures = _figures(folder, stem, name, cached, run_dir, truth)
         lines += ["", *[f"![{f}]({f})" for f in figures], ""]

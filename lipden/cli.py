@@ -156,6 +156,7 @@ def _tune(args: argparse.Namespace) -> int:
     from problems import dev_set, load_ground_truths, problem_from_name
     from problems.base import TUNED_DEFAULTS_FILE
 
+    from .denoise_cli import check_device
     from .tuning import store_tuned, tune
 
     problem = problem_from_name(args.problem)
@@ -167,8 +168,9 @@ def _tune(args: argparse.Namespace) -> int:
         images, source = dev_set("set12", slice(0, args.limit)), "set12"
     if not images:
         raise UserError("no tuning images")
+    device = check_device(args.device)
     result = tune(problem, images, args.models, args.method, max_iter=args.max_iter, tol=args.tol,
-                  progress=not args.quiet)
+                  progress=not args.quiet, device=device)
     note = f"{source} ({len(images)} images), max_iter {args.max_iter}, tol {args.tol:g}"
     if args.write:
         store_tuned(result, TUNED_DEFAULTS_FILE, note)
@@ -190,6 +192,9 @@ def _benchmark(args: argparse.Namespace) -> int:
 
     from benchmarks.common import WRITTEN
 
+    from .denoise_cli import check_device
+
+    check_device(args.device)
     options = {"problems": args.problems, "rows": args.rows, "stride": args.stride, "device": args.device,
                "force": args.force, "compile_spline": args.compile, "progress": not args.quiet}
     started = time.perf_counter()
@@ -363,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     tun.add_argument("--limit", type=int, help="use the first N tuning images")
     tun.add_argument("--max-iter", type=int, default=100, help="iteration cap of each trial solve")
     tun.add_argument("--tol", type=float, default=1e-4, help="relative residual that stops a trial solve")
+    tun.add_argument("--device", default="cpu", help="where the trial solves run: cpu (default), cuda or cuda:N")
     tun.add_argument("--write", action="store_true", help="store the result in problems/tuned_defaults.json")
     tun.add_argument("--quiet", action="store_true", help="no progress bar")
     tun.add_argument("--json", action="store_true", help="print one JSON object (with every trial)")

@@ -207,7 +207,7 @@ def reconstruct(
         warnings.warn(note, stacklevel=2)
     if not L > 0:
         raise ValueError(f"||A^T A|| must be > 0, got {L}")
-    chosen = {**default_parameters(method, L), **{k: float(v) for k, v in params.items()}}
+    chosen = {**default_parameters(method, L, params), **{k: float(v) for k, v in params.items()}}
     if any(not math.isfinite(v) for v in chosen.values()):
         raise ValueError(f"parameters must be finite numbers, got {chosen}")
 

@@ -46,14 +46,19 @@ def canonical_method(method: str) -> str:
     return name
 
 
-def default_parameters(method: str, lipschitz_sq: float) -> dict:
-    """Safe defaults: step 1/L for PnP-FBS, gamma 1 for DRS, weight 1 and step 1.8/(L + 2 mu) for RED."""
+def default_parameters(method: str, lipschitz_sq: float, given: dict | None = None) -> dict:
+    """Safe defaults: step 1/L for PnP-FBS, gamma 1 for DRS, weight mu = 1 and step 1.8/(L + 2 mu) for RED.
+
+    The RED step depends on the weight: with a ``given`` weight mu (and no given step) the
+    default step is 1.8/(L + 2 mu), inside RED's bound 2/(L + 2 mu), whatever mu is.
+    """
     method = canonical_method(method)
     if method == "pnp-fbs":
         return {"step": 1.0 / lipschitz_sq, "strength": 0.5, "relaxation": 1.0}
     if method == "pnp-drs":
         return {"step": 1.0, "strength": 0.5, "relaxation": 0.5}
-    return {"weight": 1.0, "step": 1.8 / (lipschitz_sq + 2.0)}
+    weight = float((given or {}).get("weight", 1.0))
+    return {"weight": weight, "step": 1.8 / (lipschitz_sq + 2.0 * weight)}
 
 
 #: Optional parameters: the bounds of a box constraint lower <= x <= upper (either may be

@@ -17,7 +17,13 @@ from tqdm.auto import tqdm
 from .baselines import tv_reconstruct
 from .pretrained import load_denoiser
 from .reconstruction import psnr_per_image, reconstruct
-from .solvers import box_bounds, canonical_method, conditions, fbs_fast_relaxation
+from .solvers import (
+    box_bounds,
+    canonical_method,
+    conditions,
+    default_parameters,
+    fbs_fast_relaxation,
+)
 
 #: Coarse grids; step for pnp-fbs is in units of 1/L (rescaled per problem).
 COARSE_GRIDS: dict[str, list[dict]] = {
@@ -54,20 +60,23 @@ def _measure(problem, batch: Tensor, indices: list[int], seed: int) -> Tensor:
 def evaluate_parameters(
     problem, images: Sequence[Tensor], method: str, parameters: dict, *, max_iter: int = 100,
     tol: float = 1e-4, seed: int = 0, denoisers: dict | None = None, guarantee: bool = True,
+    device: str | torch.device = "cpu",
 ) -> float:
     """Mean PSNR of ``method`` with ``parameters`` (incl. ``model`` unless TV) over ``images``.
 
     ``denoisers`` caches loaded models by name (loading verifies and certifies them).
-    ``guarantee=False`` lets an uncertified prior run (see ``reconstruct``).
+    ``guarantee=False`` lets an uncertified prior run (see ``reconstruct``). The solves run
+    on ``device`` (images, measurements and denoisers are moved there).
     """
     params = dict(parameters)
     model_name = params.pop("model", None)
     denoisers = {} if denoisers is None else denoisers
     if method != "tv" and model_name not in denoisers:
-        denoisers[model_name] = load_denoiser(model_name)
+        denoisers[model_name] = load_denoiser(model_name, device=device)
     scores = []
-    for indices, batch in _batches(images):
-        physics = problem.physics(batch.shape)
+    for indices, cpu_batch in _batches(images):
+        batch = cpu_batch.to(device)
+        physics = problem.physics(batch.shape, device)
         y = _measure(problem, batch, indices, seed)
         if method == "tv":
             x, _ = tv_reconstruct(y, physics, params["weight"], max_iter=max_iter, tol=tol)
@@ -81,16 +90,14 @@ def evaluate_parameters(
 def _valid(method: str, params: dict, lipschitz_sq: float) -> bool:
     if method == "tv":
         return params["weight"] > 0
-    full = {"relaxation": 0.5 if method == "pnp-drs" else 1.0, **params}
-    if method == "red":
-        full.setdefault("step", 1.8 / (lipschitz_sq + 2 * full["weight"]))
+    full = {**default_parameters(method, lipschitz_sq, params), **params}
     return conditions(method, full, lipschitz_sq, 1.0).holds
 
 
 def tune(
     problem, images: Sequence[Tensor], denoiser_names: Sequence[str] | None, method: str, *,
     max_iter: int = 100, tol: float = 1e-4, seed: int = 0, progress: bool = True, guarantee: bool = True,
-    fixed: dict | None = None,
+    fixed: dict | None = None, device: str | torch.device = "cpu",
 ) -> TuneResult:
     """Maximise the mean PSNR over ``images`` ((1, C, H, W) tensors in [0, 1]).
 
@@ -100,7 +107,7 @@ def tune(
     searched: each trial uses ``fbs_fast_relaxation`` (0.95 / alpha), which leaves the fixed
     point unchanged and usually reaches it in fewer iterations. ``method="tv"`` tunes the TV weight
     (no denoiser). ``fixed`` parameters (e.g. the box bounds ``{"lower": 0.0}``) go into every
-    trial unsearched. The result's ``parameters`` can be passed to ``reconstruct`` as
+    trial unsearched; the trials run on ``device``. The result's ``parameters`` can be passed to ``reconstruct`` as
     ``reconstruct(y, physics, load_denoiser(p.pop("model")), method, **p)``.
     """
     method = method if method == "tv" else canonical_method(method)
@@ -130,7 +137,7 @@ def tune(
             return
         seen.add(key)
         score = evaluate_parameters(problem, images, method, candidate, max_iter=max_iter, tol=tol, seed=seed,
-                                    denoisers=denoisers, guarantee=guarantee)
+                                    denoisers=denoisers, guarantee=guarantee, device=device)
         trials.append({**candidate, "psnr": score})
         bar.update(1)
         bar.set_postfix(best=f"{max(t['psnr'] for t in trials):.2f}")

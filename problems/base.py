@@ -39,7 +39,7 @@ class InverseProblem(ABC):
         if not 0 <= noise < 1:
             raise ValueError(f"noise must be in [0, 1) (images in [0, 1]), got {noise}")
         self.noise = float(noise)
-        self._physics: dict[tuple[int, ...], LinearPhysics] = {}
+        self._physics: dict[tuple[tuple[int, ...], str], LinearPhysics] = {}
 
     @property
     @abstractmethod
@@ -52,13 +52,15 @@ class InverseProblem(ABC):
     def _noise_like(self, y: Tensor, generator: torch.Generator) -> Tensor: ...
 
     def physics(self, shape: tuple[int, ...], device: str | torch.device = "cpu") -> LinearPhysics:
-        """The forward operator for images of shape (..., C, H, W), built once per shape."""
+        """The forward operator for images of shape (..., C, H, W) on ``device``, built once per
+        shape and device (asking for another device never moves an operator handed out before)."""
         key = tuple(int(s) for s in shape[-3:])
         if len(key) != 3 or min(key) < 1:
             raise ValueError(f"expected an image shape (C, H, W), got {tuple(shape)}")
-        if key not in self._physics:
-            self._physics[key] = self._build_physics(key)  # type: ignore[arg-type]
-        return self._physics[key].to(device)
+        where = str(torch.device(device))
+        if (key, where) not in self._physics:
+            self._physics[key, where] = self._build_physics(key).to(device)  # type: ignore[arg-type]
+        return self._physics[key, where]
 
     def lipschitz_sq(self, shape: tuple[int, ...]) -> float:
         """Exact ``||A^T A||`` for images of this shape."""

@@ -109,6 +109,25 @@ def test_pnp_fbs_on_cuda_matches_the_cpu(kind):
     assert torch.backends.cudnn.allow_tf32  # restored after the solve
 
 
+def test_mri_measurement_on_cuda_keeps_the_cuda_operator_on_cuda():
+    # regression: the noise model's CPU lookup used to move the one cached operator back to the CPU
+    problem = P.MRIProblem("random", 8)
+    x = P.default_image("mri", 48).cuda()
+    physics = problem.physics(x.shape, "cuda")
+    y = problem.measure(x, seed=0)
+    assert y.device.type == "cuda" and physics.A_adjoint(y).device.type == "cuda"
+
+
+def test_tuning_on_cuda_matches_the_cpu():
+    from lipden.tuning import evaluate_parameters
+
+    problem = P.MRIProblem("random", 4)
+    images = [P.default_image("mri", 48)]
+    params = {"model": "spline-sigma15", "step": 1.0, "strength": 0.15}
+    scores = [evaluate_parameters(problem, images, "pnp-fbs", params, max_iter=50, device=d) for d in ("cpu", "cuda")]
+    assert abs(scores[0] - scores[1]) < 0.02
+
+
 def test_physics_adjointness_on_cuda():
     for problem in (P.DeblurProblem("motion", noise=0.01), P.MRIProblem("gaussian", 8)):
         physics = problem.physics((1, 1, 40, 40), "cuda")

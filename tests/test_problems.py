@@ -149,3 +149,15 @@ def test_stored_tuned_defaults_are_valid_and_within_the_theorems():
             L = problem.lipschitz_sq(shape)
             full = {**default_parameters(method, L), **params}
             assert conditions(canonical_method(method), full, L, 1.0).holds, (name, method)
+
+
+@pytest.mark.parametrize("problem", [P.MRIProblem("random", 4), P.DeblurProblem("gaussian", blur_sigma=1.6, noise=0.01)])
+def test_asking_for_an_operator_on_another_device_leaves_earlier_ones_where_they_were(problem):
+    # "meta" stands in for a GPU: a shared cached operator moved by .to() broke CUDA MRI solves
+    cpu = problem.physics((1, 1, 32, 32))
+    other = problem.physics((1, 1, 32, 32), "meta")
+    x = P.default_image("mri", 32)
+    problem.measure(x, seed=0)  # the MRI noise model looks the operator up again, on the CPU
+    assert all(t.device.type == "cpu" for t in cpu.buffers())
+    assert all(t.device.type == "meta" for t in other.buffers())
+    assert problem.physics((1, 1, 32, 32), "meta") is other and problem.physics((1, 1, 32, 32)) is cpu

@@ -254,3 +254,13 @@ def test_each_image_stops_on_its_own_and_matches_a_lone_solve(case, small_denois
     assert torch.isnan(together.residuals[first:, 1]).all() and not torch.isnan(together.residuals[:first, 1]).any()
     assert float(together.final_relative_residuals.max()) <= 1e-5
     assert pair.shape == together.x.shape
+
+
+@pytest.mark.parametrize("weight", [0.05, 1.0, 20.0])
+def test_red_default_step_follows_the_given_weight(weight, deblur_case, small_denoiser):
+    _, _, y, physics = deblur_case
+    result = reconstruct(y, physics, small_denoiser, "red", weight=weight, max_iter=3, tol=1e-12)
+    L = result.lipschitz_sq
+    assert result.parameters["weight"] == weight
+    # RED's bound is step < 2 / (L + 2 weight); the default sits at 90 % of it for any weight
+    assert result.parameters["step"] == pytest.approx(1.8 / (L + 2 * weight))
