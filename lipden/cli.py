@@ -156,7 +156,6 @@ def _tune(args: argparse.Namespace) -> int:
     from problems import dev_set, load_ground_truths, problem_from_name
     from problems.base import TUNED_DEFAULTS_FILE
 
-    from .denoise_cli import check_device
     from .tuning import store_tuned, tune
 
     problem = problem_from_name(args.problem)
@@ -168,9 +167,8 @@ def _tune(args: argparse.Namespace) -> int:
         images, source = dev_set("set12", slice(0, args.limit)), "set12"
     if not images:
         raise UserError("no tuning images")
-    device = check_device(args.device)
     result = tune(problem, images, args.models, args.method, max_iter=args.max_iter, tol=args.tol,
-                  progress=not args.quiet, device=device)
+                  progress=not args.quiet, device=args.device)
     note = f"{source} ({len(images)} images), max_iter {args.max_iter}, tol {args.tol:g}"
     if args.write:
         store_tuned(result, TUNED_DEFAULTS_FILE, note)
@@ -192,9 +190,6 @@ def _benchmark(args: argparse.Namespace) -> int:
 
     from benchmarks.common import WRITTEN
 
-    from .denoise_cli import check_device
-
-    check_device(args.device)
     options = {"problems": args.problems, "rows": args.rows, "stride": args.stride, "device": args.device,
                "force": args.force, "compile_spline": args.compile, "progress": not args.quiet}
     started = time.perf_counter()
@@ -409,6 +404,10 @@ def _validate(args: argparse.Namespace) -> None:
             raise UserError("--max-iter must be >= 1")
         if not args.tol > 0:
             raise UserError("--tol must be > 0")
+    if args.command in ("tune", "benchmark"):  # denoise and reconstruct check theirs where they place tensors
+        from .denoise_cli import check_device
+
+        check_device(args.device)
     if args.command == "tune" and args.limit is not None and args.limit < 1:
         raise UserError("--limit must be >= 1")
     if args.command == "reconstruct" and args.noise is not None and not 0 <= args.noise < 1:

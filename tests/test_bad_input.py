@@ -294,6 +294,13 @@ def test_device_that_is_not_here(capsys, tiny):
     assert_one_line_error(cli(capsys, "denoise", "--model", tiny, "--tile", "-1"), "--tile")
 
 
+@pytest.mark.parametrize("command", [["tune", "mri-random-x4-cf0.08-noise0.002"], ["benchmark", "mri", "--rows", "tv"]])
+def test_tune_and_benchmark_refuse_a_bad_device_before_any_work(command, capsys, tmp_path):
+    result = cli(capsys, *command, "--device", "cuda:x", *(["--output", tmp_path] if command[0] == "benchmark" else []))
+    assert_one_line_error(result, "not a device name")
+    assert not any(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------- outputs: folders, collisions, names
 
 
