@@ -6,7 +6,8 @@
     its constrained convolutions exported to plain ``nn.Conv2d`` (goal: ratio <= 1.15);
 (c) one training step (forward, loss with the TV2 term, backward, Adam step) on a batch of
     40x40 patches, constrained (``conv="ortho"``) vs unconstrained (``conv="free"``) with the
-    same architecture (goal: ratio <= 1.5);
+    same architecture (goal: ratio <= 1.5), and the number of PyTorch operator calls a step
+    makes (on a GPU the host's cost of issuing them bounds the step time);
 (d) denoiser throughput in megapixels per second (one image, eval mode, no grad);
 (e) PnP-FBS iterations per second through ``lipden.reconstruct`` on a 256x256 MRI problem and
     a 481x321 deblurring problem, and the overhead of the solver loop over calling the
@@ -39,7 +40,7 @@ from lipden import reconstruct
 from lipden.allocator import freed_memory_kept, keep_freed_memory
 from lipden.denoiser import PRESETS, DenoiserConfig, LipschitzDenoiser
 from lipden.pretrained import list_denoisers, load_denoiser
-from lipden.training import TrainConfig, make_optimizer
+from lipden.training import TrainConfig, make_optimizer, training_step
 from problems import default_image, problem_from_name
 
 from .common import interleaved_medians, machine, write_results
@@ -110,14 +111,27 @@ def training_cost(batch: int, repeats: int) -> dict:
         optimizer = make_optimizer(model, train_config)
 
         def step(model: LipschitzDenoiser = model, optimizer: torch.optim.Optimizer = optimizer) -> None:
-            loss = (model(noisy) - clean).pow(2).sum() + train_config.tv2_weight * model.regularization()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            training_step(model, model, optimizer, clean, noisy, train_config.tv2_weight, mixed_precision=False)
 
         steps[conv] = step
     times = interleaved_medians(steps, repeats)
-    return {"batch": [batch, 1, 40, 40], "seconds": times, "ratio_constrained_over_free": times["ortho"] / times["free"]}
+    return {"batch": [batch, 1, 40, 40], "seconds": times, "ratio_constrained_over_free": times["ortho"] / times["free"],
+            "operator_calls": {conv: operator_calls(step) for conv, step in steps.items()}}
+
+
+def operator_calls(function: Callable[[], None]) -> int:
+    """PyTorch operator calls made by one run of ``function`` (outermost ``aten::`` calls,
+    views included; those an operator makes internally are not counted). Each costs host
+    time whatever the device; on a GPU most launch a kernel, so when the kernels are small
+    their number, not the arithmetic, sets the step time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        function()
+    return sum(
+        1 for event in profiler.events()
+        if event.name.startswith("aten::") and not (event.cpu_parent and event.cpu_parent.name.startswith("aten::"))
+    )
 
 
 def pnp_cost(model: LipschitzDenoiser, name: str, iterations: int, repeats: int) -> dict:
@@ -251,6 +265,18 @@ def _allocator_lines(r: dict) -> list[str]:
     ]
 
 
+def _operator_lines(t: dict) -> list[str]:
+    calls = t.get("operator_calls")
+    if calls is None:
+        return []
+    return [
+        f"PyTorch operator calls per training step (c): ortho {calls['ortho']}, free {calls['free']} "
+        "(outermost calls, views included; on a GPU, where each costs host time and most launch a "
+        "kernel, their number rather than the arithmetic sets the step time of small batches).",
+        "",
+    ]
+
+
 def _markdown(r: dict, repeats: int) -> str:
     m, a, e, t = r["machine"], r["activation"], r["eval"], r["training_step"]
     lines = [
@@ -269,6 +295,7 @@ def _markdown(r: dict, repeats: int) -> str:
         f"| (c) training step, batch {tuple(t['batch'])} | ortho {t['seconds']['ortho'] * 1e3:.1f} ms | "
         f"free {t['seconds']['free'] * 1e3:.1f} ms | {t['ratio_constrained_over_free']:.3f} | <= 1.5 |",
         "",
+        *_operator_lines(t),
         f"(d) Throughput: {e['megapixels_per_second']['lipschitz']:.3f} megapixels/s "
         f"({e['megapixels_per_second']['plain']:.3f} with plain convolutions).",
         "",

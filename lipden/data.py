@@ -80,6 +80,7 @@ class PatchSampler:
                 self.images.append(scaled.clamp(0, 1)[0, 0])
         if not self.images:
             raise ValueError(f"no image in {folder} is at least {patch_size} pixels wide")
+        self._image_sizes = torch.tensor([image.shape for image in self.images])
         self.generator = torch.Generator().manual_seed(seed)
 
     def state(self) -> Tensor:
@@ -89,18 +90,22 @@ class PatchSampler:
         self.generator.set_state(state)
 
     def sample(self, batch_size: int) -> Tensor:
+        """(batch_size, 1, P, P) patches; all random draws of a batch in three calls."""
         p = self.patch_size
         g = self.generator
-        picks = torch.randint(len(self.images), (batch_size,), generator=g).tolist()
-        patches = []
-        for index in picks:
-            image = self.images[index]
-            top = int(torch.randint(image.shape[0] - p + 1, (1,), generator=g))
-            left = int(torch.randint(image.shape[1] - p + 1, (1,), generator=g))
-            patch = image[top : top + p, left : left + p]
-            transform = int(torch.randint(8, (1,), generator=g))
-            patch = torch.rot90(patch, transform % 4)
-            if transform >= 4:
-                patch = patch.flip(-1)
-            patches.append(patch)
-        return torch.stack(patches)[:, None].contiguous()
+        picks = torch.randint(len(self.images), (batch_size,), generator=g)
+        positions = self._image_sizes[picks] - p + 1  # (B, 2): valid top-left corners per axis
+        corners = (torch.rand(batch_size, 2, generator=g, dtype=torch.float64) * positions).long()
+        corners = torch.minimum(corners, positions - 1)
+        tops, lefts = corners[:, 0].tolist(), corners[:, 1].tolist()
+        patches = torch.stack([
+            self.images[i][top : top + p, left : left + p]
+            for i, top, left in zip(picks.tolist(), tops, lefts, strict=True)
+        ])
+        transforms = torch.randint(8, (batch_size,), generator=g)
+        for transform in range(1, 8):  # the 8 symmetries of the square, one batched op each
+            chosen = (transforms == transform).nonzero().flatten()
+            if chosen.numel():
+                moved = torch.rot90(patches[chosen], transform % 4, dims=(-2, -1))
+                patches[chosen] = moved.flip(-1) if transform >= 4 else moved
+        return patches[:, None].contiguous()

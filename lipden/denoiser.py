@@ -23,6 +23,7 @@ from .activations import ACTIVATION_ALIASES, ACTIVATIONS, make_activation
 from .averaged import Averaged
 from .certify import lipschitz_upper_bound
 from .layers import OrthoConv2d, SpectralNormConv2d, shared_training_weights
+from .splines import LinearSpline, shared_spline_tables, total_tv2
 
 CONV_TYPES = ("ortho", "spectral", "free")
 
@@ -112,7 +113,9 @@ class LipschitzDenoiser(deepinv.models.Denoiser):
     denoised channel by channel by the grayscale network. Output has the input's shape.
     ``sigma`` (float or (B,) tensor, [0, 1] scale) is only checked against the noise level
     the model was trained for: a mismatch gives a warning (the network is not
-    noise-level conditioned).
+    noise-level conditioned). A NaN or infinite input is refused with a ValueError in eval
+    mode; in training mode that scan is skipped (it would stall every GPU step on a device
+    read-back) and the trainer checks the loss instead.
     """
 
     def __init__(self, config: DenoiserConfig | None = None) -> None:
@@ -150,11 +153,12 @@ class LipschitzDenoiser(deepinv.models.Denoiser):
         dtype = next(self.parameters()).dtype
         if x.dtype != dtype:
             raise ValueError(f"image dtype {x.dtype} does not match the model's {dtype}: convert with x.to({dtype})")
-        if not torch.isfinite(x).all():
+        if not self.training and not torch.isfinite(x).all():
             raise ValueError("the image contains NaN or inf values")
         self._check_sigma(sigma)
         b, c, h, w = x.shape
-        with shared_training_weights(self.body):  # training: one batched parametrisation pass
+        # training: one batched parametrisation pass for all convolutions, one for all splines
+        with shared_training_weights(self.body), shared_spline_tables(self.body):
             out = self.body(x.reshape(b * c, 1, h, w))
         return out.reshape(b, c, h, w)
 
@@ -168,8 +172,5 @@ class LipschitzDenoiser(deepinv.models.Denoiser):
 
     def regularization(self) -> Tensor:
         """Sum of the TV2 of all spline activations (0 if there are none)."""
-        total = torch.zeros((), device=next(self.parameters()).device)
-        for module in self.modules():
-            if hasattr(module, "tv2"):
-                total = total + module.tv2()
-        return total
+        total = total_tv2(m for m in self.modules() if isinstance(m, LinearSpline))
+        return total if total is not None else torch.zeros((), device=next(self.parameters()).device)

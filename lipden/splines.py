@@ -18,6 +18,8 @@ knot spacing seen by the input becomes ``h / alpha``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +41,7 @@ def _interval_index(
     Entries outside the grid use the boundary intervals (linear extension); NaN maps to 0 so
     the lookup stays in bounds (the output is NaN anyway because it is linear in x).
     """
-    u = torch.addcmul(x.new_tensor(index_shift), x, _channel_view(index_scale, x))
+    u = torch.addcmul(x.new_full((), index_shift), x, _channel_view(index_scale, x))
     u.floor_().clamp_(0, num_intervals - 1).nan_to_num_(0.0)
     idx = u.to(torch.int32)
     offsets = torch.arange(x.shape[1], device=x.device, dtype=torch.int32) * num_intervals
@@ -59,10 +61,21 @@ def _eager_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     idx = _interval_index(x, index_scale, index_shift, slopes.shape[1])
     grad_x = slopes.reshape(-1).index_select(0, idx).view_as(x).mul_(grad_out)
-    size = slopes.numel()
-    grad_a = torch.bincount(idx, weights=grad_out.view(-1), minlength=size)
-    grad_s = torch.bincount(idx, weights=(grad_out * x).view(-1), minlength=size)
+    grad_a = _table_sums(idx, grad_out.view(-1), slopes.numel())
+    grad_s = _table_sums(idx, (grad_out * x).view(-1), slopes.numel())
     return grad_x, grad_a.to(intercepts.dtype).view_as(intercepts), grad_s.to(slopes.dtype).view_as(slopes)
+
+
+def _table_sums(idx: Tensor, values: Tensor, size: int) -> Tensor:
+    """``out[j] = sum of values[idx == j]`` for j < size.
+
+    ``bincount`` on the CPU (fastest there); on a GPU ``index_add_`` into a buffer of known
+    size, because CUDA ``bincount`` reads the index range back to the host (two device
+    synchronisations per call, which stall a training step).
+    """
+    if idx.device.type == "cpu":
+        return torch.bincount(idx, weights=values, minlength=size)
+    return values.new_zeros(size).index_add_(0, idx, values)
 
 
 def _fused_index(x: Tensor, index_scale: Tensor, index_shift: float, num_intervals: int) -> Tensor:
@@ -165,7 +178,7 @@ class _InwardClamp(torch.autograd.Function):
 def clip_spline_slopes(
     coefficients: Tensor, grid: float, slope_min: float | None, slope_max: float | None
 ) -> Tensor:
-    """Projection of knot values (C, K) onto splines with bounded slopes.
+    """Projection of knot values (..., C, K) onto splines with bounded slopes.
 
     Clips the slopes ``diff(c) / grid`` to ``[slope_min, slope_max]``, integrates them back
     and restores each channel's mean value. ``None`` bounds leave that side free. The value
@@ -176,10 +189,57 @@ def clip_spline_slopes(
     """
     if slope_min is None and slope_max is None:
         return coefficients
-    slopes = _InwardClamp.apply(torch.diff(coefficients, dim=1) / grid, slope_min, slope_max)
-    zero = coefficients.new_zeros(coefficients.shape[0], 1)
-    clipped = torch.cat([zero, torch.cumsum(slopes, dim=1) * grid], dim=1)
-    return clipped + (coefficients.mean(dim=1) - clipped.mean(dim=1)).unsqueeze(1)
+    slopes = _InwardClamp.apply(torch.diff(coefficients, dim=-1) / grid, slope_min, slope_max)
+    zero = coefficients.new_zeros(*coefficients.shape[:-1], 1)
+    clipped = torch.cat([zero, torch.cumsum(slopes, dim=-1) * grid], dim=-1)
+    return clipped + (coefficients.mean(dim=-1) - clipped.mean(dim=-1)).unsqueeze(-1)
+
+
+@dataclass
+class SplineTables:
+    """Lookup tables of linear splines: on input x, channel c uses the grid interval
+    ``k = clamp(floor(x * index_scale[c] + index_shift), 0, K - 2)`` and returns
+    ``intercepts[c, k] + x * slopes[c, k]``.
+
+    index_scale: (..., C), detached (the interval choice is piecewise constant);
+    intercepts, slopes: (..., C, K - 1), differentiable in the coefficients and scalings.
+    """
+
+    index_scale: Tensor
+    index_shift: float
+    intercepts: Tensor
+    slopes: Tensor
+
+    def __getitem__(self, index: int) -> SplineTables:
+        """The tables of one spline of a stacked (S, C, ...) set."""
+        return SplineTables(self.index_scale[index], self.index_shift, self.intercepts[index], self.slopes[index])
+
+
+def spline_tables(coefficients: Tensor, x_range: float, scaling: Tensor | None = None) -> SplineTables:
+    """Tables of the splines with knot values ``coefficients`` (..., C, K) on the uniform grid
+    over ``[-x_range, x_range]``, evaluated as ``spline(alpha x) / alpha`` with ``scaling``
+    alpha (..., C) (None: 1). Batched over the leading dimensions."""
+    num_knots = coefficients.shape[-1]
+    grid = 2.0 * x_range / (num_knots - 1)
+    knots = torch.linspace(-x_range, x_range, num_knots, device=coefficients.device, dtype=coefficients.dtype)
+    slopes = torch.diff(coefficients, dim=-1) / grid
+    intercepts = coefficients[..., :-1] - knots[:-1] * slopes
+    if scaling is None:
+        index_scale = coefficients.new_full(coefficients.shape[:-1], 1 / grid)
+    else:
+        intercepts = intercepts / scaling.unsqueeze(-1)
+        index_scale = scaling.detach() / grid
+    return SplineTables(index_scale, x_range / grid, intercepts, slopes)
+
+
+def apply_spline_tables(x: Tensor, tables: SplineTables) -> Tensor:
+    """Evaluate splines given by their (C, K - 1) ``tables`` on x of shape (B, C, *spatial)."""
+    channels = tables.slopes.shape[0]
+    if x.dim() < 2 or x.shape[1] != channels or tables.slopes.dim() != 2:
+        raise ValueError(f"linear_spline: expected input of shape (B, {channels}, ...), got {tuple(x.shape)}")
+    return _LinearSplineFunction.apply(
+        x, tables.index_scale.to(x.dtype), tables.index_shift, tables.intercepts.to(x.dtype), tables.slopes.to(x.dtype)
+    )
 
 
 def linear_spline(
@@ -205,19 +265,7 @@ def linear_spline(
             f"linear_spline: expected input of shape (B, {coefficients.shape[0]}, ...), "
             f"got {tuple(x.shape)}"
         )
-    num_knots = coefficients.shape[1]
-    grid = 2.0 * x_range / (num_knots - 1)
-    knots = torch.linspace(-x_range, x_range, num_knots, device=x.device, dtype=coefficients.dtype)
-    slopes = torch.diff(coefficients, dim=1) / grid
-    intercepts = coefficients[:, :-1] - knots[:-1] * slopes
-    if scaling is None:
-        scaling = coefficients.new_ones(coefficients.shape[0])
-    else:
-        intercepts = intercepts / scaling.unsqueeze(1)
-    index_scale = (scaling / grid).detach().to(x.dtype)
-    return _LinearSplineFunction.apply(
-        x, index_scale, x_range / grid, intercepts.to(x.dtype), slopes.to(x.dtype)
-    )
+    return apply_spline_tables(x, spline_tables(coefficients, x_range, scaling))
 
 
 @dataclass
@@ -289,6 +337,8 @@ class LinearSpline(nn.Module):
         self.alpha_min = alpha_min
         self.coefficients = nn.Parameter(self._initial_coefficients(init))
         self.scaling = nn.Parameter(torch.ones(num_activations), requires_grad=learn_scaling)
+        # set by a model that computed several splines' tables in one pass (shared_spline_tables)
+        self.shared_tables: SplineTables | None = None
 
     def _initial_coefficients(self, init: str) -> Tensor:
         knots = torch.linspace(-self.x_range, self.x_range, self.num_knots)
@@ -343,11 +393,20 @@ class LinearSpline(nn.Module):
                 tv2=torch.diff(slopes, dim=1).abs().sum(dim=1),
             )
 
+    def tables(self) -> SplineTables:
+        """Lookup tables of the constrained, scaled splines (differentiable)."""
+        return spline_tables(self.constrained_coefficients(), self.x_range, self.alpha())
+
+    def _group_key(self) -> tuple:
+        """Splines with equal keys get their tables computed in one batched pass."""
+        c = self.coefficients
+        return (c.shape, self.x_range, self.slope_min, self.slope_max, self.alpha_min, c.dtype, c.device)
+
     def forward(self, x: Tensor) -> Tensor:
         # In float32 even under autocast: slope clipping and knot indexing need it.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            coefficients = self.constrained_coefficients()
-            return linear_spline(x.to(coefficients.dtype), coefficients, self.x_range, self.alpha())
+            tables = self.shared_tables if self.shared_tables is not None else self.tables()
+            return apply_spline_tables(x.to(tables.slopes.dtype), tables)
 
     def extra_repr(self) -> str:
         return (
@@ -355,3 +414,54 @@ class LinearSpline(nn.Module):
             f"x_range={self.x_range}, init={self.init!r}, "
             f"slopes=[{self.slope_min}, {self.slope_max}]"
         )
+
+
+def _stacked(splines: list[LinearSpline]) -> tuple[LinearSpline, Tensor, Tensor]:
+    """The first spline (for the shared settings), stacked (S, C, K) clipped coefficients
+    and stacked (S, C) scalings of splines with equal ``_group_key``."""
+    first = splines[0]
+    coefficients = torch.stack([s.coefficients for s in splines])
+    clipped = clip_spline_slopes(coefficients, first.grid, first.slope_min, first.slope_max)
+    alpha = torch.stack([s.scaling for s in splines]).clamp(min=first.alpha_min)
+    return first, clipped, alpha
+
+
+def _groups(splines: Iterable[LinearSpline]) -> list[list[LinearSpline]]:
+    groups: dict[tuple, list[LinearSpline]] = {}
+    for spline in splines:
+        groups.setdefault(spline._group_key(), []).append(spline)
+    return list(groups.values())
+
+
+def total_tv2(splines: Iterable[LinearSpline]) -> Tensor | None:
+    """``sum(s.tv2() for s in splines)`` computed in one batched pass per group of splines of
+    equal shape and settings (None if there are none)."""
+    total: Tensor | None = None
+    for group in _groups(splines):
+        first, clipped, _ = _stacked(group)
+        tv2 = torch.diff(torch.diff(clipped, dim=-1), dim=-1).abs().sum() / first.grid
+        total = tv2 if total is None else total + tv2
+    return total
+
+
+@contextmanager
+def shared_spline_tables(module: nn.Module) -> Iterator[None]:
+    """Within this block, the training-mode :class:`LinearSpline` modules of ``module`` use
+    tables computed together (one batched pass per group of equal shape and settings,
+    before the block) instead of one pass each: the same arithmetic with a fraction of the
+    kernel launches. Outside training mode it does nothing."""
+    splines = [m for m in module.modules() if isinstance(m, LinearSpline) and m.training]
+    if len(splines) < 2:
+        yield
+        return
+    try:
+        with torch.autocast(device_type=splines[0].coefficients.device.type, enabled=False):
+            for group in _groups(splines):
+                first, clipped, alpha = _stacked(group)
+                tables = spline_tables(clipped, first.x_range, alpha)
+                for index, spline in enumerate(group):
+                    spline.shared_tables = tables[index]
+        yield
+    finally:
+        for spline in splines:
+            spline.shared_tables = None

@@ -131,6 +131,42 @@ def evaluate(model: nn.Module, clean: list[Tensor], noisy: list[Tensor], device:
     return sum(scores) / len(scores)
 
 
+#: Steps between reads of the loss on the host. Each read waits for the device to finish
+#: its queue, so reading every step would serialise the host and a GPU.
+LOSS_CHECK_EVERY = 25
+
+
+def batch_to_device(clean: Tensor, noisy: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Move a training batch to ``device``: on a GPU as one asynchronous copy from pinned
+    memory (a copy from pageable memory first waits for the GPU to drain its queue)."""
+    if device.type != "cuda":
+        return clean.to(device), noisy.to(device)
+    pair = torch.stack([clean, noisy]).pin_memory().to(device, non_blocking=True)
+    return pair[0], pair[1]
+
+
+def training_step(
+    net: nn.Module, model: LipschitzDenoiser, optimizer: torch.optim.Optimizer, clean: Tensor, noisy: Tensor,
+    tv2_weight: float, mixed_precision: bool,
+) -> Tensor:
+    """One Adam step on ``sum ||net(noisy) - clean||^2 + tv2_weight * TV2``; returns the loss
+    (detached, on the device: reading it is left to the caller, since it waits for the device).
+
+    ``net`` is ``model`` or its DistributedDataParallel wrapper; clean and noisy are
+    (B, 1, P, P) on the model's device. With ``mixed_precision`` the convolutions run in
+    bfloat16 (autocast); weights, splines and loss stay float32. Nothing here reads a value
+    back from the device, so a GPU step is queued without waiting.
+    """
+    device_type = clean.device.type
+    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=mixed_precision):
+        output = net(noisy)
+    loss = (output.float() - clean).pow(2).sum() + tv2_weight * model.regularization()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def make_optimizer(model: LipschitzDenoiser, config: TrainConfig) -> torch.optim.Adam:
     coefficients: list[nn.Parameter] = []
     scalings: list[nn.Parameter] = []
@@ -146,7 +182,9 @@ def make_optimizer(model: LipschitzDenoiser, config: TrainConfig) -> torch.optim
         groups.append({"params": coefficients, "lr": config.lr_spline, "name": "spline_coefficients"})
     if scalings:
         groups.append({"params": scalings, "lr": config.lr_scaling, "name": "spline_scaling"})
-    return torch.optim.Adam(groups)
+    # on a GPU, the fused implementation updates all parameters in one kernel launch
+    on_gpu = all(p.is_cuda for p in model.parameters())
+    return torch.optim.Adam(groups, fused=True if on_gpu else None)
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
@@ -240,6 +278,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     start = time.perf_counter() - elapsed
     bar = tqdm(total=config.steps, initial=step, disable=not progress or rank != 0, desc="train")
     last_loss = math.nan
+    pending_loss, pending_steps = torch.zeros((), device=device), 0  # summed since the last read
     model.train()
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     # The decay comes at lr_decay_at of the step budget or of the time budget, whichever
@@ -252,30 +291,34 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
             group["lr"] = base * factor
         clean = sampler.sample(batch_size)
         noisy = clean + sigma * torch.randn(clean.shape, generator=noise_generator)
-        clean, noisy = clean.to(device), noisy.to(device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            output_batch = net(noisy)
-        loss = (output_batch.float() - clean).pow(2).sum() + config.tv2_weight * model.regularization()
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss is {loss.detach().item()} at step {step + 1}: lower the learning rates; "
-                f"the last good checkpoint is kept in {state_path}"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        clean, noisy = batch_to_device(clean, noisy, device)
+        pending_loss += training_step(net, model, optimizer, clean, noisy, config.tv2_weight, use_amp)
+        pending_steps += 1
         step += 1
-        last_loss = float(loss.detach()) / batch_size
         bar.update(1)
         elapsed = time.perf_counter() - start
         out_of_time = config.max_minutes is not None and elapsed >= 60 * config.max_minutes
         decay_now = _past_decay_time(config, elapsed)
-        if world > 1:  # all ranks must stop and decay together
-            flags = torch.tensor([float(out_of_time), float(decay_now)], device=device)
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            out_of_time, decay_now = bool(flags[0].item()), bool(flags[1].item())
+        validate_now = step % config.validate_every == 0 or step == config.steps
+        # Ranks read their loss and agree on stopping at the same steps only (step-based
+        # check points); a single process also checks as soon as its time is up.
+        if pending_steps >= LOSS_CHECK_EVERY or validate_now or (world == 1 and out_of_time):
+            last_loss = float(pending_loss) / (pending_steps * batch_size)
+            if not math.isfinite(last_loss):
+                raise TrainingDiverged(
+                    f"loss is {last_loss} within steps {step - pending_steps + 1}-{step}: lower the learning "
+                    f"rates; the last good checkpoint is kept in {state_path}"
+                )
+            pending_loss.zero_()
+            pending_steps = 0
+            if world > 1:  # all ranks must stop and decay together
+                flags = torch.tensor([float(out_of_time), float(decay_now)], device=device)
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                out_of_time, decay_now = bool(flags[0].item()), bool(flags[1].item())
+        elif world > 1:
+            out_of_time = decay_now = False
         decayed = decayed or decay_now
-        if step % config.validate_every == 0 or step == config.steps or out_of_time:
+        if validate_now or out_of_time:
             if rank == 0:
                 score = evaluate(model, val_clean, val_noisy, device) if val_clean else math.nan
                 improved = val_clean and score > best_psnr

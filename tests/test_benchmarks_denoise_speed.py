@@ -66,3 +66,5 @@ def test_speed_quick(quick_benchmarks):
     ratios += [v for v in allocator["seconds"].values() if v is not None]
     assert all(_positive_finite(float(r)) for r in ratios), ratios
     assert "(f) Allocator" in (tmp_path / "speed-quick.md").read_text()
+    calls = results["training_step"]["operator_calls"]  # the constrained step does more than the plain one
+    assert 0 < calls["free"] < calls["ortho"]

@@ -151,3 +151,28 @@ def test_mixed_precision_training_on_cuda_keeps_the_certificate(tmp_path):
         if isinstance(module, OrthoConv2d):
             values = circular_conv_singular_values(module.constrained_weight().double(), (16, 16))
             assert float(values.max()) <= 1 + 1e-4
+
+
+def test_a_training_step_on_cuda_never_waits_for_the_device(tmp_path):
+    """Host-device synchronisations stall a GPU step (the host cannot queue the next kernels
+    while it waits); the data transfer, forward, loss, backward and fused Adam step must
+    have none. The loss is read only every LOSS_CHECK_EVERY steps by the trainer."""
+    from lipden.training import batch_to_device, make_optimizer, training_step
+
+    config = TrainConfig(output=str(tmp_path), preset="paper").resolved()
+    model = LipschitzDenoiser(config.model_config()).to("cuda").train()
+    optimizer = make_optimizer(model, config)
+    assert optimizer.defaults["fused"] is True
+    clean = torch.rand(16, 1, 40, 40)
+    noisy = clean + 0.06 * torch.randn(clean.shape)
+    device = torch.device("cuda")
+    losses = [training_step(model, model, optimizer, *batch_to_device(clean, noisy, device), 0.0, True)]  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            losses.append(training_step(model, model, optimizer, *batch_to_device(clean, noisy, device), 1e-6, True))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    values = torch.stack(losses).cpu()
+    assert torch.isfinite(values).all() and values[-1] < values[0]

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lipden import BjorckLinear, OrthoConv2d, SpectralNormConv2d
+from lipden import BjorckLinear, LinearSpline, OrthoConv2d, SpectralNormConv2d
 from lipden.conv_ops import (
     circular_conv_norm,
     circular_conv_singular_values,
@@ -237,19 +237,23 @@ def test_batched_parametrisation_equals_the_per_layer_one_with_its_gradients():
     assert float((values - 1).abs().max()) < 1e-5
 
 
-def test_denoiser_training_forward_uses_one_batched_pass_and_cleans_up():
+def test_denoiser_training_forward_uses_batched_passes_and_cleans_up():
     from lipden import DenoiserConfig, LipschitzDenoiser
 
     model = LipschitzDenoiser(DenoiserConfig(channels=8, depth=4, sigma=None)).train()
     layers = [m for m in model.modules() if isinstance(m, OrthoConv2d)]
     calls = []
+    splines = [m for m in model.modules() if isinstance(m, LinearSpline)]
     for layer in layers:
         layer.training_weight = lambda original=layer.training_weight: calls.append(1) or original()
+    for spline in splines:
+        spline.tables = lambda original=spline.tables: calls.append(1) or original()
     out = model(torch.rand(2, 1, 16, 16))
     out.square().sum().backward()
-    assert not calls  # no layer ran its own parametrisation
+    assert not calls  # no layer or spline ran its own parametrisation
     assert all(layer.shared_weight is None for layer in layers)
-    assert all(p.grad is not None for layer in layers for p in layer.parameters())
+    assert all(spline.shared_tables is None for spline in splines)
+    assert all(p.grad is not None for module in layers + splines for p in module.parameters())
     def failing(x):
         raise RuntimeError("inside the forward pass")
 

@@ -226,3 +226,56 @@ def test_compiled_forward_matches_eager():
     torch.testing.assert_close(g_compiled, g_eager)
     with pytest.raises(ValueError):
         set_spline_backend("cuda-magic")
+
+
+def _spline_stack(count=3, channels=5, knots=13):
+    torch.manual_seed(3)
+    body = torch.nn.Sequential(*[LinearSpline(channels, num_knots=knots, x_range=0.5) for _ in range(count)]).double()
+    with torch.no_grad():
+        for spline in body:
+            spline.coefficients.add_(0.2 * torch.randn_like(spline.coefficients))  # some slopes clipped
+            spline.scaling.uniform_(0.5, 2.0)
+    return body
+
+
+def test_shared_tables_give_each_spline_its_own_values_and_gradients():
+    from lipden.splines import shared_spline_tables
+
+    body = _spline_stack()
+    x = torch.randn(4, 5, 6, 6, dtype=torch.float64)
+
+    def output_and_grads(shared: bool):
+        body.zero_grad()
+        if shared:
+            with shared_spline_tables(body):
+                assert all(s.shared_tables is not None for s in body)
+                out = body(x)
+        else:
+            out = body(x)
+        (out * torch.cos(x)).sum().backward()
+        return [out.detach()] + [p.grad.clone() for p in body.parameters()]
+
+    for separate, together in zip(output_and_grads(False), output_and_grads(True), strict=True):
+        torch.testing.assert_close(together, separate, rtol=1e-12, atol=1e-12)
+    assert all(s.shared_tables is None for s in body)
+    body.eval()
+    with shared_spline_tables(body):
+        assert all(s.shared_tables is None for s in body)  # eval mode: nothing shared
+
+
+def test_shared_tables_are_cleared_when_the_block_fails():
+    from lipden.splines import shared_spline_tables
+
+    body = _spline_stack()
+    with pytest.raises(RuntimeError, match="inside"), shared_spline_tables(body):
+        raise RuntimeError("inside the block")
+    assert all(s.shared_tables is None for s in body)
+
+
+def test_total_tv2_matches_the_sum_over_splines_of_any_shapes():
+    from lipden.splines import total_tv2
+
+    splines = list(_spline_stack(count=3)) + list(_spline_stack(count=2, channels=3, knots=7))
+    expected = sum(s.tv2() for s in splines)
+    torch.testing.assert_close(total_tv2(splines), expected, rtol=1e-12, atol=0)
+    assert total_tv2([]) is None
