@@ -9,6 +9,7 @@ import sys
 import threading
 import types
 from collections.abc import Sequence
+from typing import Any
 
 EXAMPLES = {
     "denoise": """examples:
@@ -423,8 +424,35 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that the same cleanup runs (exit code 143)."""
 
 
+class _Termination:
+    """Whether a SIGTERM arrived, and whether its exception reached :func:`main`."""
+
+    requested = False
+    handled = False
+
+
+#: Seconds after a SIGTERM after which it is delivered again if its exception was lost.
+TERMINATION_RETRY_SECONDS = 0.5
+
+
+def _set_retry_timer(seconds: float) -> None:
+    if hasattr(signal, "setitimer"):  # POSIX
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
+
 def _raise_terminated(signum, frame) -> None:
+    _Termination.requested = True
+    _set_retry_timer(TERMINATION_RETRY_SECONDS)
     raise Terminated()
+
+
+def _retry_termination(signum, frame) -> None:
+    """SIGALRM after a SIGTERM whose exception never reached ``main``: Python drops an
+    exception raised where it cannot propagate (a weakref callback, ``__del__``) and the
+    command would run on. Deliver SIGTERM again (a block that holds signals, such as an
+    atomic write, still defers it)."""
+    if _Termination.requested and not _Termination.handled:
+        signal.raise_signal(signal.SIGTERM)
 
 
 def _one_line_errors(parser: argparse.ArgumentParser) -> None:
@@ -466,9 +494,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     _one_line_errors(parser)
     args = parser.parse_args(argv)
-    previous = None
+    previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        _Termination.requested = _Termination.handled = False
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_terminated)
+        if hasattr(signal, "SIGALRM"):
+            previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, _retry_termination)
     try:
         _validate(args)
         return args.handler(args)
@@ -476,6 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lipden {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
+        _Termination.handled = True
         terminated = isinstance(interrupt, Terminated)
         detail = f": {interrupt}" if str(interrupt) else ""
         print(f"lipden {args.command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}{detail}",
@@ -493,8 +525,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lipden {args.command}: error: out of memory{hint}", file=sys.stderr)
         return 2
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _Termination.handled = True
+        if previous:
+            _set_retry_timer(0)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
 
 if __name__ == "__main__":

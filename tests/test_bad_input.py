@@ -409,6 +409,45 @@ def test_signals_during_a_write_are_delivered_after_it():
         signal.signal(signal.SIGTERM, previous)
 
 
+SWALLOWED_SIGTERM = """
+import os, signal, sys, time, weakref
+sys.path.insert(0, {root!r})
+from lipden import cli
+
+class Resource:
+    pass
+
+def command(args):
+    resource = Resource()
+
+    def on_release(ref):  # Python drops any exception raised in a weakref callback
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+
+    ref = weakref.ref(resource, on_release)
+    del resource
+    print("went on after the lost exception", flush=True)
+    for _ in range(500):  # 5 s of work: the redelivered SIGTERM must stop it
+        time.sleep(0.01)
+    print("finished", flush=True)
+    return 0
+
+cli._certify = command
+sys.exit(cli.main(["certify"]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGALRM"), reason="POSIX timers")
+def test_a_sigterm_whose_exception_python_drops_is_delivered_again():
+    process = subprocess.run([sys.executable, "-c", SWALLOWED_SIGTERM.format(root=str(ROOT))],
+                             capture_output=True, text=True, timeout=60)
+    assert "Exception ignored" in process.stderr  # the first exception really was lost
+    assert "went on after the lost exception" in process.stdout
+    assert "finished" not in process.stdout
+    assert process.returncode == 143, process.stderr
+    assert process.stderr.strip().splitlines()[-1] == "lipden certify: terminated (SIGTERM)"
+
+
 def test_interrupted_batch_keeps_finished_outputs_and_resumes(tmp_path):
     inputs, outputs = tmp_path / "in", tmp_path / "out put"
     inputs.mkdir()
