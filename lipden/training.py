@@ -219,7 +219,20 @@ def _past_decay_time(config: TrainConfig, elapsed_s: float) -> bool:
 
 
 def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> dict:
-    """Train (or resume) a denoiser; returns a summary dict. Files go to ``config.output``."""
+    """Train (or resume) a denoiser; returns a summary dict. Files go to ``config.output``.
+
+    On a GPU, cuDNN benchmarks its convolution algorithms for the fixed patch shape and
+    keeps the fastest (``torch.backends.cudnn.benchmark``, restored afterwards).
+    """
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or config.device.startswith("cuda")
+    try:
+        return _train(config, resume, progress)
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool) -> dict:
     config = config.resolved()
     steps, batch_size = config.steps, config.batch_size
     if steps is None or batch_size is None:  # every preset sets them
