@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, tuple[str, dict]] = {
     "deblur": ("benchmarks.reconstruction", {"kind": "deblur"}),
     "mri": ("benchmarks.reconstruction", {"kind": "mri"}),
     "speed": ("benchmarks.speed", {}),
+    "training": ("benchmarks.training", {}),
     "fitting": ("benchmarks.fitting", {}),
     "activations": ("benchmarks.activations", {}),
     "layers": ("benchmarks.layers", {}),
@@ -24,12 +25,14 @@ NAMES = (*BENCHMARKS, "all")  # "all" runs every benchmark, then the report
 
 def run_benchmark(which: str, quick: bool = False, output: str = "results", **reconstruction_options) -> int:
     """Run one benchmark (or ``all``). ``reconstruction_options`` (problems, rows, stride,
-    device, force) go to the deblur / MRI benchmarks only."""
+    device, force) go to the deblur / MRI benchmarks; the training benchmark takes the device."""
     if which not in NAMES:
         raise ValueError(f"unknown benchmark {which!r}; choose from {', '.join(NAMES)}")
     for name in BENCHMARKS if which == "all" else (which,):
         module, kwargs = BENCHMARKS[name]
         if module == "benchmarks.reconstruction":
             kwargs = {**kwargs, **reconstruction_options}
+        elif name == "training" and "device" in reconstruction_options:
+            kwargs = {**kwargs, "device": reconstruction_options["device"]}
         importlib.import_module(module).run(quick=quick, output=output, **kwargs)
     return 0

@@ -25,6 +25,8 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("fitting", "The 1-D fitting experiment", "python cli.py benchmark fitting"),
     ("activations", "Learned activations", "python cli.py benchmark activations"),
     ("speed", "Speed", "python cli.py benchmark speed"),
+    ("training-cuda", "Training throughput on a GPU", "python cli.py benchmark training --device cuda"),
+    ("training", "Training throughput", "python cli.py benchmark training"),
     ("layers", "Layer costs", "python cli.py benchmark layers"),
     ("large", "Large images", "python cli.py benchmark large"),
 ]

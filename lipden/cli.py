@@ -56,6 +56,7 @@ weights and card are replaced only when both are measured.
   python cli.py benchmark all --quick            # every benchmark on subsets (< 10 min on CPU)
   python cli.py benchmark report                 # rebuild results/README.md from the result files
   python cli.py benchmark speed --json --quiet   # one JSON object: the files written
+  python cli.py benchmark training --device cuda # ms per training step, operator calls, GPU kernel time
 """,
 }
 
@@ -374,13 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmark", help="speed and quality benchmarks (writes under results/)",
         epilog=EXAMPLES["benchmark"], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bench.add_argument("which", help="the benchmark to run; all: every one, then the report", choices=["denoise", "deblur", "mri", "speed", "fitting", "activations", "layers", "large", "report", "all"])
+    bench.add_argument("which", help="the benchmark to run; all: every one, then the report",
+                       choices=["denoise", "deblur", "mri", "speed", "training", "fitting", "activations", "layers",
+                                "large", "report", "all"])
     bench.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     bench.add_argument("--output", default="results", help="folder for JSON and Markdown results")
     bench.add_argument("--problems", nargs="+", help="deblur/mri: only these problem names")
     bench.add_argument("--rows", nargs="+", help="deblur/mri: only these rows (fbs-spline, tv, fbs-relu, ...)")
     bench.add_argument("--stride", type=int, default=1, help="deblur/mri: every N-th test image (a labelled subset)")
-    bench.add_argument("--device", default="cpu", help="deblur/mri: cpu or cuda")
+    bench.add_argument("--device", default="cpu", help="deblur/mri/training: cpu or cuda")
     bench.add_argument("--force", action="store_true", help="deblur/mri: recompute cached rows")
     bench.add_argument("--compile", action="store_true", help="deblur/mri: torch.compile the spline activations")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -68,3 +68,14 @@ def test_speed_quick(quick_benchmarks):
     assert "(f) Allocator" in (tmp_path / "speed-quick.md").read_text()
     calls = results["training_step"]["operator_calls"]  # the constrained step does more than the plain one
     assert 0 < calls["free"] < calls["ortho"]
+
+
+def test_training_quick(quick_benchmarks):
+    results = json.loads((quick_benchmarks / "training-quick.json").read_text())
+    rows = {row["conv"]: row for row in results["rows"]}
+    assert set(rows) == {"ortho", "free"}
+    for row in rows.values():
+        assert _positive_finite(row["seconds_per_step"]) and _positive_finite(row["patches_per_second"])
+        assert row["kernel_seconds_per_step"] is None  # no GPU kernels on the CPU
+    assert 0 < rows["free"]["operator_calls"] < rows["ortho"]["operator_calls"]
+    assert "| cpu | 32 | 8 | ortho |" in (quick_benchmarks / "training-quick.md").read_text()

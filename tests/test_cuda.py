@@ -176,3 +176,11 @@ def test_a_training_step_on_cuda_never_waits_for_the_device(tmp_path):
         torch.cuda.set_sync_debug_mode(0)
     values = torch.stack(losses).cpu()
     assert torch.isfinite(values).all() and values[-1] < values[0]
+
+
+def test_training_benchmark_measures_the_gpu_kernels():
+    from benchmarks.training import measure
+
+    row = measure("cpu", 16, "ortho", torch.device("cuda"), steps=3, repeats=1)
+    assert row["seconds_per_step"] > 0 and row["operator_calls"] > 0
+    assert 0 < row["kernel_seconds_per_step"] < 2 * row["seconds_per_step"]  # one stream: kernels fit in the wall time

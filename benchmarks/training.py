@@ -1,0 +1,148 @@
+"""Training throughput: wall time of an optimizer step of the denoiser presets, the PyTorch
+operator calls the host makes per step, and on a GPU the time its kernels take.
+
+A step is exactly the trainer's: the batch goes to the device (:func:`lipden.training.batch_to_device`)
+and :func:`lipden.training.training_step` runs the forward pass, the loss with its TV2 term,
+the backward pass and Adam (bf16 autocast of the convolutions on a GPU, as in training).
+``steps`` consecutive steps are timed with one device synchronisation at the end (the
+trainer reads the loss only every few steps); the figure is the median over ``repeats``.
+Each configuration is measured with constrained (``conv="ortho"``) and plain
+(``conv="free"``) convolutions, same architecture.
+
+On a GPU, a wall time per step well above the kernel time per step means the host (Python
+and operator dispatch) bounds training, not the GPU. Run with ``--device cuda`` there; the
+results go to ``training-cuda.{json,md}`` (``training.{json,md}`` on the CPU).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from lipden.denoiser import LipschitzDenoiser
+from lipden.training import TrainConfig, batch_to_device, make_optimizer, training_step
+
+from .common import machine, write_results
+from .speed import operator_calls
+
+SIGMA = 15.0  # on the 0-255 scale
+
+
+def _configurations(device: torch.device, quick: bool) -> list[tuple[str, int]]:
+    """(preset, batch size) pairs to measure."""
+    if device.type == "cuda":
+        return [("cpu", 64), ("paper", 128)]
+    return [("cpu", 8)] if quick else [("cpu", 32), ("paper", 64)]
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def kernel_seconds(step: Callable[[], None], device: torch.device) -> float | None:
+    """Summed duration of the GPU kernels of one call of ``step`` (None off the GPU)."""
+    if device.type != "cuda":
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    _synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        step()
+        _synchronize(device)
+    microseconds = sum(e.time_range.elapsed_us() for e in profiler.events() if e.device_type == DeviceType.CUDA)
+    return microseconds / 1e6
+
+
+def measure(preset: str, batch: int, conv: str, device: torch.device, steps: int, repeats: int) -> dict:
+    """Seconds per step (median over ``repeats`` runs of ``steps`` steps), operator calls and
+    kernel time per step of one configuration."""
+    config = TrainConfig(output="unused", preset=preset, conv=conv, sigma=SIGMA, batch_size=batch).resolved()
+    torch.manual_seed(0)
+    model = LipschitzDenoiser(config.model_config()).to(device).train()
+    optimizer = make_optimizer(model, config)
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.rand(batch, 1, config.patch_size, config.patch_size, generator=generator)
+    noisy = clean + SIGMA / 255 * torch.randn(clean.shape, generator=generator)
+    mixed_precision = device.type == "cuda"
+
+    def step() -> None:
+        training_step(model, model, optimizer, *batch_to_device(clean, noisy, device), config.tv2_weight,
+                      mixed_precision)
+
+    for _ in range(2):  # warm-up (cuDNN and allocator caches)
+        step()
+    timings = []
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _synchronize(device)
+        timings.append((time.perf_counter() - start) / steps)
+    seconds = statistics.median(timings)
+    return {
+        "preset": preset, "batch": batch, "conv": conv, "channels": config.model_config().channels,
+        "seconds_per_step": seconds, "patches_per_second": batch / seconds,
+        "operator_calls": operator_calls(step), "kernel_seconds_per_step": kernel_seconds(step, device),
+    }
+
+
+def run(quick: bool = False, output: str = "results", device: str = "cpu") -> dict:
+    """Measure every configuration on ``device``; write training[-cuda][-quick].{json,md}."""
+    target = torch.device(device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no GPU is available")
+    started = time.perf_counter()
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = target.type == "cuda"  # as in training
+    try:
+        steps, repeats = (20, 5) if target.type == "cuda" else ((1, 2) if quick else (3, 3))
+        rows = [measure(preset, batch, conv, target, steps, repeats)
+                for preset, batch in _configurations(target, quick) for conv in ("ortho", "free")]
+    finally:
+        torch.backends.cudnn.benchmark = previous
+    info = machine()
+    device_name = torch.cuda.get_device_name(target) if target.type == "cuda" else f"CPU ({info['cpu']})"
+    results = {"quick": quick, "machine": info, "device": device_name, "steps": steps, "repeats": repeats,
+               "rows": rows, "wall_seconds": time.perf_counter() - started}
+    markdown = _markdown(results)
+    print(markdown)
+    stem = "training" + ("-cuda" if target.type == "cuda" else "") + ("-quick" if quick else "")
+    write_results(output, stem, results, markdown)
+    return results
+
+
+def _markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = [
+        f"# Training throughput{' (QUICK)' if r['quick'] else ''}",
+        "",
+        f"Device: {r['device']}; torch {m['torch']} with {m['torch_threads']} CPU threads. One step = batch to "
+        "the device, forward, loss + TV2, backward, Adam (bf16 autocast of the convolutions on a GPU); "
+        f"{r['steps']} consecutive steps per timing, median of {r['repeats']}.",
+        "",
+        "| preset | channels | batch | convolutions | ms / step | patches / s | operator calls / step "
+        "| GPU kernel ms / step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        kernel = row["kernel_seconds_per_step"]
+        lines.append(
+            f"| {row['preset']} | {row['channels']} | {row['batch']} | {row['conv']} | "
+            f"{row['seconds_per_step'] * 1e3:.1f} | {row['patches_per_second']:.0f} | {row['operator_calls']} | "
+            f"{'-' if kernel is None else f'{kernel * 1e3:.1f}'} |"
+        )
+    lines += [
+        "",
+        "Operator calls: outermost `aten::` calls of one step, views included; each costs host time, and on a "
+        "GPU most launch a kernel. A GPU step whose wall time is well above its kernel time is bound by the host.",
+        "",
+        f"Wall time: {r['wall_seconds']:.0f} s.",
+        "",
+    ]
+    return "\n".join(lines)
