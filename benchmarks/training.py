@@ -7,7 +7,9 @@ the backward pass and Adam (bf16 autocast of the convolutions on a GPU, as in tr
 ``steps`` consecutive steps are timed with one device synchronisation at the end (the
 trainer reads the loss only every few steps); the figure is the median over ``repeats``.
 Each configuration is measured with constrained (``conv="ortho"``) and plain
-(``conv="free"``) convolutions, same architecture.
+(``conv="free"``) convolutions, same architecture, and on a GPU also with the constrained
+step replayed as a CUDA graph (``train --cuda-graph``), where one launch replaces the
+thousands of the step. Operator calls are counted in the eager step (a replay makes none).
 
 On a GPU, a wall time per step well above the kernel time per step means the host (Python
 and operator dispatch) bounds training, not the GPU. Run with ``--device cuda`` there; the
@@ -23,7 +25,8 @@ from collections.abc import Callable
 import torch
 
 from lipden.denoiser import LipschitzDenoiser
-from lipden.training import TrainConfig, batch_to_device, make_optimizer, training_step
+from lipden.training import TrainConfig, make_optimizer
+from lipden.training_step import GraphedTrainingStep, batch_to_device, training_step
 
 from .common import machine, write_results
 from .speed import operator_calls
@@ -58,23 +61,30 @@ def kernel_seconds(step: Callable[[], None], device: torch.device) -> float | No
     return microseconds / 1e6
 
 
-def measure(preset: str, batch: int, conv: str, device: torch.device, steps: int, repeats: int) -> dict:
+def measure(preset: str, batch: int, conv: str, device: torch.device, steps: int, repeats: int,
+            cuda_graph: bool = False) -> dict:
     """Seconds per step (median over ``repeats`` runs of ``steps`` steps), operator calls and
-    kernel time per step of one configuration."""
+    kernel time per step of one configuration; ``cuda_graph``: the step replayed as a CUDA
+    graph (:class:`lipden.training_step.GraphedTrainingStep`)."""
     config = TrainConfig(output="unused", preset=preset, conv=conv, sigma=SIGMA, batch_size=batch).resolved()
     torch.manual_seed(0)
     model = LipschitzDenoiser(config.model_config()).to(device).train()
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, capturable=cuda_graph)
     generator = torch.Generator().manual_seed(0)
     clean = torch.rand(batch, 1, config.patch_size, config.patch_size, generator=generator)
     noisy = clean + SIGMA / 255 * torch.randn(clean.shape, generator=generator)
     mixed_precision = device.type == "cuda"
 
-    def step() -> None:
-        training_step(model, model, optimizer, *batch_to_device(clean, noisy, device), config.tv2_weight,
-                      mixed_precision)
+    graphed = GraphedTrainingStep(model, optimizer, config.tv2_weight, mixed_precision) if cuda_graph else None
 
-    for _ in range(2):  # warm-up (cuDNN and allocator caches)
+    def step() -> None:
+        batch_pair = batch_to_device(clean, noisy, device)
+        if graphed is not None:
+            graphed(*batch_pair)
+        else:
+            training_step(model, model, optimizer, *batch_pair, config.tv2_weight, mixed_precision)
+
+    for _ in range(graphed.warmup + 2 if graphed is not None else 2):  # warm-up (caches; graph recorded)
         step()
     timings = []
     for _ in range(repeats):
@@ -86,7 +96,8 @@ def measure(preset: str, batch: int, conv: str, device: torch.device, steps: int
         timings.append((time.perf_counter() - start) / steps)
     seconds = statistics.median(timings)
     return {
-        "preset": preset, "batch": batch, "conv": conv, "channels": config.model_config().channels,
+        "preset": preset, "batch": batch, "conv": conv, "cuda_graph": cuda_graph,
+        "channels": config.model_config().channels,
         "seconds_per_step": seconds, "patches_per_second": batch / seconds,
         "operator_calls": operator_calls(step), "kernel_seconds_per_step": kernel_seconds(step, device),
     }
@@ -104,6 +115,9 @@ def run(quick: bool = False, output: str = "results", device: str = "cpu") -> di
         steps, repeats = (20, 5) if target.type == "cuda" else ((1, 2) if quick else (3, 3))
         rows = [measure(preset, batch, conv, target, steps, repeats)
                 for preset, batch in _configurations(target, quick) for conv in ("ortho", "free")]
+        if target.type == "cuda":  # the constrained step replayed as a CUDA graph (train --cuda-graph)
+            rows += [measure(preset, batch, "ortho", target, steps, repeats, cuda_graph=True)
+                     for preset, batch in _configurations(target, quick)]
     finally:
         torch.backends.cudnn.benchmark = previous
     info = machine()
@@ -126,14 +140,15 @@ def _markdown(r: dict) -> str:
         "the device, forward, loss + TV2, backward, Adam (bf16 autocast of the convolutions on a GPU); "
         f"{r['steps']} consecutive steps per timing, median of {r['repeats']}.",
         "",
-        "| preset | channels | batch | convolutions | ms / step | patches / s | operator calls / step "
+        "| preset | channels | batch | convolutions | CUDA graph | ms / step | patches / s | operator calls / step "
         "| GPU kernel ms / step |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in r["rows"]:
         kernel = row["kernel_seconds_per_step"]
         lines.append(
             f"| {row['preset']} | {row['channels']} | {row['batch']} | {row['conv']} | "
+            f"{'yes' if row.get('cuda_graph') else 'no'} | "
             f"{row['seconds_per_step'] * 1e3:.1f} | {row['patches_per_second']:.0f} | {row['operator_calls']} | "
             f"{'-' if kernel is None else f'{kernel * 1e3:.1f}'} |"
         )

@@ -120,8 +120,8 @@ def _train(args: argparse.Namespace) -> int:
         output=args.output, sigma=args.sigma, preset=args.preset, activation=args.activation,
         conv=args.conv, train_dir=args.train_dir, val_dir=args.val_dir, batch_size=args.batch_size,
         steps=args.steps, validate_every=args.validate_every, seed=args.seed, device=args.device,
-        lr_scale=args.lr_scale,
-        max_minutes=args.minutes, compile_spline=args.compile, mixed_precision=args.mixed_precision, channels=args.channels, depth=args.depth,
+        lr_scale=args.lr_scale, max_minutes=args.minutes, compile_spline=args.compile,
+        mixed_precision=args.mixed_precision, cuda_graph=args.cuda_graph, channels=args.channels, depth=args.depth,
     )
     summary = train(config, resume=not args.no_resume, progress=not args.quiet)
     if summary["rank"] == 0:
@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
                        help="bf16 autocast of the convolutions (default: on for CUDA); constraints, "
                             "splines and loss stay float32")
+    train.add_argument("--cuda-graph", action="store_true",
+                       help="record the step once as a CUDA graph and replay it (one GPU process; "
+                            "removes the per-kernel host cost)")
     train.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--json", action="store_true", help="print the summary as one JSON object")

@@ -29,6 +29,7 @@ from .checkpoint import load_tensors, save_denoiser, save_tensors_atomic
 from .data import PatchSampler, default_data_root, list_images, load_grayscale
 from .denoiser import PRESETS, DenoiserConfig, LipschitzDenoiser
 from .splines import LinearSpline, set_spline_backend
+from .training_step import GraphedTrainingStep, batch_to_device, training_step
 
 DEFAULT_DATA = default_data_root()  # $LIPDEN_DATA, else ../shared/data
 
@@ -71,6 +72,7 @@ class TrainConfig:
     max_minutes: float | None = None
     compile_spline: bool = False
     mixed_precision: bool | None = None  # bf16 autocast of the convolutions; None: on for CUDA
+    cuda_graph: bool = False  # replay each step as a recorded CUDA graph (one GPU process)
     channels: int | None = None  # override the preset's width
     depth: int | None = None  # override the preset's number of convolutions
 
@@ -136,38 +138,14 @@ def evaluate(model: nn.Module, clean: list[Tensor], noisy: list[Tensor], device:
 LOSS_CHECK_EVERY = 25
 
 
-def batch_to_device(clean: Tensor, noisy: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Move a training batch to ``device``: on a GPU as one asynchronous copy from pinned
-    memory (a copy from pageable memory first waits for the GPU to drain its queue)."""
-    if device.type != "cuda":
-        return clean.to(device), noisy.to(device)
-    pair = torch.stack([clean, noisy]).pin_memory().to(device, non_blocking=True)
-    return pair[0], pair[1]
+def make_optimizer(model: LipschitzDenoiser, config: TrainConfig, capturable: bool = False) -> torch.optim.Adam:
+    """Adam with one learning rate for the convolutions (and any other parameter), one for the
+    spline coefficients and one for the spline scalings.
 
-
-def training_step(
-    net: nn.Module, model: LipschitzDenoiser, optimizer: torch.optim.Optimizer, clean: Tensor, noisy: Tensor,
-    tv2_weight: float, mixed_precision: bool,
-) -> Tensor:
-    """One Adam step on ``sum ||net(noisy) - clean||^2 + tv2_weight * TV2``; returns the loss
-    (detached, on the device: reading it is left to the caller, since it waits for the device).
-
-    ``net`` is ``model`` or its DistributedDataParallel wrapper; clean and noisy are
-    (B, 1, P, P) on the model's device. With ``mixed_precision`` the convolutions run in
-    bfloat16 (autocast); weights, splines and loss stay float32. Nothing here reads a value
-    back from the device, so a GPU step is queued without waiting.
+    On a GPU it is the fused one-kernel Adam. ``capturable=True`` (GPU only) makes it
+    recordable in a CUDA graph: its learning rates are then device tensors, to be changed in
+    place (:func:`set_learning_rate`).
     """
-    device_type = clean.device.type
-    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=mixed_precision):
-        output = net(noisy)
-    loss = (output.float() - clean).pow(2).sum() + tv2_weight * model.regularization()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
-
-
-def make_optimizer(model: LipschitzDenoiser, config: TrainConfig) -> torch.optim.Adam:
     coefficients: list[nn.Parameter] = []
     scalings: list[nn.Parameter] = []
     for module in model.modules():
@@ -177,14 +155,30 @@ def make_optimizer(model: LipschitzDenoiser, config: TrainConfig) -> torch.optim
                 scalings.append(module.scaling)
     special = {id(p) for p in coefficients + scalings}
     others = [p for p in model.parameters() if id(p) not in special and p.requires_grad]
-    groups = [{"params": others, "lr": config.lr_conv, "name": "conv"}]
-    if coefficients:
-        groups.append({"params": coefficients, "lr": config.lr_spline, "name": "spline_coefficients"})
-    if scalings:
-        groups.append({"params": scalings, "lr": config.lr_scaling, "name": "spline_scaling"})
-    # on a GPU, the fused implementation updates all parameters in one kernel launch
     on_gpu = all(p.is_cuda for p in model.parameters())
-    return torch.optim.Adam(groups, fused=True if on_gpu else None)
+    if capturable and not on_gpu:
+        raise ValueError("a capturable optimizer (CUDA graph training) needs the model on a CUDA device")
+    device = next(model.parameters()).device
+
+    def rate(value: float | None) -> float | Tensor:
+        assert value is not None  # resolved configs set every rate
+        return torch.tensor(value, device=device) if capturable else value
+
+    groups = [{"params": others, "lr": rate(config.lr_conv), "name": "conv"}]
+    if coefficients:
+        groups.append({"params": coefficients, "lr": rate(config.lr_spline), "name": "spline_coefficients"})
+    if scalings:
+        groups.append({"params": scalings, "lr": rate(config.lr_scaling), "name": "spline_scaling"})
+    # on a GPU, the fused implementation updates all parameters in one kernel launch
+    return torch.optim.Adam(groups, fused=True if on_gpu else None, capturable=capturable)
+
+
+def set_learning_rate(group: dict, value: float) -> None:
+    """Set a parameter group's learning rate (in place when it is a device tensor)."""
+    if isinstance(group["lr"], Tensor):
+        group["lr"].fill_(value)
+    else:
+        group["lr"] = value
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
@@ -250,9 +244,11 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict:
     state_path, best_path, log_path = output / "train_state.safetensors", output / "best.safetensors", output / "log.csv"
     sigma = config.sigma / 255
 
+    if config.cuda_graph and (device.type != "cuda" or world > 1):
+        raise ValueError("CUDA graph training needs --device cuda and a single process (not torchrun)")
     torch.manual_seed(config.seed)
     model = LipschitzDenoiser(config.model_config()).to(device)
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, capturable=config.cuda_graph)
     sampler = PatchSampler(config.train_dir, config.patch_size, seed=config.seed + 1000 * rank)
     noise_generator = torch.Generator().manual_seed(config.seed + 1 + 1000 * rank)
     step, best_psnr, elapsed = 0, -math.inf, 0.0
@@ -293,19 +289,26 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict:
     last_loss = math.nan
     pending_loss, pending_steps = torch.zeros((), device=device), 0  # summed since the last read
     model.train()
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
+    graphed = GraphedTrainingStep(model, optimizer, config.tv2_weight, use_amp) if config.cuda_graph else None
     # The decay comes at lr_decay_at of the step budget or of the time budget, whichever
     # is reached first, so a run stopped by --minutes has also had its decayed phase.
     decayed = _past_decay_time(config, elapsed)  # the step condition is checked in the loop
+    applied_factor = None
     while step < steps:
         decayed = decayed or step >= config.lr_decay_at * steps
         factor = config.lr_decay_factor if decayed else 1.0
-        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
-            group["lr"] = base * factor
+        if factor != applied_factor:
+            for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+                set_learning_rate(group, base * factor)
+            applied_factor = factor
         clean = sampler.sample(batch_size)
         noisy = clean + sigma * torch.randn(clean.shape, generator=noise_generator)
         clean, noisy = batch_to_device(clean, noisy, device)
-        pending_loss += training_step(net, model, optimizer, clean, noisy, config.tv2_weight, use_amp)
+        if graphed is not None:
+            pending_loss += graphed(clean, noisy)
+        else:
+            pending_loss += training_step(net, model, optimizer, clean, noisy, config.tv2_weight, use_amp)
         pending_steps += 1
         step += 1
         bar.update(1)

@@ -294,6 +294,13 @@ def test_device_that_is_not_here(capsys, tiny):
     assert_one_line_error(cli(capsys, "denoise", "--model", tiny, "--tile", "-1"), "--tile")
 
 
+def test_cuda_graph_training_off_a_gpu_is_refused_before_any_work(capsys, tmp_path):
+    output = tmp_path / "run"
+    result = cli(capsys, "train", "--cuda-graph", "--device", "cpu", "--output", output, "--quiet")
+    assert_one_line_error(result, "CUDA graph training needs --device cuda")
+    assert not output.exists() or not any(output.iterdir())
+
+
 @pytest.mark.parametrize("command", [["tune", "mri-random-x4-cf0.08-noise0.002"], ["benchmark", "mri", "--rows", "tv"]])
 def test_tune_and_benchmark_refuse_a_bad_device_before_any_work(command, capsys, tmp_path):
     result = cli(capsys, *command, "--device", "cuda:x", *(["--output", tmp_path] if command[0] == "benchmark" else []))

@@ -184,3 +184,54 @@ def test_training_benchmark_measures_the_gpu_kernels():
     row = measure("cpu", 16, "ortho", torch.device("cuda"), steps=3, repeats=1)
     assert row["seconds_per_step"] > 0 and row["operator_calls"] > 0
     assert 0 < row["kernel_seconds_per_step"] < 2 * row["seconds_per_step"]  # one stream: kernels fit in the wall time
+
+
+def test_a_cuda_graph_step_trains_like_the_eager_step_and_follows_learning_rate_changes():
+    from lipden.training import make_optimizer, set_learning_rate
+    from lipden.training_step import GraphedTrainingStep, training_step
+
+    config = TrainConfig(output="unused", preset="cpu").resolved()
+
+    def model_and_optimizer():
+        torch.manual_seed(0)
+        model = LipschitzDenoiser(config.model_config()).to("cuda").train()
+        return model, make_optimizer(model, config, capturable=True)  # the same Adam arithmetic for both
+
+    eager_model, eager_optimizer = model_and_optimizer()
+    graph_model, graph_optimizer = model_and_optimizer()
+    initial = [p.detach().clone() for p in graph_model.parameters()]
+    graphed = GraphedTrainingStep(graph_model, graph_optimizer, config.tv2_weight, mixed_precision=False, warmup=2)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(8):
+        clean = torch.rand(16, 1, 40, 40, generator=generator)
+        noisy = (clean + 0.06 * torch.randn(clean.shape, generator=generator)).cuda()
+        clean = clean.cuda()
+        if step == 5:  # after the graph was recorded (step 2): the new rates must be used
+            for optimizer in (eager_optimizer, graph_optimizer):
+                for group in optimizer.param_groups:
+                    set_learning_rate(group, 0.1 * float(group["lr"]))
+        eager_loss = training_step(eager_model, eager_model, eager_optimizer, clean, noisy, config.tv2_weight, False)
+        graph_loss = graphed(clean, noisy)
+        assert float(graph_loss) == pytest.approx(float(eager_loss), rel=1e-4), step
+    assert graphed.graph is not None
+    layer = next(m for m in graph_model.modules() if isinstance(m, OrthoConv2d))
+    key = layer._state_key()
+    graphed(clean, noisy)  # a replay must invalidate the caches keyed on the parameters' versions
+    assert layer._state_key() != key
+    training_step(eager_model, eager_model, eager_optimizer, clean, noisy, config.tv2_weight, False)
+    for eager, graph in zip(eager_model.parameters(), graph_model.parameters(), strict=True):
+        torch.testing.assert_close(graph, eager, rtol=0, atol=1e-4)
+    assert max(float((p - q).abs().max()) for p, q in zip(graph_model.parameters(), initial, strict=True)) > 1e-3
+
+
+def test_cuda_graph_training_run_keeps_the_certificate(tmp_path):
+    write_smooth_images(tmp_path, {"train": 3, "val": 1})
+    config = TrainConfig(output=str(tmp_path / "run"), train_dir=str(tmp_path / "train"), val_dir=str(tmp_path / "val"),
+                         channels=8, depth=4, batch_size=8, patch_size=16, steps=30, validate_every=10, device="cuda",
+                         cuda_graph=True)
+    summary = train(config, progress=False)
+    assert summary["step"] == 30 and np.isfinite(summary["best_psnr"])
+    model, _ = load_denoiser_file(tmp_path / "run" / "best.safetensors")
+    assert model.lipschitz_certificate((1, 1, 16, 16)) <= 1 + 1e-4
+    resumed = train(TrainConfig(**{**config.__dict__, "steps": 40}), progress=False)  # resume, graph recorded anew
+    assert resumed["step"] == 40

@@ -1,0 +1,107 @@
+"""One optimizer step of denoiser training, run eagerly or replayed as a CUDA graph.
+
+The step (:func:`training_step`) never reads a value back from the device, so on a GPU the
+host queues it without waiting; :class:`GraphedTrainingStep` records it once as a CUDA graph
+and then launches it as one unit, so the thousands of small kernels of a step no longer cost
+host time each.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.graph import increment_version
+
+from .denoiser import LipschitzDenoiser
+
+
+def batch_to_device(clean: Tensor, noisy: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Move a training batch to ``device``: on a GPU as one asynchronous copy from pinned
+    memory (a copy from pageable memory first waits for the GPU to drain its queue)."""
+    if device.type != "cuda":
+        return clean.to(device), noisy.to(device)
+    pair = torch.stack([clean, noisy]).pin_memory().to(device, non_blocking=True)
+    return pair[0], pair[1]
+
+
+def training_step(
+    net: nn.Module, model: LipschitzDenoiser, optimizer: torch.optim.Optimizer, clean: Tensor, noisy: Tensor,
+    tv2_weight: float, mixed_precision: bool,
+) -> Tensor:
+    """One Adam step on ``sum ||net(noisy) - clean||^2 + tv2_weight * TV2``; returns the loss
+    (detached, on the device: reading it is left to the caller, since it waits for the device).
+
+    ``net`` is ``model`` or its DistributedDataParallel wrapper; clean and noisy are
+    (B, 1, P, P) on the model's device. With ``mixed_precision`` the convolutions run in
+    bfloat16 (autocast); weights, splines and loss stay float32. Nothing here reads a value
+    back from the device, so a GPU step is queued without waiting.
+    """
+    device_type = clean.device.type
+    # no autocast cache: it would hold casts made while a CUDA graph is recorded
+    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=mixed_precision, cache_enabled=False):
+        output = net(noisy)
+    loss = (output.float() - clean).pow(2).sum() + tv2_weight * model.regularization()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+class GraphedTrainingStep:
+    """:func:`training_step` recorded once as a CUDA graph and replayed at every call.
+
+    The first ``warmup`` calls run eagerly on a side stream (as graph capture requires: the
+    optimizer state, cuDNN's algorithm choice and library handles get created there); the
+    next call records the step and runs it; every later call copies its batch into the
+    recorded input tensors and replays the graph: one launch for the whole step. Each call
+    returns that step's loss (a fresh device tensor, not read back).
+
+    Needs one process on a CUDA device, the same batch shape at every call, and an optimizer
+    from ``make_optimizer`` with ``capturable=True`` (fused Adam whose learning rates are
+    device tensors: change them in place, e.g. ``group["lr"].fill_(value)``). A replay
+    updates the parameters behind PyTorch's back, so each call then bumps their version
+    counters, which the layers' weight and certificate caches are keyed on.
+    """
+
+    def __init__(self, model: LipschitzDenoiser, optimizer: torch.optim.Optimizer, tv2_weight: float,
+                 mixed_precision: bool, warmup: int = 3) -> None:
+        if not all(group.get("capturable") for group in optimizer.param_groups):
+            raise ValueError("a CUDA graph step needs an optimizer made with capturable=True")
+        self.model, self.optimizer = model, optimizer
+        self.tv2_weight, self.mixed_precision, self.warmup = tv2_weight, mixed_precision, warmup
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.inputs: tuple[Tensor, Tensor] | None = None
+        self.loss: Tensor | None = None
+
+    def _eager(self, clean: Tensor, noisy: Tensor) -> Tensor:
+        return training_step(self.model, self.model, self.optimizer, clean, noisy, self.tv2_weight,
+                             self.mixed_precision)
+
+    def __call__(self, clean: Tensor, noisy: Tensor) -> Tensor:
+        self.calls += 1
+        if self.graph is None and self.calls <= self.warmup:
+            side = torch.cuda.Stream(clean.device)
+            side.wait_stream(torch.cuda.current_stream(clean.device))
+            with torch.cuda.stream(side):
+                loss = self._eager(clean, noisy)
+            torch.cuda.current_stream(clean.device).wait_stream(side)
+            return loss
+        if self.graph is None:
+            self.inputs = (clean.clone(), noisy.clone())
+            self.optimizer.zero_grad(set_to_none=True)  # gradients get allocated inside the graph
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.loss = self._eager(*self.inputs)
+        else:
+            assert self.inputs is not None
+            if clean.shape != self.inputs[0].shape:
+                raise ValueError(f"a CUDA graph step replays batches of shape {tuple(self.inputs[0].shape)}, "
+                                 f"got {tuple(clean.shape)}")
+            self.inputs[0].copy_(clean)
+            self.inputs[1].copy_(noisy)
+        self.graph.replay()  # recording does not run the step: the first replay does
+        for parameter in self.model.parameters():  # a replay bypasses the version counters
+            increment_version(parameter)
+        assert self.loss is not None
+        return self.loss.clone()
