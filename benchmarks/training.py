@@ -57,7 +57,8 @@ def kernel_seconds(step: Callable[[], None], device: torch.device) -> float | No
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
         step()
         _synchronize(device)
-    microseconds = sum(e.time_range.elapsed_us() for e in profiler.events() if e.device_type == DeviceType.CUDA)
+    microseconds = sum(e.time_range.elapsed_us() for e in profiler.events()  # kernels, not annotation ranges
+                       if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False))
     return microseconds / 1e6
 
 

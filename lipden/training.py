@@ -162,7 +162,7 @@ def make_optimizer(model: LipschitzDenoiser, config: TrainConfig, capturable: bo
 
     def rate(value: float | None) -> float | Tensor:
         assert value is not None  # resolved configs set every rate
-        return torch.tensor(value, device=device) if capturable else value
+        return torch.tensor(value, dtype=torch.float32, device=device) if capturable else value
 
     groups = [{"params": others, "lr": rate(config.lr_conv), "name": "conv"}]
     if coefficients:
@@ -258,9 +258,14 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict:
             raise ValueError(f"{state_path} was trained for another sigma; use a new --output or --no-resume")
         model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("train.")})
         _restore_optimizer(optimizer, tensors)
-        sampler.set_state(tensors[f"train.rng.sampler.{rank}"] if f"train.rng.sampler.{rank}" in tensors else tensors["train.rng.sampler.0"])
-        noise_generator.set_state(tensors["train.rng.noise"])
         step, best_psnr, elapsed = metadata["step"], metadata["best_psnr"], metadata["elapsed_s"]
+        if f"train.rng.sampler.{rank}" in tensors:
+            sampler.set_state(tensors[f"train.rng.sampler.{rank}"])
+            noise_key = f"train.rng.noise.{rank}" if f"train.rng.noise.{rank}" in tensors else "train.rng.noise"
+            noise_generator.set_state(tensors[noise_key])  # "train.rng.noise": checkpoints before per-rank states
+        else:  # a rank the checkpoint has no state for: fresh streams, distinct per rank and step
+            sampler.generator.manual_seed(config.seed + 1000 * rank + 7919 * step)
+            noise_generator.manual_seed(config.seed + 1 + 1000 * rank + 7919 * step)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -270,11 +275,12 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict:
         val_clean = [load_grayscale(p) for p in list_images(config.val_dir)]
     val_noisy = noisy_versions(val_clean, sigma)
 
-    def save_state() -> None:
+    def save_state(rng_states: list[tuple[Tensor, Tensor]]) -> None:
         tensors = dict(model.state_dict())
         tensors.update(_flatten_optimizer(optimizer))
-        tensors["train.rng.sampler.0"] = sampler.state()
-        tensors["train.rng.noise"] = noise_generator.get_state()
+        for index, (sampler_state, noise_state) in enumerate(rng_states):  # every rank's streams
+            tensors[f"train.rng.sampler.{index}"] = sampler_state
+            tensors[f"train.rng.noise.{index}"] = noise_state
         metadata = {
             "config": model.config.to_dict(), "train_config": dataclasses.asdict(config),
             "step": step, "best_psnr": best_psnr, "elapsed_s": elapsed, "world_size": world,
@@ -320,21 +326,23 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict:
         # check points); a single process also checks as soon as its time is up.
         if pending_steps >= LOSS_CHECK_EVERY or validate_now or (world == 1 and out_of_time):
             last_loss = float(pending_loss) / (pending_steps * batch_size)
-            if not math.isfinite(last_loss):
+            diverged = not math.isfinite(last_loss)
+            if world > 1:  # all ranks must stop, decay and give up together
+                flags = torch.tensor([float(out_of_time), float(decay_now), float(diverged)], device=device)
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                out_of_time, decay_now, diverged = (bool(v) for v in flags.tolist())
+            if diverged:
                 raise TrainingDiverged(
                     f"loss is {last_loss} within steps {step - pending_steps + 1}-{step}: lower the learning "
                     f"rates; the last good checkpoint is kept in {state_path}"
                 )
             pending_loss.zero_()
             pending_steps = 0
-            if world > 1:  # all ranks must stop and decay together
-                flags = torch.tensor([float(out_of_time), float(decay_now)], device=device)
-                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-                out_of_time, decay_now = bool(flags[0].item()), bool(flags[1].item())
         elif world > 1:
             out_of_time = decay_now = False
         decayed = decayed or decay_now
         if validate_now or out_of_time:
+            rng_states = _gather_rng_states(sampler.state(), noise_generator.get_state(), world, device)
             if rank == 0:
                 score = evaluate(model, val_clean, val_noisy, device) if val_clean else math.nan
                 improved = val_clean and score > best_psnr
@@ -343,7 +351,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict:
                     save_denoiser(model, best_path, {"step": step, "val_psnr": score})
                 elif not val_clean:
                     save_denoiser(model, best_path, {"step": step})
-                save_state()
+                save_state(rng_states)
                 new_log = not log_path.exists()
                 with open(log_path, "a", newline="") as handle:
                     writer = csv.writer(handle)
@@ -360,6 +368,20 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict:
     if world > 1:
         summary["ranks_identical"] = _ranks_identical(model)
     return summary
+
+
+def _gather_rng_states(sampler_state: Tensor, noise_state: Tensor, world: int,
+                       device: torch.device) -> list[tuple[Tensor, Tensor]]:
+    """Every rank's (patch sampler, noise) generator states, in rank order (all ranks call it)."""
+    if world == 1:
+        return [(sampler_state, noise_state)]
+    gathered = []
+    for state in (sampler_state, noise_state):
+        local = state.to(device)  # NCCL gathers device tensors only
+        parts = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(parts, local)
+        gathered.append([part.cpu() for part in parts])
+    return list(zip(*gathered, strict=True))
 
 
 def _ranks_identical(model: nn.Module) -> bool:

@@ -58,7 +58,8 @@ class GraphedTrainingStep:
 
     Needs one process on a CUDA device, the same batch shape at every call, and an optimizer
     from ``make_optimizer`` with ``capturable=True`` (fused Adam whose learning rates are
-    device tensors: change them in place, e.g. ``group["lr"].fill_(value)``). A replay
+    device tensors: change them in place with ``lipden.training.set_learning_rate``; replacing
+    them, e.g. by ``optimizer.load_state_dict``, after recording is refused). A replay
     updates the parameters behind PyTorch's back, so each call then bumps their version
     counters, which the layers' weight and certificate caches are keyed on.
     """
@@ -71,6 +72,8 @@ class GraphedTrainingStep:
         self.tv2_weight, self.mixed_precision, self.warmup = tv2_weight, mixed_precision, warmup
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.side_stream: torch.cuda.Stream | None = None
+        self.recorded_rates: list = []
         self.inputs: tuple[Tensor, Tensor] | None = None
         self.loss: Tensor | None = None
 
@@ -80,12 +83,15 @@ class GraphedTrainingStep:
 
     def __call__(self, clean: Tensor, noisy: Tensor) -> Tensor:
         self.calls += 1
+        current = torch.cuda.current_stream(clean.device)
         if self.graph is None and self.calls <= self.warmup:
-            side = torch.cuda.Stream(clean.device)
-            side.wait_stream(torch.cuda.current_stream(clean.device))
-            with torch.cuda.stream(side):
+            if self.side_stream is None:
+                self.side_stream = torch.cuda.Stream(clean.device)
+            self.side_stream.wait_stream(current)
+            with torch.cuda.stream(self.side_stream):
                 loss = self._eager(clean, noisy)
-            torch.cuda.current_stream(clean.device).wait_stream(side)
+            current.wait_stream(self.side_stream)
+            loss.record_stream(current)
             return loss
         if self.graph is None:
             self.inputs = (clean.clone(), noisy.clone())
@@ -93,15 +99,20 @@ class GraphedTrainingStep:
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self.loss = self._eager(*self.inputs)
+            self.recorded_rates = [group["lr"] for group in self.optimizer.param_groups]
         else:
             assert self.inputs is not None
             if clean.shape != self.inputs[0].shape:
                 raise ValueError(f"a CUDA graph step replays batches of shape {tuple(self.inputs[0].shape)}, "
                                  f"got {tuple(clean.shape)}")
+            rates = [group["lr"] for group in self.optimizer.param_groups]
+            if any(now is not then for now, then in zip(rates, self.recorded_rates, strict=True)):
+                raise RuntimeError("the optimizer's learning-rate tensors were replaced after the CUDA graph was "
+                                   "recorded (change them in place with set_learning_rate)")
             self.inputs[0].copy_(clean)
             self.inputs[1].copy_(noisy)
         self.graph.replay()  # recording does not run the step: the first replay does
-        for parameter in self.model.parameters():  # a replay bypasses the version counters
-            increment_version(parameter)
+        for tensor in (*self.model.parameters(), *self.model.buffers()):  # a replay bypasses version counters
+            increment_version(tensor)
         assert self.loss is not None
         return self.loss.clone()

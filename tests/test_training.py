@@ -75,6 +75,9 @@ def test_torchrun_two_cpu_ranks_end_with_identical_weights(image_folders, tmp_pa
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["step"] == 3 and summary["ranks_identical"] is True
+    tensors, _ = load_tensors(tmp_path / "train_state.safetensors")  # each rank resumes its own streams
+    for stream in ("sampler", "noise"):
+        assert not torch.equal(tensors[f"train.rng.{stream}.0"], tensors[f"train.rng.{stream}.1"])
 
 
 def test_mixed_precision_keeps_the_constraint_in_float32(image_folders, tmp_path):
