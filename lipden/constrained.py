@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .precision import autocast_disabled
+
 
 class ConstrainedLayer(nn.Module):
     """A layer computing its weight from raw parameters in every training forward pass.
@@ -43,7 +45,7 @@ class ConstrainedLayer(nn.Module):
         precision may run the convolution in bf16, never the orthogonalisation.
         """
         device_type = next(self.parameters(recurse=False)).device.type
-        with torch.autocast(device_type=device_type, enabled=False):
+        with autocast_disabled(device_type):
             if self.training:
                 self._weight_cache = None
                 return self.shared_weight if self.shared_weight is not None else self.training_weight()

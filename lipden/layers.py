@@ -32,6 +32,7 @@ from .conv_ops import (
     conv_operator_norm_bound,
 )
 from .orthogonal import bjorck_orthonormalize
+from .precision import autocast_disabled
 
 
 class _Factory(TypedDict):
@@ -252,7 +253,7 @@ def shared_training_weights(module: nn.Module) -> Iterator[None]:
     if len(layers) < 2:
         yield
         return
-    with torch.autocast(device_type=layers[0].orthogonal_matrix.device.type, enabled=False):
+    with autocast_disabled(layers[0].orthogonal_matrix.device.type):
         weights = batched_training_weights(layers)
     for layer, weight in zip(layers, weights, strict=True):
         layer.shared_weight = weight

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .precision import autocast_disabled
+
 SPLINE_INITS = ("identity", "relu", "absolute_value", "maxmin", "zero")
 
 
@@ -404,7 +406,7 @@ class LinearSpline(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # In float32 even under autocast: slope clipping and knot indexing need it.
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_disabled(x.device.type):
             tables = self.shared_tables if self.shared_tables is not None else self.tables()
             return apply_spline_tables(x.to(tables.slopes.dtype), tables)
 
@@ -455,7 +457,7 @@ def shared_spline_tables(module: nn.Module) -> Iterator[None]:
         yield
         return
     try:
-        with torch.autocast(device_type=splines[0].coefficients.device.type, enabled=False):
+        with autocast_disabled(splines[0].coefficients.device.type):
             for group in _groups(splines):
                 first, clipped, alpha = _stacked(group)
                 tables = spline_tables(clipped, first.x_range, alpha)

@@ -8,6 +8,8 @@ host time each.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import increment_version
@@ -36,9 +38,10 @@ def training_step(
     bfloat16 (autocast); weights, splines and loss stay float32. Nothing here reads a value
     back from the device, so a GPU step is queued without waiting.
     """
-    device_type = clean.device.type
     # no autocast cache: it would hold casts made while a CUDA graph is recorded
-    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=mixed_precision, cache_enabled=False):
+    precision = (torch.autocast(device_type=clean.device.type, dtype=torch.bfloat16, cache_enabled=False)
+                 if mixed_precision else nullcontext())
+    with precision:
         output = net(noisy)
     loss = (output.float() - clean).pow(2).sum() + tv2_weight * model.regularization()
     optimizer.zero_grad(set_to_none=True)

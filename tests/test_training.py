@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lipden.checkpoint import WeightsError, load_denoiser_file, load_tensors
+from lipden.denoiser import LipschitzDenoiser
 from lipden.training import TrainConfig, train
 
 from .conftest import ROOT, write_smooth_images
@@ -190,3 +191,20 @@ def test_lr_scale_multiplies_only_the_preset_rates(tmp_path):
     assert config.lr_spline == 3e-5 and config.resolved().lr_conv == config.lr_conv
     with pytest.raises(ValueError, match="lr_scale"):
         TrainConfig(output=str(tmp_path), lr_scale=0).resolved()
+
+
+@pytest.mark.parametrize("preset", ["cpu", "paper"])
+def test_a_training_step_never_reads_a_value_back_from_the_device(preset):
+    """On the "meta" device tensors have shapes but no values, so anything that reads one back
+    (``.item()``, ``bool(tensor)``, a NaN scan, ``bincount``'s index range) fails there. A whole
+    step running on it is the CPU-side check that a GPU step never makes the host wait
+    (tests/test_cuda.py checks the same on a GPU with torch.cuda.set_sync_debug_mode)."""
+    from lipden.training import make_optimizer, training_step
+
+    config = TrainConfig(output="unused", preset=preset).resolved()
+    model = LipschitzDenoiser(config.model_config()).to("meta").train()
+    optimizer = make_optimizer(model, config)
+    batch = torch.empty(4, 1, 40, 40, device="meta")
+    for _ in range(2):  # the second step also runs Adam on existing state
+        loss = training_step(model, model, optimizer, batch, batch, config.tv2_weight, mixed_precision=False)
+    assert loss.device.type == "meta" and loss.shape == ()
