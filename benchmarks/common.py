@@ -72,3 +72,18 @@ def write_results(output: str, name: str, results: dict, markdown: str) -> None:
     for suffix, text in ((".json", json.dumps(results, indent=2) + "\n"), (".md", markdown)):
         write_text_atomic(folder / f"{name}{suffix}", text)
     print(f"wrote {folder / name}.json and {folder / name}.md")
+
+
+def operator_calls(function: Callable[[], None]) -> int:
+    """PyTorch operator calls made by one run of ``function`` (outermost ``aten::`` calls,
+    views included; those an operator makes internally are not counted). Each costs host
+    time whatever the device; on a GPU most launch a kernel, so when the kernels are small
+    their number, not the arithmetic, sets the step time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        function()
+    return sum(
+        1 for event in profiler.events()
+        if event.name.startswith("aten::") and not (event.cpu_parent and event.cpu_parent.name.startswith("aten::"))
+    )

@@ -43,7 +43,7 @@ from lipden.pretrained import list_denoisers, load_denoiser
 from lipden.training import TrainConfig, make_optimizer, training_step
 from problems import default_image, problem_from_name
 
-from .common import interleaved_medians, machine, write_results
+from .common import interleaved_medians, machine, operator_calls, write_results
 from .layers import export_plain, make_block
 
 SHIPPED = "spline-sigma15"
@@ -117,21 +117,6 @@ def training_cost(batch: int, repeats: int) -> dict:
     times = interleaved_medians(steps, repeats)
     return {"batch": [batch, 1, 40, 40], "seconds": times, "ratio_constrained_over_free": times["ortho"] / times["free"],
             "operator_calls": {conv: operator_calls(step) for conv, step in steps.items()}}
-
-
-def operator_calls(function: Callable[[], None]) -> int:
-    """PyTorch operator calls made by one run of ``function`` (outermost ``aten::`` calls,
-    views included; those an operator makes internally are not counted). Each costs host
-    time whatever the device; on a GPU most launch a kernel, so when the kernels are small
-    their number, not the arithmetic, sets the step time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        function()
-    return sum(
-        1 for event in profiler.events()
-        if event.name.startswith("aten::") and not (event.cpu_parent and event.cpu_parent.name.startswith("aten::"))
-    )
 
 
 def pnp_cost(model: LipschitzDenoiser, name: str, iterations: int, repeats: int) -> dict:

@@ -28,8 +28,7 @@ from lipden.denoiser import LipschitzDenoiser
 from lipden.training import TrainConfig, make_optimizer
 from lipden.training_step import GraphedTrainingStep, batch_to_device, training_step
 
-from .common import machine, write_results
-from .speed import operator_calls
+from .common import machine, operator_calls, write_results
 
 SIGMA = 15.0  # on the 0-255 scale
 
