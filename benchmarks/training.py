@@ -26,9 +26,14 @@ import torch
 
 from lipden.denoiser import LipschitzDenoiser
 from lipden.training import TrainConfig, make_optimizer
-from lipden.training_step import GraphedTrainingStep, batch_to_device, training_step
+from lipden.training_step import (
+    GraphedTrainingStep,
+    batch_to_device,
+    cudnn_autotuning,
+    training_step,
+)
 
-from .common import machine, operator_calls, write_results
+from .common import device_name, machine, operator_calls, write_results
 
 SIGMA = 15.0  # on the 0-255 scale
 
@@ -109,20 +114,15 @@ def run(quick: bool = False, output: str = "results", device: str = "cpu") -> di
     if target.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but no GPU is available")
     started = time.perf_counter()
-    previous = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = target.type == "cuda"  # as in training
-    try:
-        steps, repeats = (20, 5) if target.type == "cuda" else ((1, 2) if quick else (3, 3))
+    steps, repeats = (20, 5) if target.type == "cuda" else ((1, 2) if quick else (3, 3))
+    with cudnn_autotuning(target.type == "cuda"):  # as in training
         rows = [measure(preset, batch, conv, target, steps, repeats)
                 for preset, batch in _configurations(target, quick) for conv in ("ortho", "free")]
         if target.type == "cuda":  # the constrained step replayed as a CUDA graph (train --cuda-graph)
             rows += [measure(preset, batch, "ortho", target, steps, repeats, cuda_graph=True)
                      for preset, batch in _configurations(target, quick)]
-    finally:
-        torch.backends.cudnn.benchmark = previous
     info = machine()
-    device_name = torch.cuda.get_device_name(target) if target.type == "cuda" else f"CPU ({info['cpu']})"
-    results = {"quick": quick, "machine": info, "device": device_name, "steps": steps, "repeats": repeats,
+    results = {"quick": quick, "machine": info, "device": device_name(target), "steps": steps, "repeats": repeats,
                "rows": rows, "wall_seconds": time.perf_counter() - started}
     markdown = _markdown(results)
     print(markdown)
@@ -136,7 +136,7 @@ def _markdown(r: dict) -> str:
     lines = [
         f"# Training throughput{' (QUICK)' if r['quick'] else ''}",
         "",
-        f"Device: {r['device']}; torch {m['torch']} with {m['torch_threads']} CPU threads. One step = batch to "
+        f"Device: {r['device']} (CPU: {m['cpu']}); torch {m['torch']} with {m['torch_threads']} CPU threads. One step = batch to "
         "the device, forward, loss + TV2, backward, Adam (bf16 autocast of the convolutions on a GPU); "
         f"{r['steps']} consecutive steps per timing, median of {r['repeats']}.",
         "",

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .precision import autocast_disabled
 
+#: what a layer computes from its raw parameters: a kernel tensor, or a spline's lookup tables
+WeightT = TypeVar("WeightT")
 
-class ConstrainedLayer(nn.Module):
+
+class ConstrainedLayer(nn.Module, Generic[WeightT]):
     """A layer computing its weight from raw parameters in every training forward pass.
 
     In eval mode (or when no gradient can reach the parameters) the constrained weight is
@@ -19,15 +24,15 @@ class ConstrainedLayer(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self._weight_cache: tuple[tuple, Tensor] | None = None
+        self._weight_cache: tuple[tuple, WeightT] | None = None
         # set by a model that computed several layers' training weights in one pass
-        self.shared_weight: Tensor | None = None
+        self.shared_weight: WeightT | None = None
 
-    def training_weight(self) -> Tensor:
+    def training_weight(self) -> WeightT:
         """The constrained weight, differentiable in the raw parameters."""
         raise NotImplementedError
 
-    def inference_weight(self) -> Tensor:
+    def inference_weight(self) -> WeightT:
         """The constrained weight used in eval mode (default: the training one)."""
         return self.training_weight()
 
@@ -38,7 +43,7 @@ class ConstrainedLayer(nn.Module):
     def _needs_weight_grad(self) -> bool:
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters(recurse=False))
 
-    def constrained_weight(self) -> Tensor:
+    def constrained_weight(self) -> WeightT:
         """The constrained weight to use now (cached in eval mode).
 
         Always computed in the parameters' precision, with autocast disabled: mixed
@@ -53,8 +58,8 @@ class ConstrainedLayer(nn.Module):
                 return self.inference_weight()
             key = self._state_key()
             if self._weight_cache is None or self._weight_cache[0] != key:
-                with torch.no_grad():
-                    self._weight_cache = (key, self.inference_weight().detach())
+                with torch.no_grad():  # no autograd history: nothing to detach
+                    self._weight_cache = (key, self.inference_weight())
             return self._weight_cache[1]
 
     def train(self, mode: bool = True):

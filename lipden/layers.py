@@ -64,7 +64,7 @@ def _check_input(x: Tensor, channels: int, name: str) -> None:
         raise ValueError(f"{name}: expected input of shape (B, {channels}, H, W), got {tuple(x.shape)}")
 
 
-class _LipschitzConv2d(ConstrainedLayer):
+class _LipschitzConv2d(ConstrainedLayer[Tensor]):
     """Shared plumbing: forward, certificate and export of a constrained 'same' conv."""
 
     in_channels: int
@@ -351,7 +351,7 @@ class SpectralNormConv2d(_LipschitzConv2d):
         return self._normalized(kernel, u)
 
 
-class BjorckLinear(ConstrainedLayer):
+class BjorckLinear(ConstrainedLayer[Tensor]):
     """Fully connected layer ``y = W x + b`` with W Björck-orthonormalized (rows or columns).
 
     Every singular value of W is in [0, 1] at any iteration count, and 1 up to round-off

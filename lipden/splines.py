@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .constrained import ConstrainedLayer
 from .precision import autocast_disabled
 
 SPLINE_INITS = ("identity", "relu", "absolute_value", "maxmin", "zero")
@@ -285,7 +286,7 @@ class SplineFunctions:
     tv2: Tensor
 
 
-class LinearSpline(nn.Module):
+class LinearSpline(ConstrainedLayer[SplineTables]):
     """Learnable linear spline activation, one function per channel, slopes in a bounded set.
 
     With the default ``slope_min=-1, slope_max=1`` every channel is 1-Lipschitz; with
@@ -339,8 +340,6 @@ class LinearSpline(nn.Module):
         self.alpha_min = alpha_min
         self.coefficients = nn.Parameter(self._initial_coefficients(init))
         self.scaling = nn.Parameter(torch.ones(num_activations), requires_grad=learn_scaling)
-        # set by a model that computed several splines' tables in one pass (shared_spline_tables)
-        self.shared_tables: SplineTables | None = None
 
     def _initial_coefficients(self, init: str) -> Tensor:
         knots = torch.linspace(-self.x_range, self.x_range, self.num_knots)
@@ -375,7 +374,9 @@ class LinearSpline(nn.Module):
 
     def tv2(self) -> Tensor:
         """Second-order total variation summed over channels: sum of |slope jumps| (scalar)."""
-        return torch.diff(self.slopes(), dim=1).abs().sum()
+        total = total_tv2([self])
+        assert total is not None  # one spline given
+        return total
 
     def lipschitz_certificate(self, input_shape: tuple[int, ...] | None = None) -> float:
         """Exact Lipschitz constant (any input shape): the largest |slope| over all channels."""
@@ -395,8 +396,10 @@ class LinearSpline(nn.Module):
                 tv2=torch.diff(slopes, dim=1).abs().sum(dim=1),
             )
 
-    def tables(self) -> SplineTables:
-        """Lookup tables of the constrained, scaled splines (differentiable)."""
+    def training_weight(self) -> SplineTables:
+        """Lookup tables of the constrained, scaled splines (differentiable). In eval mode the
+        layer caches them until a parameter changes (:class:`ConstrainedLayer`); in training a
+        model may hand in tables computed for several splines at once (``shared_weight``)."""
         return spline_tables(self.constrained_coefficients(), self.x_range, self.alpha())
 
     def _group_key(self) -> tuple:
@@ -407,7 +410,7 @@ class LinearSpline(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # In float32 even under autocast: slope clipping and knot indexing need it.
         with autocast_disabled(x.device.type):
-            tables = self.shared_tables if self.shared_tables is not None else self.tables()
+            tables = self.constrained_weight()
             return apply_spline_tables(x.to(tables.slopes.dtype), tables)
 
     def extra_repr(self) -> str:
@@ -462,8 +465,8 @@ def shared_spline_tables(module: nn.Module) -> Iterator[None]:
                 first, clipped, alpha = _stacked(group)
                 tables = spline_tables(clipped, first.x_range, alpha)
                 for index, spline in enumerate(group):
-                    spline.shared_tables = tables[index]
+                    spline.shared_weight = tables[index]
         yield
     finally:
         for spline in splines:
-            spline.shared_tables = None
+            spline.shared_weight = None

@@ -29,7 +29,7 @@ from .checkpoint import load_tensors, save_denoiser, save_tensors_atomic
 from .data import PatchSampler, default_data_root, list_images, load_grayscale
 from .denoiser import PRESETS, DenoiserConfig, LipschitzDenoiser
 from .splines import LinearSpline, set_spline_backend
-from .training_step import GraphedTrainingStep, batch_to_device, training_step
+from .training_step import GraphedTrainingStep, batch_to_device, cudnn_autotuning, training_step
 
 DEFAULT_DATA = default_data_root()  # $LIPDEN_DATA, else ../shared/data
 
@@ -218,12 +218,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     On a GPU, cuDNN benchmarks its convolution algorithms for the fixed patch shape and
     keeps the fastest (``torch.backends.cudnn.benchmark``, restored afterwards).
     """
-    previous = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = previous or config.device.startswith("cuda")
-    try:
+    with cudnn_autotuning(config.device.startswith("cuda")):
         return _train(config, resume, progress)
-    finally:
-        torch.backends.cudnn.benchmark = previous
 
 
 def _train(config: TrainConfig, resume: bool, progress: bool) -> dict:

@@ -8,7 +8,8 @@ host time each.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,18 @@ def batch_to_device(clean: Tensor, noisy: Tensor, device: torch.device) -> tuple
         return clean.to(device), noisy.to(device)
     pair = torch.stack([clean, noisy]).pin_memory().to(device, non_blocking=True)
     return pair[0], pair[1]
+
+
+@contextmanager
+def cudnn_autotuning(enabled: bool) -> Iterator[None]:
+    """Within this block cuDNN benchmarks its convolution algorithms for each new shape and
+    keeps the fastest (worth it for the fixed patch shape of training); restored after."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def training_step(

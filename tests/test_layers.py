@@ -247,12 +247,12 @@ def test_denoiser_training_forward_uses_batched_passes_and_cleans_up():
     for layer in layers:
         layer.training_weight = lambda original=layer.training_weight: calls.append(1) or original()
     for spline in splines:
-        spline.tables = lambda original=spline.tables: calls.append(1) or original()
+        spline.training_weight = lambda original=spline.training_weight: calls.append(1) or original()
     out = model(torch.rand(2, 1, 16, 16))
     out.square().sum().backward()
     assert not calls  # no layer or spline ran its own parametrisation
     assert all(layer.shared_weight is None for layer in layers)
-    assert all(spline.shared_tables is None for spline in splines)
+    assert all(spline.shared_weight is None for spline in splines)
     assert all(p.grad is not None for module in layers + splines for p in module.parameters())
     def failing(x):
         raise RuntimeError("inside the forward pass")

@@ -238,7 +238,7 @@ def _spline_stack(count=3, channels=5, knots=13):
     return body
 
 
-def test_shared_tables_give_each_spline_its_own_values_and_gradients():
+def test_shared_weight_give_each_spline_its_own_values_and_gradients():
     from lipden.splines import shared_spline_tables
 
     body = _spline_stack()
@@ -248,7 +248,7 @@ def test_shared_tables_give_each_spline_its_own_values_and_gradients():
         body.zero_grad()
         if shared:
             with shared_spline_tables(body):
-                assert all(s.shared_tables is not None for s in body)
+                assert all(s.shared_weight is not None for s in body)
                 out = body(x)
         else:
             out = body(x)
@@ -257,19 +257,19 @@ def test_shared_tables_give_each_spline_its_own_values_and_gradients():
 
     for separate, together in zip(output_and_grads(False), output_and_grads(True), strict=True):
         torch.testing.assert_close(together, separate, rtol=1e-12, atol=1e-12)
-    assert all(s.shared_tables is None for s in body)
+    assert all(s.shared_weight is None for s in body)
     body.eval()
     with shared_spline_tables(body):
-        assert all(s.shared_tables is None for s in body)  # eval mode: nothing shared
+        assert all(s.shared_weight is None for s in body)  # eval mode: nothing shared
 
 
-def test_shared_tables_are_cleared_when_the_block_fails():
+def test_shared_weight_are_cleared_when_the_block_fails():
     from lipden.splines import shared_spline_tables
 
     body = _spline_stack()
     with pytest.raises(RuntimeError, match="inside"), shared_spline_tables(body):
         raise RuntimeError("inside the block")
-    assert all(s.shared_tables is None for s in body)
+    assert all(s.shared_weight is None for s in body)
 
 
 def test_total_tv2_matches_the_sum_over_splines_of_any_shapes():
@@ -279,3 +279,19 @@ def test_total_tv2_matches_the_sum_over_splines_of_any_shapes():
     expected = sum(s.tv2() for s in splines)
     torch.testing.assert_close(total_tv2(splines), expected, rtol=1e-12, atol=0)
     assert total_tv2([]) is None
+
+
+def test_eval_mode_computes_the_tables_once_until_a_parameter_changes():
+    spline = random_spline().eval()
+    x = torch.randn(3, 6, 4, 4, dtype=torch.float64)
+    calls = []
+    original = spline.training_weight
+    spline.training_weight = lambda: calls.append(1) or original()
+    with torch.no_grad():
+        first = spline(x)
+        torch.testing.assert_close(spline(x), first, rtol=0, atol=0)
+        assert len(calls) == 1  # cached
+        spline.coefficients.mul_(0.5)  # an in-place change must reach the output
+        changed = spline(x)
+    assert len(calls) == 2 and not torch.equal(changed, first)
+    torch.testing.assert_close(changed, spline.train()(x).detach())  # the same function as in training
