@@ -17,7 +17,11 @@
 (f) the allocator: eval forward on a batch of images whose activations exceed glibc's mmap
     threshold, in two fresh processes, with glibc's defaults vs
     :func:`lipden.allocator.keep_freed_memory` (which the command line applies; so (a)-(e)
-    run with it).
+    run with it), the forward in one pass (``cpu_pass_bytes = None``);
+(g) cache-sized CPU passes: the eval forward of a batch of 256x256 images and of one large
+    image in one pass vs in the passes ``LipschitzDenoiser`` makes on a CPU when the process
+    keeps glibc's default allocator (at most ``cpu_pass_bytes`` of activations each; the
+    same result), in a fresh process like (f).
 
 Times are medians of interleaved runs (:func:`benchmarks.common.interleaved_medians`).
 No data set is needed: the images are scikit-image's embedded test images.
@@ -177,23 +181,55 @@ def allocator_probe(keep: bool, batch: int, size: int, repeats: int, threads: in
         keep_freed_memory()
     torch.set_num_threads(threads)
     model, _ = _denoiser()
+    model.cpu_pass_bytes = None  # one pass: the activations this probe is about
     image = _image("mri", (size, size)).expand(batch, -1, -1, -1).contiguous()
     with torch.no_grad():
         times = interleaved_medians({"forward": lambda: model(image, SIGMA)}, repeats)
     return {"seconds": times["forward"], "kept": freed_memory_kept()}
 
 
+def cpu_pass_probe(shapes: list[list[int]], repeats: int, threads: int) -> dict:
+    """Eval forward in one pass vs in cache-sized CPU passes, this process (glibc defaults)."""
+    torch.set_num_threads(threads)
+    model, _ = _denoiser()
+    default = model.cpu_pass_bytes
+    out = {}
+    for shape in shapes:
+        image = _image("natural", (shape[2], shape[3])).expand(shape[0], -1, -1, -1).contiguous()
+
+        def forward(pass_bytes: int | None, image: Tensor = image) -> Callable[[], None]:
+            def once() -> None:
+                model.cpu_pass_bytes = pass_bytes
+                model(image, SIGMA)
+            return once
+
+        with torch.no_grad():
+            times = interleaved_medians({"one pass": forward(None), "passes": forward(default)}, repeats)
+        out["x".join(map(str, shape))] = {"seconds": times, "speedup": times["one pass"] / times["passes"]}
+    return {"pass_bytes": default, "kept": freed_memory_kept(), "shapes": out}
+
+
+def _fresh_process(call: str) -> dict:
+    """Run ``benchmarks.speed.<call>`` in a new Python process; its JSON result."""
+    name = call.split("(")[0]
+    code = f"import json; from benchmarks.speed import {name}; print(json.dumps({call}))"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cpu_pass_cost(shapes: list[list[int]], repeats: int) -> dict:
+    """(g) one pass vs cache-sized passes, in a fresh process with glibc's default allocator."""
+    return _fresh_process(f"cpu_pass_probe({shapes}, {repeats}, {torch.get_num_threads()})")
+
+
 def allocator_cost(batch: int, size: int, repeats: int) -> dict:
     """(f) the same forward in a fresh process with glibc's default allocator and with freed blocks kept."""
     seconds = {}
-    root = Path(__file__).resolve().parents[1]
     for keep in (False, True):
-        code = ("import json; from benchmarks.speed import allocator_probe; "
-                f"print(json.dumps(allocator_probe({keep}, {batch}, {size}, {repeats}, {torch.get_num_threads()})))")
-        done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"allocator probe failed: {done.stderr.strip().splitlines()[-1:]}")
-        probe = json.loads(done.stdout.strip().splitlines()[-1])
+        probe = _fresh_process(f"allocator_probe({keep}, {batch}, {size}, {repeats}, {torch.get_num_threads()})")
         seconds["kept" if keep else "default"] = probe["seconds"]
         if keep and not probe["kept"]:
             seconds["kept"] = None  # not glibc: nothing to compare
@@ -204,7 +240,7 @@ def allocator_cost(batch: int, size: int, repeats: int) -> dict:
 
 
 def run(quick: bool = False, output: str = "results") -> dict:
-    """Measure (a)-(e) (see the module docstring); write speed[-quick].{json,md}."""
+    """Measure (a)-(g) (see the module docstring); write speed[-quick].{json,md}."""
     started = time.perf_counter()
     torch.manual_seed(0)
     repeats = 3 if quick else 10
@@ -224,6 +260,8 @@ def run(quick: bool = False, output: str = "results") -> dict:
             for name in PROBLEMS
         },
         "allocator": allocator_cost(8, 192 if quick else 256, 2 if quick else 5),
+        "cpu_passes": cpu_pass_cost([[4, 1, 192, 192], [1, 1, 384, 384]] if quick
+                                    else [[8, 1, 256, 256], [1, 1, 640, 640]], 1 if quick else 5),
         "freed_memory_kept": freed_memory_kept(),
     }
     results["wall_seconds"] = time.perf_counter() - started
@@ -248,6 +286,20 @@ def _allocator_lines(r: dict) -> list[str]:
         f"(a)-(e) above ran {kept} it.",
         "",
     ]
+
+
+def _pass_lines(r: dict) -> list[str]:
+    c = r.get("cpu_passes")
+    if c is None:
+        return []
+    cells = "; ".join(
+        f"{shape}: one pass {v['seconds']['one pass']:.3f} s, passes {v['seconds']['passes']:.3f} s "
+        f"({v['speedup']:.2f}x)" for shape, v in c["shapes"].items()
+    )
+    budget = c["pass_bytes"] / 2**20 if c["pass_bytes"] else 0
+    return [f"(g) Cache-sized CPU passes (fresh process, glibc defaults as in a Python program using the "
+            f"library; eval forward, at most {budget:g} MiB of activations per pass, same result): {cells}. "
+            "With freed blocks kept (the command line, so (a)-(e)) the denoiser makes one pass.", ""]
 
 
 def _operator_lines(t: dict) -> list[str]:
@@ -303,6 +355,7 @@ def _markdown(r: dict, repeats: int) -> str:
         "denoiser at that image size (cached afterwards for the same size).",
         "",
         *_allocator_lines(r),
+        *_pass_lines(r),
         f"Wall time: {r['wall_seconds']:.0f} s.",
         "",
     ]

@@ -20,10 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from .activations import ACTIVATION_ALIASES, ACTIVATIONS, make_activation
+from .allocator import freed_memory_kept
 from .averaged import Averaged
 from .certify import lipschitz_upper_bound
 from .layers import OrthoConv2d, SpectralNormConv2d, shared_training_weights
 from .splines import LinearSpline, shared_spline_tables, total_tv2
+from .tiling import run_in_cache_sized_passes
 
 CONV_TYPES = ("ortho", "spectral", "free")
 
@@ -116,7 +118,20 @@ class LipschitzDenoiser(deepinv.models.Denoiser):
     noise-level conditioned). A NaN or infinite input is refused with a ValueError in eval
     mode; in training mode that scan is skipped (it would stall every GPU step on a device
     read-back) and the trainer checks the loss instead.
+
+    On a CPU, in a process that has not applied :func:`lipden.allocator.keep_freed_memory`
+    (the command line applies it; a Python program using the library usually has not), an
+    eval-mode call under ``torch.no_grad()`` (as in the solvers) runs the network in passes
+    whose widest activation takes at most ``cpu_pass_bytes`` (several small images per pass,
+    a large image in exact tiles; :func:`lipden.tiling.run_in_cache_sized_passes`). Same
+    result; glibc then serves the activations from reused heap memory instead of fresh
+    page-faulting ``mmap`` blocks, which made a forward on eight 256x256 images 1.75-2.4x
+    faster on 2 CPU cores (``benchmarks/speed.py`` (g)). ``cpu_pass_bytes = None`` turns this off.
     """
+
+    #: Activation bytes per pass on a CPU (16 MiB: 131,072 pixels at 32 channels in float32),
+    #: below glibc's largest mmap threshold (32 MiB); 8, 16 and 24 MiB measured within 15%.
+    cpu_pass_bytes: int | None = 16 * 2**20
 
     def __init__(self, config: DenoiserConfig | None = None) -> None:
         super().__init__()
@@ -157,10 +172,24 @@ class LipschitzDenoiser(deepinv.models.Denoiser):
             raise ValueError("the image contains NaN or inf values")
         self._check_sigma(sigma)
         b, c, h, w = x.shape
+        planes = x.reshape(b * c, 1, h, w)
+        max_pixels = self._cpu_pass_pixels(x)
         # training: one batched parametrisation pass for all convolutions, one for all splines
         with shared_training_weights(self.body), shared_spline_tables(self.body):
-            out = self.body(x.reshape(b * c, 1, h, w))
+            if max_pixels is None:
+                out = self.body(planes)
+            else:
+                out = run_in_cache_sized_passes(self.body, planes, max_pixels)
         return out.reshape(b, c, h, w)
+
+    def _cpu_pass_pixels(self, x: Tensor) -> int | None:
+        """Pixels per pass for a cache-sized CPU evaluation of x, or None for one pass."""
+        # under autograd (incl. torch.func transforms) one pass, one graph
+        if self.training or torch.is_grad_enabled() or x.device.type != "cpu" or not self.cpu_pass_bytes:
+            return None
+        if freed_memory_kept():  # freed blocks are reused anyway: one pass is faster (no tile borders)
+            return None
+        return max(1, self.cpu_pass_bytes // (self.config.channels * x.element_size()))
 
     def lipschitz_certificate(self, input_shape: tuple[int, ...]) -> float:
         """Certified Lipschitz bound on (B, C, H, W) inputs (channels are independent)."""

@@ -64,8 +64,12 @@ def test_speed_quick(quick_benchmarks):
         ratios += [*pnp["iterations_per_second"].values(), 1 + pnp["loop_overhead"]]
     allocator = results["allocator"]
     ratios += [v for v in allocator["seconds"].values() if v is not None]
+    passes = results["cpu_passes"]["shapes"]
+    assert set(passes) == {"4x1x192x192", "1x1x384x384"}
+    ratios += [t for v in passes.values() for t in (*v["seconds"].values(), v["speedup"])]
     assert all(_positive_finite(float(r)) for r in ratios), ratios
-    assert "(f) Allocator" in (tmp_path / "speed-quick.md").read_text()
+    text = (tmp_path / "speed-quick.md").read_text()
+    assert "(f) Allocator" in text and "(g) Cache-sized CPU passes" in text
     calls = results["training_step"]["operator_calls"]  # the constrained step does more than the plain one
     assert 0 < calls["free"] < calls["ortho"]
 

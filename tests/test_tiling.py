@@ -8,7 +8,7 @@ from torch import nn
 
 import lipden
 from lipden.cli import main
-from lipden.tiling import denoise_tiled, receptive_field
+from lipden.tiling import denoise_tiled, pass_tiles, receptive_field
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +107,98 @@ def test_reconstruct_with_a_tiled_denoiser_gives_the_same_iterates(small, method
     torch.testing.assert_close(tiled.x, whole.x, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="tile"):
         lipden.reconstruct(y, physics, small, method, max_iter=2, tile=0, **params)
+
+
+def _block_pixels(size, tile, radius):
+    rows, cols = -(-size[0] // tile[0]), -(-size[1] // tile[1])
+    extent_h = size[0] if rows == 1 else min(tile[0] + 2 * radius, size[0])
+    extent_w = size[1] if cols == 1 else min(tile[1] + 2 * radius, size[1])
+    return extent_h * extent_w
+
+
+@pytest.mark.parametrize("height, width, radius, budget", [(481, 321, 8, 65536), (512, 512, 8, 65536),
+                                                           (40, 5000, 8, 65536), (2048, 2048, 8, 32768),
+                                                           (100, 130, 1, 900), (64, 64, 8, 4096)])
+def test_pass_tiles_fit_the_budget_without_waste(height, width, radius, budget):
+    tile = pass_tiles(height, width, (radius, radius), budget)
+    assert 1 <= tile[0] <= height and 1 <= tile[1] <= width
+    assert _block_pixels((height, width), tile, radius) <= budget
+    tiles = -(-height // tile[0]) * -(-width // tile[1])
+    # at most 40% more pixels computed than the image has (the context of each tile)
+    assert tiles * _block_pixels((height, width), tile, radius) <= 1.4 * height * width + tiles * 2 * radius * width
+
+
+def test_pass_tiles_keep_an_image_that_fits_whole_and_degrade_gracefully():
+    assert pass_tiles(200, 300, (8, 8), 60000) == (200, 300)
+    # the context alone exceeds the budget: the smallest blocks there are, still a valid tile
+    tile = pass_tiles(7, 5, (8, 8), 30)
+    assert 1 <= tile[0] <= 7 and 1 <= tile[1] <= 5
+
+
+def _count_body_calls(model):
+    calls = []
+    handle = model.body.register_forward_pre_hook(lambda module, args: calls.append(tuple(args[0].shape)))
+    return calls, handle
+
+
+@pytest.fixture
+def default_allocator(monkeypatch):
+    """The library's view of a process that keeps glibc's defaults (a CLI run in this process may not)."""
+    monkeypatch.setattr(lipden.denoiser, "freed_memory_kept", lambda: False)
+
+
+@pytest.mark.parametrize("shape", [(5, 1, 20, 20), (1, 3, 61, 45), (2, 1, 90, 33)])
+def test_cache_sized_cpu_passes_equal_one_pass(small, shape, monkeypatch, default_allocator):
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        monkeypatch.setattr(small, "cpu_pass_bytes", None)
+        one_pass = small(x)
+        # 4 channels x 4 bytes x 500 pixels: passes of at most 500 pixels per plane
+        monkeypatch.setattr(small, "cpu_pass_bytes", 4 * 4 * 500)
+        calls, handle = _count_body_calls(small)
+        try:
+            passes = small(x)
+        finally:
+            handle.remove()
+    torch.testing.assert_close(passes, one_pass, atol=1e-6, rtol=0)
+    assert len(calls) > 1 and all(b * h * w <= 500 for b, _, h, w in calls)
+
+
+def test_cpu_passes_are_off_for_autograd_training_and_a_kept_allocator(small, monkeypatch, default_allocator):
+    monkeypatch.setattr(small, "cpu_pass_bytes", 4 * 4 * 100)
+    x = torch.rand(2, 1, 30, 30, requires_grad=True)
+    calls, handle = _count_body_calls(small)
+    try:
+        small(x).sum().backward()  # one pass, one graph: the gradient reaches the input
+        assert len(calls) == 1 and x.grad is not None and x.grad.abs().sum() > 0
+        small.train()
+        with torch.no_grad():
+            small(x.detach())
+        assert len(calls) == 2
+        small.eval()
+        monkeypatch.setattr(lipden.denoiser, "freed_memory_kept", lambda: True)
+        with torch.no_grad():
+            small(x.detach())
+        assert len(calls) == 3  # freed blocks are reused anyway: one pass
+        monkeypatch.setattr(lipden.denoiser, "freed_memory_kept", lambda: False)
+        with torch.no_grad():
+            small(x.detach())
+        assert len(calls) > 4
+    finally:
+        small.eval()
+        handle.remove()
+
+
+def test_shipped_model_batches_run_in_passes_with_the_same_result(shipped, default_allocator):
+    x = torch.rand(6, 1, 200, 190, generator=torch.Generator().manual_seed(4))
+    calls, handle = _count_body_calls(shipped)
+    try:
+        with torch.no_grad():
+            passes = shipped(x)
+            shipped.cpu_pass_bytes = None
+            one_pass = shipped(x)
+    finally:
+        del shipped.cpu_pass_bytes  # back to the class default
+        handle.remove()
+    assert len(calls) == 3  # 131,072 pixels per pass: 3 images of 200x190 at a time, then the one pass
+    torch.testing.assert_close(passes, one_pass, atol=1e-5, rtol=0)
