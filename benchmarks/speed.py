@@ -18,7 +18,7 @@
     threshold, in two fresh processes, with glibc's defaults vs
     :func:`lipden.allocator.keep_freed_memory` (which the command line applies; so (a)-(e)
     run with it), the forward in one pass (``cpu_pass_bytes = None``);
-(g) cache-sized CPU passes: the eval forward of a batch of 256x256 images and of one large
+(g) bounded CPU passes: the eval forward of a batch of 256x256 images and of one large
     image in one pass vs in the passes ``LipschitzDenoiser`` makes on a CPU when the process
     keeps glibc's default allocator (at most ``cpu_pass_bytes`` of activations each; the
     same result), in a fresh process like (f).
@@ -189,7 +189,7 @@ def allocator_probe(keep: bool, batch: int, size: int, repeats: int, threads: in
 
 
 def cpu_pass_probe(shapes: list[list[int]], repeats: int, threads: int) -> dict:
-    """Eval forward in one pass vs in cache-sized CPU passes, this process (glibc defaults)."""
+    """Eval forward in one pass vs in bounded CPU passes, this process (glibc defaults)."""
     torch.set_num_threads(threads)
     model, _ = _denoiser()
     default = model.cpu_pass_bytes
@@ -221,7 +221,7 @@ def _fresh_process(call: str) -> dict:
 
 
 def cpu_pass_cost(shapes: list[list[int]], repeats: int) -> dict:
-    """(g) one pass vs cache-sized passes, in a fresh process with glibc's default allocator."""
+    """(g) one pass vs bounded passes, in a fresh process with glibc's default allocator."""
     return _fresh_process(f"cpu_pass_probe({shapes}, {repeats}, {torch.get_num_threads()})")
 
 
@@ -297,7 +297,7 @@ def _pass_lines(r: dict) -> list[str]:
         f"({v['speedup']:.2f}x)" for shape, v in c["shapes"].items()
     )
     budget = c["pass_bytes"] / 2**20 if c["pass_bytes"] else 0
-    return [f"(g) Cache-sized CPU passes (fresh process, glibc defaults as in a Python program using the "
+    return [f"(g) Bounded CPU passes (fresh process, glibc defaults as in a Python program using the "
             f"library; eval forward, at most {budget:g} MiB of activations per pass, same result): {cells}. "
             "With freed blocks kept (the command line, so (a)-(e)) the denoiser makes one pass.", ""]
 

@@ -25,7 +25,7 @@ from .averaged import Averaged
 from .certify import lipschitz_upper_bound
 from .layers import OrthoConv2d, SpectralNormConv2d, shared_training_weights
 from .splines import LinearSpline, shared_spline_tables, total_tv2
-from .tiling import run_in_cache_sized_passes
+from .tiling import run_in_bounded_passes
 
 CONV_TYPES = ("ortho", "spectral", "free")
 
@@ -123,7 +123,7 @@ class LipschitzDenoiser(deepinv.models.Denoiser):
     (the command line applies it; a Python program using the library usually has not), an
     eval-mode call under ``torch.no_grad()`` (as in the solvers) runs the network in passes
     whose widest activation takes at most ``cpu_pass_bytes`` (several small images per pass,
-    a large image in exact tiles; :func:`lipden.tiling.run_in_cache_sized_passes`). Same
+    a large image in exact tiles; :func:`lipden.tiling.run_in_bounded_passes`). Same
     result; glibc then serves the activations from reused heap memory instead of fresh
     page-faulting ``mmap`` blocks, which made a forward on eight 256x256 images 1.75-2.4x
     faster on 2 CPU cores (``benchmarks/speed.py`` (g)). ``cpu_pass_bytes = None`` turns this off.
@@ -179,11 +179,11 @@ class LipschitzDenoiser(deepinv.models.Denoiser):
             if max_pixels is None:
                 out = self.body(planes)
             else:
-                out = run_in_cache_sized_passes(self.body, planes, max_pixels)
+                out = run_in_bounded_passes(self.body, planes, max_pixels)
         return out.reshape(b, c, h, w)
 
     def _cpu_pass_pixels(self, x: Tensor) -> int | None:
-        """Pixels per pass for a cache-sized CPU evaluation of x, or None for one pass."""
+        """Pixels per pass for a bounded CPU evaluation of x, or None for one pass."""
         # under autograd (incl. torch.func transforms) one pass, one graph
         if self.training or torch.is_grad_enabled() or x.device.type != "cpu" or not self.cpu_pass_bytes:
             return None

@@ -237,7 +237,7 @@ def pass_tiles(height: int, width: int, radius: tuple[int, int], max_pixels: int
     return smallest[1], smallest[2]
 
 
-def run_in_cache_sized_passes(network: nn.Module, x: Tensor, max_pixels: int) -> Tensor:
+def run_in_bounded_passes(network: nn.Module, x: Tensor, max_pixels: int) -> Tensor:
     """``network(x)`` for a convolutional network on (B, C, H, W) images, run in passes of at
     most ``max_pixels`` pixels per input channel: several images per pass when they are
     small, one image cut into exact context-extended tiles (:func:`denoise_tiled`) when it

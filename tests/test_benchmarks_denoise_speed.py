@@ -69,7 +69,7 @@ def test_speed_quick(quick_benchmarks):
     ratios += [t for v in passes.values() for t in (*v["seconds"].values(), v["speedup"])]
     assert all(_positive_finite(float(r)) for r in ratios), ratios
     text = (tmp_path / "speed-quick.md").read_text()
-    assert "(f) Allocator" in text and "(g) Cache-sized CPU passes" in text
+    assert "(f) Allocator" in text and "(g) Bounded CPU passes" in text
     calls = results["training_step"]["operator_calls"]  # the constrained step does more than the plain one
     assert 0 < calls["free"] < calls["ortho"]
 

@@ -148,7 +148,7 @@ def default_allocator(monkeypatch):
 
 
 @pytest.mark.parametrize("shape", [(5, 1, 20, 20), (1, 3, 61, 45), (2, 1, 90, 33)])
-def test_cache_sized_cpu_passes_equal_one_pass(small, shape, monkeypatch, default_allocator):
+def test_bounded_cpu_passes_equal_one_pass(small, shape, monkeypatch, default_allocator):
     x = torch.rand(shape, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         monkeypatch.setattr(small, "cpu_pass_bytes", None)
