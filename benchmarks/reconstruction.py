@@ -59,7 +59,8 @@ SETUPS: dict[str, Setup] = {
     "deblur": {
         "problems": ["deblur-gaussian1.6-noise0.01", "deblur-motion31-seed1-noise0.01",
                      "deblur-uniform9-noise0.01", "deblur-motion31-seed2-noise0.01",
-                     "deblur-gaussian1.6-noise0.03", "deblur-motion31-seed1-noise0.03"],
+                     "deblur-gaussian1.6-noise0.03", "deblur-motion31-seed1-noise0.03",
+                     "deblur-uniform9-noise0.03", "deblur-motion31-seed2-noise0.03"],
         "quick_problems": ["deblur-gaussian1.6-noise0.01"],
         "test": ("bsd68", 0, 10), "quick_test": ("bsd68", 0, 1),
         "tune": ("set12", 0, 12), "quick_tune": ("set12", 0, 2),
@@ -110,8 +111,9 @@ ROWS: dict[str, Row] = {
 QUICK_ROWS = ("baseline", "tv", "fbs-spline", "fbs-relu")
 
 
-def _parameters(problem, row: Row, tuning_images: list[Tensor], max_iter: int, quick: bool,
+def _parameters(problem, row: Row, tuning_images: list[Tensor], max_iter: int, tol: float, quick: bool,
                 device: str = "cpu") -> tuple[dict, str]:
+    """Stored parameters, else tuned now with the test solves' own stop rule (``max_iter``, ``tol``)."""
     stored = problem.default_parameters(row.defaults_key())
     if stored and (row.method == "tv" or stored.get("model") in row.models()):
         return stored, "stored (problems/tuned_defaults.json)"
@@ -123,9 +125,10 @@ def _parameters(problem, row: Row, tuning_images: list[Tensor], max_iter: int, q
                 defaults["step"], defaults["strength"], L, projected=True))
         models = sorted(row.models(), key=lambda m: float(m.split("-sigma")[1]))
         return ({"model": models[0]} if models else {}) | defaults, "UNTUNED safe defaults (quick mode)"
-    result = tune(problem, tuning_images, row.models(), row.method, max_iter=max_iter, progress=False,
+    result = tune(problem, tuning_images, row.models(), row.method, max_iter=max_iter, tol=tol, progress=False,
                   guarantee=row.guarantee, fixed=row.fixed(), device=device)
-    return result.parameters, (f"tuned now ({len(result.trials)} trials, {max_iter} iterations, on {device_name(device)}; "
+    return result.parameters, (f"tuned now ({len(result.trials)} trials, cap {max_iter} iterations, tol {tol:g}, "
+                               f"on {device_name(device)}; "
                                f"best tuning PSNR {result.psnr:.2f} dB)")
 
 
@@ -321,9 +324,9 @@ def run(
                 write_text_atomic(target, json.dumps(summary, indent=1) + "\n")
                 print(f"{name} / {row.label}: {summary['psnr']:.2f} dB (every {stride}-th image of the full run)")
                 continue
-            parameters, source = ({}, "none") if row.method == "baseline" else _parameters(
-                problem, row, tuning_images, 150, quick, device)
             cap = _iteration_cap(problem, row, max_iter, quick)
+            parameters, source = ({}, "none") if row.method == "baseline" else _parameters(
+                problem, row, tuning_images, cap, tol, quick, device)
             summary, first = _solve_row(problem, row, parameters, test_images, cap, tol, device, progress)
             summary.update(parameters=parameters, parameters_source=source, problem=name, max_iter=cap)
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -27,12 +27,17 @@ from .solvers import (
 
 #: Coarse grids; step for pnp-fbs is in units of 1/L (rescaled per problem).
 COARSE_GRIDS: dict[str, list[dict]] = {
-    "pnp-fbs": [{"step": s, "strength": t} for s in (1.0, 1.99) for t in (0.15, 0.4, 0.8)],
+    # strength 0.07: the MRI optima with the box were 0.07 (manual grids at convergence)
+    "pnp-fbs": [{"step": s, "strength": t} for s in (1.0, 1.99) for t in (0.07, 0.15, 0.4, 0.8)],
     "pnp-drs": [{"step": s, "strength": 0.5} for s in (0.3, 1.0, 3.0, 10.0)],
     "red": [{"weight": w} for w in (0.01, 0.03, 0.1, 0.3)],
     "tv": [{"weight": w} for w in (1e-3, 3e-3, 1e-2, 3e-2)],
 }
 REFINE_FACTORS = (0.6, 1.6)
+#: Stop rule of every trial solve by default: the one the benchmark's test rows use. Trials cut
+#: short move the optimum (measured on MRI x8 TV: 0.02 at 150 iterations, 0.01 at convergence).
+TRIAL_MAX_ITER = 1000
+TRIAL_TOL = 1e-5
 
 
 @dataclass
@@ -58,8 +63,8 @@ def _measure(problem, batch: Tensor, indices: list[int], seed: int) -> Tensor:
 
 
 def evaluate_parameters(
-    problem, images: Sequence[Tensor], method: str, parameters: dict, *, max_iter: int = 100,
-    tol: float = 1e-4, seed: int = 0, denoisers: dict | None = None, guarantee: bool = True,
+    problem, images: Sequence[Tensor], method: str, parameters: dict, *, max_iter: int = TRIAL_MAX_ITER,
+    tol: float = TRIAL_TOL, seed: int = 0, denoisers: dict | None = None, guarantee: bool = True,
     device: str | torch.device = "cpu",
 ) -> float:
     """Mean PSNR of ``method`` with ``parameters`` (incl. ``model`` unless TV) over ``images``.
@@ -96,8 +101,8 @@ def _valid(method: str, params: dict, lipschitz_sq: float) -> bool:
 
 def tune(
     problem, images: Sequence[Tensor], denoiser_names: Sequence[str] | None, method: str, *,
-    max_iter: int = 100, tol: float = 1e-4, seed: int = 0, progress: bool = True, guarantee: bool = True,
-    fixed: dict | None = None, device: str | torch.device = "cpu",
+    max_iter: int = TRIAL_MAX_ITER, tol: float = TRIAL_TOL, seed: int = 0, progress: bool = True,
+    guarantee: bool = True, fixed: dict | None = None, device: str | torch.device = "cpu",
 ) -> TuneResult:
     """Maximise the mean PSNR over ``images`` ((1, C, H, W) tensors in [0, 1]).
 
@@ -107,7 +112,10 @@ def tune(
     searched: each trial uses ``fbs_fast_relaxation`` (0.95 / alpha), which leaves the fixed
     point unchanged and usually reaches it in fewer iterations. ``method="tv"`` tunes the TV weight
     (no denoiser). ``fixed`` parameters (e.g. the box bounds ``{"lower": 0.0}``) go into every
-    trial unsearched; the trials run on ``device``. The result's ``parameters`` can be passed to ``reconstruct`` as
+    trial unsearched; the trials run on ``device``. Each trial solve stops like the solve it tunes
+    for (``max_iter``, ``tol``; by default the benchmark's 1000 iterations and 1e-5): a
+    truncated trial measures a different estimator, and its optimum differs. The result's
+    ``parameters`` can be passed to ``reconstruct`` as
     ``reconstruct(y, physics, load_denoiser(p.pop("model")), method, **p)``.
     """
     method = method if method == "tv" else canonical_method(method)
@@ -160,16 +168,20 @@ def tune(
     return TuneResult(problem.name, method, parameters, best["psnr"], trials)
 
 
-def store_tuned(result: TuneResult, path: str | Path, note: str, key: str | None = None) -> None:
+def store_tuned(result: TuneResult, path: str | Path, note: str, key: str | None = None,
+                max_iter: int | None = None) -> None:
     """Record a tuning result in the JSON table of tuned defaults (atomic rewrite).
 
-    ``key`` defaults to the method; the benchmark stores baseline priors as ``method:family``.
+    ``key`` defaults to the method; the benchmark stores baseline priors as ``method:family``
+    and box-constrained runs as ``method:box``. ``max_iter``: an iteration cap the test solves
+    must use too (when the trials needed more than the benchmark's 1000).
     """
     path = Path(path)
     table = json.loads(path.read_text()) if path.is_file() else {}
-    table.setdefault(result.problem, {})[key or result.method] = {
-        "parameters": result.parameters, "tuning_psnr": round(result.psnr, 4), "tuned_on": note,
-    }
+    entry = {"parameters": result.parameters, "tuning_psnr": round(result.psnr, 4), "tuned_on": note}
+    if max_iter is not None:
+        entry["max_iter"] = max_iter
+    table.setdefault(result.problem, {})[key or result.method] = entry
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuned-")
     with os.fdopen(fd, "w") as handle:
         json.dump(table, handle, indent=2, sort_keys=True)

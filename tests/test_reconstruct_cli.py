@@ -102,3 +102,42 @@ def test_tune_returns_parameters_that_reconstruct_accepts():
         assert conditions("pnp-fbs", trial, L, 1.0).holds
     tv = tune(problem, images, None, "tv", max_iter=8, tol=1e-3, progress=False)
     assert set(tv.parameters) == {"weight"}
+
+
+def test_cli_tune_box_write_records_the_trials_stop_rule(truth_png, tmp_path, monkeypatch, capsys):
+    """``tune --box --write`` stores METHOD:box with its bounds, the stop rule, and a cap above 1000."""
+    table = tmp_path / "tuned.json"
+    monkeypatch.setattr("problems.base.TUNED_DEFAULTS_FILE", table)
+    name = "mri-random-x8-cf0.04-noise0.002"
+    code = main(["tune", name, "--images", str(truth_png.parent), "--box", "--write", "--json", "--quiet",
+                 "--max-iter", "1200", "--tol", "0.05"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    entry = json.loads(table.read_text())[name]["pnp-fbs:box"]
+    assert (entry["parameters"]["lower"], entry["parameters"]["upper"]) == (0.0, 1.0)
+    assert entry["parameters"] == record["parameters"] and entry["max_iter"] == 1200
+    assert "max_iter 1200, tol 0.05" in entry["tuned_on"]
+    problem = P.problem_from_name(name)
+    assert problem.default_iteration_cap("pnp-fbs:box") == 1200
+    assert main(["tune", name, "--method", "tv", "--box"]) == 2
+    assert "--box applies to pnp-fbs and red" in capsys.readouterr().err
+
+
+def test_benchmark_tunes_a_new_row_with_the_test_stop_rule(monkeypatch):
+    """A row without stored parameters is tuned with the cap and tolerance its test solves use."""
+    import benchmarks.reconstruction as R
+
+    seen = {}
+
+    def fake_tune(problem, images, models, method, **kwargs):
+        seen.update(kwargs)
+        from lipden.tuning import TuneResult
+
+        return TuneResult(problem.name, method, {"weight": 0.01}, 20.0, [{}])
+
+    monkeypatch.setattr(R, "tune", fake_tune)
+    problem = P.problem_from_name("deblur-uniform9-noise0.03")  # nothing stored for it
+    images = [P.default_image("natural", 32)]
+    parameters, source = R._parameters(problem, R.ROWS["tv"], images, 1000, 1e-5, quick=False)
+    assert (seen["max_iter"], seen["tol"]) == (1000, 1e-5)
+    assert parameters == {"weight": 0.01} and "cap 1000 iterations, tol 1e-05" in source
