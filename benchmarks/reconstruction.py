@@ -31,7 +31,7 @@ from lipden.pretrained import list_denoisers, load_denoiser
 from lipden.reconstruction import psnr_per_image, reconstruct
 from lipden.solvers import default_parameters, fbs_fast_relaxation
 from lipden.splines import set_spline_backend
-from lipden.tuning import _batches, tune
+from lipden.tuning import TRIAL_MAX_ITER, TRIAL_TOL, _batches, tune
 from problems import dev_set, problem_from_name
 
 from .common import WRITTEN, device_name, machine, write_results, write_text_atomic
@@ -288,7 +288,7 @@ def run(
     if compile_spline:
         set_spline_backend("compiled")
     setup = SETUPS[kind]
-    max_iter, tol = (60, 1e-4) if quick else (1000, 1e-5)
+    max_iter, tol = (60, 1e-4) if quick else (TRIAL_MAX_ITER, TRIAL_TOL)  # the full run tunes and tests alike
     unknown = sorted(set(rows or []) - set(ROWS))
     if unknown:
         raise ValueError(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
