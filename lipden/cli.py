@@ -418,8 +418,11 @@ def _validate(args: argparse.Namespace) -> None:
             raise UserError("--max-iter must be >= 1")
         if args.tol is not None and not args.tol > 0:
             raise UserError("--tol must be > 0")
-    if args.command == "tune" and args.box and args.method not in ("pnp-fbs", "red"):
-        raise UserError(f"--box applies to pnp-fbs and red, not {args.method}")
+    if args.command == "tune" and args.box:
+        from .solvers import BOUND_PARAMETERS, parameter_names
+
+        if args.method == "tv" or BOUND_PARAMETERS[0] not in parameter_names(args.method):
+            raise UserError(f"--box applies to pnp-fbs and red, not {args.method}")
     if args.command in ("tune", "benchmark"):  # denoise and reconstruct check theirs where they place tensors
         from .denoise_cli import check_device
 
