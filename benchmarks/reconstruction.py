@@ -139,8 +139,10 @@ def _iteration_cap(problem, row: Row, max_iter: int, quick: bool) -> int:
 
 
 def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_iter: int, tol: float,
-               device: str, progress: bool = False) -> tuple[dict, Tensor]:
-    """Solve every test image (batched by shape); per-image metrics and image 0's result."""
+               device: str, progress: bool = False, accelerate: int = 0) -> tuple[dict, Tensor]:
+    """Solve every test image (batched by shape); per-image metrics and image 0's result.
+
+    ``accelerate``: Anderson memory of the PnP / RED solves (0: plain iteration)."""
     params = dict(parameters)
     model = params.pop("model", None)
     denoiser = load_denoiser(model, device=device) if model else None
@@ -162,7 +164,7 @@ def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_it
             its, conv = [count] * len(indices), [count < max_iter] * len(indices)
         else:
             result = reconstruct(y, physics, denoiser, row.method, max_iter=max_iter, tol=tol, x_true=truth,
-                                 guarantee=row.guarantee, progress=progress, **params)
+                                 guarantee=row.guarantee, progress=progress, accelerate=accelerate, **params)
             x = result.x
             # each image stops at its first iteration below tol (frozen after)
             conv = (result.final_relative_residuals <= tol).tolist()
@@ -327,8 +329,10 @@ def run(
             cap = _iteration_cap(problem, row, max_iter, quick)
             parameters, source = ({}, "none") if row.method == "baseline" else _parameters(
                 problem, row, tuning_images, cap, tol, quick, device)
-            summary, first = _solve_row(problem, row, parameters, test_images, cap, tol, device, progress)
-            summary.update(parameters=parameters, parameters_source=source, problem=name, max_iter=cap)
+            accelerate = 0 if quick else problem.default_acceleration(row.defaults_key())
+            summary, first = _solve_row(problem, row, parameters, test_images, cap, tol, device, progress, accelerate)
+            summary.update(parameters=parameters, parameters_source=source, problem=name, max_iter=cap,
+                           accelerate=accelerate)
             target.parent.mkdir(parents=True, exist_ok=True)
             write_image(runs / name / f"{row_id}.png", first[0], force=True)
             write_text_atomic(target, json.dumps(summary, indent=1) + "\n")
@@ -360,6 +364,8 @@ def run(
             params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["parameters"].items())
             if row.get("max_iter", max_iter) != max_iter:
                 params += f" (cap {row['max_iter']} iterations)"
+            if row.get("accelerate"):
+                params += f" (Anderson memory {row['accelerate']}: iterations count passes)"
             mono = "-" if row["monotone_all"] is None else str(row["monotone_all"])
             lines.append(f"| {row['label']} | {row['psnr']:.2f} | {row['ssim']:.4f} | {its} | {row['converged_all']} "
                          f"| {mono} | {inc} | {_seconds(row)} | {params} |")

@@ -157,7 +157,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     result = reconstruct(
         y, physics, denoiser, method, x_true=truth, max_iter=args.max_iter, tol=args.tol,
         guarantee=not args.no_guarantee, progress=not args.quiet and not args.json,
-        tile=tile_for(args.tile, truth.shape), **params,
+        tile=tile_for(args.tile, truth.shape), accelerate=args.accelerate, **params,
     )
     seconds = time.perf_counter() - started
     estimate = result.x.clamp(0, 1).cpu()
@@ -174,6 +174,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         "psnr": psnr(estimate, truth_cpu),
         "ssim": _ssim(estimate[0], truth_cpu[0]),
         "iterations": result.iterations,
+        "accelerate": args.accelerate,
+        "evaluations": int(result.evaluations_per_image.max()) if result.evaluations_per_image is not None else None,
         "converged": result.converged,
         "guaranteed": result.guaranteed,
         "max_residual_increase": result.max_residual_increase,
@@ -198,7 +200,9 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         print(f"  {base}: PSNR {record['psnr_baseline']:.2f} dB, SSIM {_fmt(record['ssim_baseline'])}")
         print(f"  {method} with {model_name}: PSNR {record['psnr']:.2f} dB, SSIM {_fmt(record['ssim'])}")
         status = "converged" if result.converged else f"NOT converged (cap {args.max_iter})"
-        print(f"  {result.iterations} iterations, {status}, final relative residual "
+        passes = f"{result.iterations} iterations" + (
+            f" (Anderson memory {args.accelerate}, {record['evaluations']} evaluations)" if args.accelerate else "")
+        print(f"  {passes}, {status}, final relative residual "
               f"{record['final_relative_residual']:.2e}, residual non-increasing: {result.monotone}; {seconds:.1f} s")
         if output is not None:
             print(f"  wrote {output}")

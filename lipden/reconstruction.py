@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .anderson import AndersonAccelerator
 from .certify import CertificationError, lipschitz_upper_bound
 from .solvers import (
     ConvergenceConditionError,
@@ -51,7 +52,10 @@ class ReconstructionResult:
     (K, B) per-iteration PSNR (dB, clipped estimate) when a ground truth was given (constant
     after an image stopped). ``max_residual_increase``: the largest relative increase
     r_{k+1}/r_k - 1 observed (0 if the sequence is non-increasing); ``monotone``: no increase
-    beyond round-off.
+    beyond round-off. ``evaluations_per_image``: (B,) evaluations of the iteration map T:
+    the iterations, plus the rejected Anderson proposals when ``accelerated`` (the Anderson
+    memory) is > 0 (plus one if the cap was reached). ``residuals`` are ||T z_k - z_k||,
+    which equals ||z_{k+1} - z_k|| for the plain iteration.
     """
 
     x: Tensor
@@ -71,6 +75,8 @@ class ReconstructionResult:
     iterations_per_image: Tensor
     psnr: Tensor | None = None
     averagedness: float | None = None
+    evaluations_per_image: Tensor | None = None
+    accelerated: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -147,6 +153,7 @@ def reconstruct(
     denoiser_sigma: float | None = None,
     progress: bool = False,
     tile: int | None = None,
+    accelerate: int = 0,
     **params: float,
 ) -> ReconstructionResult:
     """Solve ``y = A x + n`` by PnP-FBS, PnP-DRS (ADMM) or RED with a 1-Lipschitz denoiser.
@@ -174,6 +181,14 @@ def reconstruct(
             same function, so the same iterates and guarantee) to bound the memory of large
             images: about 3 x channels x (tile + 16)^2 x 4 bytes instead of 3 x channels x H x W
             x 4 bytes per image, plus a few image-sized buffers (iterate, gradient, measurement).
+        accelerate: Anderson memory m (0, the default: the plain iteration z_{k+1} = T z_k).
+            With m >= 1 each pass proposes an Anderson extrapolation from the last m pairs
+            (z, T z) and keeps it only if it passes a safeguard (``lipden.anderson``: it lowers
+            the residual ||T z - z|| by a fixed fraction and the accepted steps stay within a
+            finite length budget), else takes the plain step. Under the method's theorem (T
+            averaged) the iterates still converge to a fixed point of T and the residuals are
+            still non-increasing; a pass costs one evaluation of T, two when its proposal is
+            rejected (``evaluations_per_image``).
 
     Returns a :class:`ReconstructionResult`. Raises ``ConvergenceConditionError`` for
     parameters outside the theorem (with ``guarantee=True``), ``SolverError`` on NaN/inf or
@@ -185,6 +200,8 @@ def reconstruct(
         raise ValueError("y must be a finite tensor")
     if max_iter < 1 or not tol > 0:
         raise ValueError(f"need max_iter >= 1 and tol > 0, got {max_iter} and {tol}")
+    if isinstance(accelerate, bool) or not isinstance(accelerate, int) or accelerate < 0:
+        raise ValueError(f"accelerate must be an Anderson memory (integer >= 0), got {accelerate!r}")
     unknown = set(params) - set(parameter_names(method))
     if unknown:
         raise ValueError(f"unknown parameters for {method}: {sorted(unknown)}; valid: {parameter_names(method)}")
@@ -259,25 +276,37 @@ def reconstruct(
     batch = z.shape[0]
     running = torch.ones(batch, dtype=torch.bool, device=z.device)
     stopped_at = torch.full((batch,), max_iter, dtype=torch.long)
+    evaluations = torch.zeros(batch, dtype=torch.long)
     # Iterate only the running images when the physics has no per-image parameters.
     sub_batches = batch > 1 and _acts_per_image(physics, start, y)
+
+    def apply_step(v: Tensor, which: Tensor) -> Tensor:
+        """T(v) for the images in ``which`` (B,) bool; the other images keep ``v``."""
+        evaluations[which.cpu()] += 1
+        if bool(which.all()):
+            return step(v)
+        if sub_batches:
+            index = which.nonzero().squeeze(1)
+            measured[0] = y[index]
+            out = v.clone()
+            out[index] = step(v[index])
+            measured[0] = y
+            return out
+        return torch.where(which.view(-1, *[1] * (v.dim() - 1)), step(v), v)
+
+    anderson = AndersonAccelerator(accelerate) if accelerate else None
+    t_z = apply_step(z, running) if anderson is not None else None
     bar = tqdm(range(max_iter), desc=method, disable=not progress, leave=False)
     with torch.no_grad():
         for k in bar:
-            if bool(running.all()):
-                z_next = step(z)
-            elif sub_batches:
-                index = running.nonzero().squeeze(1)
-                measured[0] = y[index]
-                z_next = z.clone()
-                z_next[index] = step(z[index])
-                measured[0] = y
+            if anderson is None or t_z is None:
+                z_next = t_z_k = apply_step(z, running)
             else:
-                z_next = torch.where(running.view(-1, *[1] * (z.dim() - 1)), step(z), z)
+                t_z_k, (z_next, t_z) = t_z, _anderson_step(anderson, z, t_z, running, tol, apply_step)
             if not torch.isfinite(z_next).all():
                 raise SolverError(f"{method}: the iterate became NaN/inf after {k + 1} iterations")
-            r = (z_next - z).flatten(1).norm(dim=1)
-            norm = z_next.flatten(1).norm(dim=1).clamp_min(1e-12)
+            r = (t_z_k - z).flatten(1).norm(dim=1)
+            norm = t_z_k.flatten(1).norm(dim=1).clamp_min(1e-12)
             if residuals:
                 previous = residuals[-1]
                 live = running & ~torch.isnan(previous)
@@ -323,7 +352,37 @@ def reconstruct(
         averagedness=averagedness(method, chosen, L),
         notes=notes,
         iterations_per_image=stopped_at.clamp_max(len(residuals)),
+        evaluations_per_image=evaluations,
+        accelerated=accelerate,
     )
+
+
+def _anderson_step(
+    anderson: AndersonAccelerator, z: Tensor, t_z: Tensor, running: Tensor, tol: float,
+    apply_step: Callable[[Tensor, Tensor], Tensor],
+) -> tuple[Tensor, Tensor]:
+    """One safeguarded Anderson pass from z_k, T z_k: returns z_{k+1} and T z_{k+1}.
+
+    Images that stop at z_k (relative residual <= tol) or stopped before keep the plain
+    ``z_{k+1} = T z_k`` (resp. z_k) and get no new evaluation of T.
+    """
+    def per_image(mask: Tensor) -> Tensor:
+        return mask.view(-1, *[1] * (z.dim() - 1))
+
+    relative = (t_z - z).flatten(1).norm(dim=1) / t_z.flatten(1).norm(dim=1).clamp_min(1e-12)
+    continuing = running & (relative > tol)
+    proposal = anderson.propose(z, t_z)
+    trying = continuing & anderson.ready()  # not waiting after a rejection
+    z_next = torch.where(per_image(running), t_z, z)
+    accepted = torch.zeros_like(continuing)
+    t_proposal = z_next
+    if proposal is not None and bool(trying.any()):
+        t_proposal = apply_step(proposal, trying)
+        accepted = anderson.accept(z, t_z, proposal, t_proposal, trying)
+        z_next = torch.where(per_image(accepted), proposal, z_next)
+    plain = continuing & ~accepted
+    t_plain = apply_step(z_next, plain) if bool(plain.any()) else z_next
+    return z_next, torch.where(per_image(accepted), t_proposal, t_plain)
 
 
 def _acts_per_image(physics, x: Tensor, y: Tensor) -> bool:

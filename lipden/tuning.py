@@ -27,8 +27,8 @@ from .solvers import (
 
 #: Coarse grids; step for pnp-fbs is in units of 1/L (rescaled per problem).
 COARSE_GRIDS: dict[str, list[dict]] = {
-    # strength 0.07: the MRI optima with the box were 0.07 (manual grids at convergence)
-    "pnp-fbs": [{"step": s, "strength": t} for s in (1.0, 1.99) for t in (0.07, 0.15, 0.4, 0.8)],
+    # low strengths: the MRI box optima (manual grids at convergence) lie at 0.025-0.05
+    "pnp-fbs": [{"step": s, "strength": t} for s in (1.0, 1.99) for t in (0.03, 0.07, 0.15, 0.4, 0.8)],
     "pnp-drs": [{"step": s, "strength": 0.5} for s in (0.3, 1.0, 3.0, 10.0)],
     "red": [{"weight": w} for w in (0.01, 0.03, 0.1, 0.3)],
     "tv": [{"weight": w} for w in (1e-3, 3e-3, 1e-2, 3e-2)],
@@ -65,13 +65,14 @@ def _measure(problem, batch: Tensor, indices: list[int], seed: int) -> Tensor:
 def evaluate_parameters(
     problem, images: Sequence[Tensor], method: str, parameters: dict, *, max_iter: int = TRIAL_MAX_ITER,
     tol: float = TRIAL_TOL, seed: int = 0, denoisers: dict | None = None, guarantee: bool = True,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", accelerate: int = 0,
 ) -> float:
     """Mean PSNR of ``method`` with ``parameters`` (incl. ``model`` unless TV) over ``images``.
 
     ``denoisers`` caches loaded models by name (loading verifies and certifies them).
     ``guarantee=False`` lets an uncertified prior run (see ``reconstruct``). The solves run
-    on ``device`` (images, measurements and denoisers are moved there).
+    on ``device`` (images, measurements and denoisers are moved there); ``accelerate`` is
+    ``reconstruct``'s Anderson memory (0: plain iteration).
     """
     params = dict(parameters)
     model_name = params.pop("model", None)
@@ -87,7 +88,7 @@ def evaluate_parameters(
             x, _ = tv_reconstruct(y, physics, params["weight"], max_iter=max_iter, tol=tol)
         else:
             x = reconstruct(y, physics, denoisers[model_name], method, max_iter=max_iter, tol=tol,
-                            guarantee=guarantee, **params).x
+                            guarantee=guarantee, accelerate=accelerate, **params).x
         scores += psnr_per_image(x, batch).tolist()
     return sum(scores) / len(scores)
 
@@ -103,6 +104,7 @@ def tune(
     problem, images: Sequence[Tensor], denoiser_names: Sequence[str] | None, method: str, *,
     max_iter: int = TRIAL_MAX_ITER, tol: float = TRIAL_TOL, seed: int = 0, progress: bool = True,
     guarantee: bool = True, fixed: dict | None = None, device: str | torch.device = "cpu",
+    accelerate: int = 0,
 ) -> TuneResult:
     """Maximise the mean PSNR over ``images`` ((1, C, H, W) tensors in [0, 1]).
 
@@ -114,7 +116,8 @@ def tune(
     (no denoiser). ``fixed`` parameters (e.g. the box bounds ``{"lower": 0.0}``) go into every
     trial unsearched; the trials run on ``device``. Each trial solve stops like the solve it tunes
     for (``max_iter``, ``tol``; by default the benchmark's 1000 iterations and 1e-5): a
-    truncated trial measures a different estimator, and its optimum differs. The result's
+    truncated trial measures a different estimator, and its optimum differs. ``accelerate``:
+    the Anderson memory of the trial solves (``reconstruct``; TV ignores it). The result's
     ``parameters`` can be passed to ``reconstruct`` as
     ``reconstruct(y, physics, load_denoiser(p.pop("model")), method, **p)``.
     """
@@ -145,7 +148,8 @@ def tune(
             return
         seen.add(key)
         score = evaluate_parameters(problem, images, method, candidate, max_iter=max_iter, tol=tol, seed=seed,
-                                    denoisers=denoisers, guarantee=guarantee, device=device)
+                                    denoisers=denoisers, guarantee=guarantee, device=device,
+                                    accelerate=0 if method == "tv" else accelerate)
         trials.append({**candidate, "psnr": score})
         bar.update(1)
         bar.set_postfix(best=f"{max(t['psnr'] for t in trials):.2f}")
@@ -169,18 +173,21 @@ def tune(
 
 
 def store_tuned(result: TuneResult, path: str | Path, note: str, key: str | None = None,
-                max_iter: int | None = None) -> None:
+                max_iter: int | None = None, accelerate: int = 0) -> None:
     """Record a tuning result in the JSON table of tuned defaults (atomic rewrite).
 
     ``key`` defaults to the method; the benchmark stores baseline priors as ``method:family``
     and box-constrained runs as ``method:box``. ``max_iter``: an iteration cap the test solves
-    must use too (when the trials needed more than the benchmark's 1000).
+    must use too (when the trials needed more than the benchmark's 1000); ``accelerate``: the
+    Anderson memory the trials used (recorded when > 0, the test solves then use it too).
     """
     path = Path(path)
     table = json.loads(path.read_text()) if path.is_file() else {}
     entry = {"parameters": result.parameters, "tuning_psnr": round(result.psnr, 4), "tuned_on": note}
     if max_iter is not None:
         entry["max_iter"] = max_iter
+    if accelerate:
+        entry["accelerate"] = accelerate
     table.setdefault(result.problem, {})[key or result.method] = entry
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuned-")
     with os.fdopen(fd, "w") as handle:

@@ -89,6 +89,10 @@ class InverseProblem(ABC):
         cap = self._tuned_entry(method).get("max_iter")
         return None if cap is None else int(cap)
 
+    def default_acceleration(self, method: str) -> int:
+        """Anderson memory stored with the tuned parameters (0: the plain iteration)."""
+        return int(self._tuned_entry(method).get("accelerate", 0))
+
     def _tuned_entry(self, method: str) -> dict:
         """This problem's entry for ``method`` in ``problems/tuned_defaults.json`` ({} if none)."""
         if not TUNED_DEFAULTS_FILE.is_file():

@@ -20,6 +20,25 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def small_denoiser():
+    """A random 1-Lipschitz spline denoiser (8 channels, 4 layers) for solver tests."""
+    from lipden import DenoiserConfig, LipschitzDenoiser
+
+    torch.manual_seed(0)
+    return LipschitzDenoiser(DenoiserConfig(channels=8, depth=4, sigma=None)).eval()
+
+
+@pytest.fixture(scope="module")
+def mri_case():
+    """(problem, x, y, physics) of a 32x32 MRI x4 problem (random mask)."""
+    import problems as P
+
+    problem = P.MRIProblem("random", 4)
+    x = P.default_image("mri", 32)
+    return problem, x, problem.measure(x, seed=0), problem.physics(x.shape)
+
+
 def full_operator(f, input_shape, dtype=torch.float64):
     """Dense matrix of an affine map, from its impulse responses (bias removed)."""
     n = 1

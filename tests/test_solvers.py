@@ -13,22 +13,9 @@ from lipden.solvers import ConvergenceConditionError, averagedness, conditions, 
 
 
 @pytest.fixture(scope="module")
-def small_denoiser():
-    torch.manual_seed(0)
-    return LipschitzDenoiser(DenoiserConfig(channels=8, depth=4, sigma=None)).eval()
-
-
-@pytest.fixture(scope="module")
 def deblur_case():
     problem = P.DeblurProblem("gaussian", blur_sigma=1.6, noise=0.01)
     x = P.default_image("natural", 40)
-    return problem, x, problem.measure(x, seed=0), problem.physics(x.shape)
-
-
-@pytest.fixture(scope="module")
-def mri_case():
-    problem = P.MRIProblem("random", 4)
-    x = P.default_image("mri", 32)
     return problem, x, problem.measure(x, seed=0), problem.physics(x.shape)
 
 
