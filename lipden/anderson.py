@@ -49,7 +49,7 @@ class AndersonAccelerator:
     """History of one batch of iterates and the safeguarded proposal; tensors are (B, ...).
 
     ``memory`` (>= 1) is the number of past differences used. Images are independent: each
-    has its own coefficients, its own count of accepted steps and its own g_0.
+    has its own coefficients, count of accepted steps, step budget and back-off.
     """
 
     def __init__(self, memory: int) -> None:
@@ -88,6 +88,8 @@ class AndersonAccelerator:
         ridge = REGULARIZATION * gram.diagonal(dim1=1, dim2=2).sum(1).clamp_min(1e-300)
         gram = gram + ridge[:, None, None] * torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
         coefficients = torch.linalg.solve(gram, (dg @ g.double()[:, :, None]))  # (B, m, 1)
+        # a degenerate history proposes T z_k itself rather than NaN (the denoiser refuses NaN)
+        coefficients = torch.nan_to_num(coefficients, nan=0.0, posinf=0.0, neginf=0.0)
         dt = torch.stack(self._dt, 1)
         proposal = t - (coefficients.to(dt.dtype).transpose(1, 2) @ dt).squeeze(1)
         return proposal.view_as(z)
