@@ -175,7 +175,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         "ssim": _ssim(estimate[0], truth_cpu[0]),
         "iterations": result.iterations,
         "accelerate": args.accelerate,
-        "evaluations": int(result.evaluations_per_image.max()) if result.evaluations_per_image is not None else None,
+        "evaluations": int(result.evaluations_per_image.max()),
         "converged": result.converged,
         "guaranteed": result.guaranteed,
         "max_residual_increase": result.max_residual_increase,

@@ -73,9 +73,9 @@ class ReconstructionResult:
     monotone: bool
     seconds: float
     iterations_per_image: Tensor
+    evaluations_per_image: Tensor
     psnr: Tensor | None = None
     averagedness: float | None = None
-    evaluations_per_image: Tensor | None = None
     accelerated: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -292,7 +292,7 @@ def reconstruct(
             out[index] = step(v[index])
             measured[0] = y
             return out
-        return torch.where(which.view(-1, *[1] * (v.dim() - 1)), step(v), v)
+        return torch.where(_per_image(which, v), step(v), v)
 
     anderson = AndersonAccelerator(accelerate) if accelerate else None
     t_z = apply_step(z, running) if anderson is not None else None
@@ -366,23 +366,25 @@ def _anderson_step(
     Images that stop at z_k (relative residual <= tol) or stopped before keep the plain
     ``z_{k+1} = T z_k`` (resp. z_k) and get no new evaluation of T.
     """
-    def per_image(mask: Tensor) -> Tensor:
-        return mask.view(-1, *[1] * (z.dim() - 1))
-
     relative = (t_z - z).flatten(1).norm(dim=1) / t_z.flatten(1).norm(dim=1).clamp_min(1e-12)
     continuing = running & (relative > tol)
     proposal = anderson.propose(z, t_z)
     trying = continuing & anderson.ready()  # not waiting after a rejection
-    z_next = torch.where(per_image(running), t_z, z)
+    z_next = torch.where(_per_image(running, z), t_z, z)
     accepted = torch.zeros_like(continuing)
     t_proposal = z_next
     if proposal is not None and bool(trying.any()):
         t_proposal = apply_step(proposal, trying)
         accepted = anderson.accept(z, t_z, proposal, t_proposal, trying)
-        z_next = torch.where(per_image(accepted), proposal, z_next)
+        z_next = torch.where(_per_image(accepted, z), proposal, z_next)
     plain = continuing & ~accepted
     t_plain = apply_step(z_next, plain) if bool(plain.any()) else z_next
-    return z_next, torch.where(per_image(accepted), t_proposal, t_plain)
+    return z_next, torch.where(_per_image(accepted, z), t_proposal, t_plain)
+
+
+def _per_image(mask: Tensor, like: Tensor) -> Tensor:
+    """A (B,) mask shaped to broadcast over ``like`` (B, C, H, W)."""
+    return mask.view(-1, *[1] * (like.dim() - 1))
 
 
 def _acts_per_image(physics, x: Tensor, y: Tensor) -> bool:
