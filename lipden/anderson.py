@@ -12,7 +12,11 @@ per image, only when it passes the safeguard:
    slowly contracting T has its fixed point many residuals away, which is where the
    extrapolation helps);
 
-otherwise the plain step ``z_{k+1} = T z_k`` is taken. Convergence (finite dimension, T
+otherwise the plain step ``z_{k+1} = T z_k`` is taken. When a closed convex set K containing
+every fixed point of T is known (the box of a box-constrained solve), the proposal is first
+projected onto it: P_K moves no point farther from a fixed point, and an extrapolation of pixels
+that the box holds at a bound (an MRI background at 0) otherwise leaves the box and fails
+test 1 nearly every time. Convergence (finite dimension, T
 averaged with a fixed point p): a plain step does not increase ||z - p|| (T is nonexpansive)
 nor the residual (||T T z - T z|| <= ||T z - z||); an accepted step increases ||z - p|| by at
 most its length, and these lengths are summable (test 2), so ||z_k - p|| converges for every
@@ -28,6 +32,8 @@ proposal was made.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -48,14 +54,17 @@ REGULARIZATION = 1e-10
 class AndersonAccelerator:
     """History of one batch of iterates and the safeguarded proposal; tensors are (B, ...).
 
-    ``memory`` (>= 1) is the number of past differences used. Images are independent: each
-    has its own coefficients, count of accepted steps, step budget and back-off.
+    ``memory`` (>= 1) is the number of past differences used. ``project``: the projection onto
+    a closed convex set containing every fixed point of T, applied to each proposal (None: no
+    projection). Images are independent: each has its own coefficients, count of accepted
+    steps, step budget and back-off.
     """
 
-    def __init__(self, memory: int) -> None:
+    def __init__(self, memory: int, project: Callable[[Tensor], Tensor] | None = None) -> None:
         if not (isinstance(memory, int) and memory >= 1):
             raise ValueError(f"the Anderson memory must be an integer >= 1, got {memory!r}")
         self.memory = memory
+        self.project = project
         self._dg: list[Tensor] = []
         self._dt: list[Tensor] = []
         self._last: tuple[Tensor, Tensor] | None = None
@@ -91,8 +100,8 @@ class AndersonAccelerator:
         # a degenerate history proposes T z_k itself rather than NaN (the denoiser refuses NaN)
         coefficients = torch.nan_to_num(coefficients, nan=0.0, posinf=0.0, neginf=0.0)
         dt = torch.stack(self._dt, 1)
-        proposal = t - (coefficients.to(dt.dtype).transpose(1, 2) @ dt).squeeze(1)
-        return proposal.view_as(z)
+        proposal = (t - (coefficients.to(dt.dtype).transpose(1, 2) @ dt).squeeze(1)).view_as(z)
+        return proposal if self.project is None else self.project(proposal)
 
     def ready(self) -> Tensor:
         """(B,) bool: the images not waiting after a rejected proposal."""

@@ -21,6 +21,7 @@ from .solvers import (
     canonical_method,
     conditions,
     default_parameters,
+    fixed_point_projection,
     make_step,
     parameter_names,
 )
@@ -183,7 +184,8 @@ def reconstruct(
             x 4 bytes per image, plus a few image-sized buffers (iterate, gradient, measurement).
         accelerate: Anderson memory m (0, the default: the plain iteration z_{k+1} = T z_k).
             With m >= 1 each pass proposes an Anderson extrapolation from the last m pairs
-            (z, T z) and keeps it only if it passes a safeguard (``lipden.anderson``: it lowers
+            (z, T z), projected onto the box when there is one (it holds every fixed point),
+            and keeps it only if it passes a safeguard (``lipden.anderson``: it lowers
             the residual ||T z - z|| by a fixed fraction and the accepted steps stay within a
             finite length budget), else takes the plain step. Under the method's theorem (T
             averaged) the iterates still converge to a fixed point of T and the residuals are
@@ -294,7 +296,7 @@ def reconstruct(
             return out
         return torch.where(_per_image(which, v), step(v), v)
 
-    anderson = AndersonAccelerator(accelerate) if accelerate else None
+    anderson = AndersonAccelerator(accelerate, fixed_point_projection(method, chosen)) if accelerate else None
     t_z = apply_step(z, running) if anderson is not None else None
     bar = tqdm(range(max_iter), desc=method, disable=not progress, leave=False)
     with torch.no_grad():

@@ -79,6 +79,25 @@ def box_bounds(params: dict) -> tuple[float | None, float | None] | None:
     return None if lower is None and upper is None else (lower, upper)
 
 
+def fixed_point_projection(method: str, params: dict) -> Callable[[Tensor], Tensor] | None:
+    """The projection onto a closed convex set that contains every fixed point of T, or None.
+
+    With box bounds (pnp-fbs, red) every fixed point is the output of the box projection,
+    hence lies in the box C, and P_C moves no point farther from any of them
+    (``||P_C v - p|| <= ||v - p||`` for p in C): ``lipden.anderson`` uses it on its
+    extrapolations. Without bounds, or for pnp-drs (whose iterate is not an image), None.
+    """
+    bounds = box_bounds(params)
+    if bounds is None or canonical_method(method) not in _BOUNDED_METHODS:
+        return None
+    lower, upper = bounds
+
+    def project(x: Tensor) -> Tensor:
+        return x.clamp(lower, upper)
+
+    return project
+
+
 def conditions(method: str, params: dict, lipschitz_sq: float, denoiser_lipschitz: float | None) -> Conditions:
     """Check the convergence theorem of ``method`` for these parameters.
 
@@ -173,10 +192,10 @@ def make_step(
     ``denoise`` is N, ``gradient`` is grad f, ``prox(z, gamma)`` is prox_{gamma f}(z).
     """
     method = canonical_method(method)
-    bounds = box_bounds(params)
+    box = fixed_point_projection(method, params)
 
     def project(x: Tensor) -> Tensor:
-        return x if bounds is None else x.clamp(*bounds)
+        return x if box is None else box(x)
 
     if method == "pnp-fbs":
         gamma, theta, lam = params["step"], params["strength"], params["relaxation"]
