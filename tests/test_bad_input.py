@@ -467,8 +467,15 @@ def test_interrupted_batch_keeps_finished_outputs_and_resumes(tmp_path):
         Image.fromarray(data).save(inputs / f"img{index}.png")
     command = [sys.executable, str(ROOT / "cli.py"), "denoise", str(inputs), "-o", str(outputs)]
 
+    # A child inherits an ignored SIGINT and Python then keeps ignoring it: run in the background
+    # (`pytest &`, which ignores SIGINT) this test saw every image written through the SIGINT.
+    # Start the CLI with the default handler, as a shell starts a foreground command.
+    foreground = [sys.executable, "-c", "import runpy, signal, sys; signal.signal(signal.SIGINT, "
+                  "signal.default_int_handler); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"]
+
     def interrupt(signum: int, after: int) -> subprocess.CompletedProcess:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(foreground + command[1:], cwd=ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
         try:
             _wait_for_outputs(outputs, after, process)
             process.send_signal(signum)
@@ -486,7 +493,7 @@ def test_interrupted_batch_keeps_finished_outputs_and_resumes(tmp_path):
         return len(files)
 
     first = interrupt(signal.SIGINT, 1)
-    assert first.returncode == 130, first.stderr
+    assert first.returncode == 130, (first.stderr, first.stdout[-300:])
     assert re.fullmatch(rf"lipden denoise: interrupted: \d+ of {count} outputs written.*rerun.*\n", first.stderr)
     done = check_outputs()
     assert 1 <= done < count
