@@ -16,10 +16,11 @@ otherwise the plain step ``z_{k+1} = T z_k`` is taken. When a closed convex set 
 every fixed point of T is known (the box of a box-constrained solve), the proposal is first
 projected onto it: P_K moves no point farther from a fixed point, and an extrapolation of pixels
 that the box holds at a bound (an MRI background at 0) otherwise leaves the box and fails
-test 1 nearly every time. Convergence (finite dimension, T
-averaged with a fixed point p): a plain step does not increase ||z - p|| (T is nonexpansive)
-nor the residual (||T T z - T z|| <= ||T z - z||); an accepted step increases ||z - p|| by at
-most its length, and these lengths are summable (test 2), so ||z_k - p|| converges for every
+test 1 nearly every time.
+
+Convergence (finite dimension, T averaged with a fixed point p): a plain step does not
+increase ||z - p|| (T is nonexpansive) nor the residual (||T T z - T z|| <= ||T z - z||); an
+accepted step increases ||z - p|| by at most its length, and these lengths are summable (test 2), so ||z_k - p|| converges for every
 fixed point p (quasi-Fejer) and the iterates are bounded. The residual never increases; if
 infinitely many proposals are accepted it shrinks by (1 - delta) infinitely often (test 1),
 otherwise the tail is the plain Krasnosel'skii-Mann iteration: either way it tends to 0. A
