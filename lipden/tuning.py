@@ -27,8 +27,9 @@ from .solvers import (
 
 #: Coarse grids; step for pnp-fbs is in units of 1/L (rescaled per problem).
 COARSE_GRIDS: dict[str, list[dict]] = {
-    # low strengths: the MRI box optima (manual grids at convergence) lie at 0.025-0.05
-    "pnp-fbs": [{"step": s, "strength": t} for s in (1.0, 1.99) for t in (0.03, 0.07, 0.15, 0.4, 0.8)],
+    # low strengths: the optima of manual grids at convergence lie at 0.005 (MRI x8, box),
+    # 0.015-0.025 (MRI x4, box) and 0.07 (Gaussian deblurring)
+    "pnp-fbs": [{"step": s, "strength": t} for s in (1.0, 1.99) for t in (0.005, 0.015, 0.03, 0.07, 0.15, 0.4, 0.8)],
     "pnp-drs": [{"step": s, "strength": 0.5} for s in (0.3, 1.0, 3.0, 10.0)],
     "red": [{"weight": w} for w in (0.01, 0.03, 0.1, 0.3)],
     "tv": [{"weight": w} for w in (1e-3, 3e-3, 1e-2, 3e-2)],
