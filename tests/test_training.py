@@ -67,7 +67,7 @@ def test_torchrun_two_cpu_ranks_end_with_identical_weights(image_folders, tmp_pa
     train_dir, val_dir = image_folders
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",  # a free port
          str(ROOT / "cli.py"), "train", "--output", str(tmp_path), "--train-dir", str(train_dir),
          "--val-dir", str(val_dir), "--channels", "4", "--depth", "3", "--batch-size", "2",
          "--steps", "3", "--validate-every", "3", "--device", "cpu", "--quiet", "--json"],
