@@ -18,18 +18,18 @@ projected onto it: P_K moves no point farther from a fixed point, and an extrapo
 that the box holds at a bound (an MRI background at 0) otherwise leaves the box and fails
 test 1 nearly every time.
 
-Convergence (finite dimension, T averaged with a fixed point p): a plain step does not
-increase ||z - p|| (T is nonexpansive) nor the residual (||T T z - T z|| <= ||T z - z||); an
-accepted step increases ||z - p|| by at most its length, and these lengths are summable (test 2), so ||z_k - p|| converges for every
-fixed point p (quasi-Fejer) and the iterates are bounded. The residual never increases; if
-infinitely many proposals are accepted it shrinks by (1 - delta) infinitely often (test 1),
-otherwise the tail is the plain Krasnosel'skii-Mann iteration: either way it tends to 0. A
-cluster point is then a fixed point (T is continuous), and since ||z_k - p|| converges for that
-p too, the whole sequence converges to it. The residual sequence reported by ``reconstruct``
-stays non-increasing. The idea of safeguarding Anderson steps by residual tests follows Zhang,
-O'Donoghue & Boyd, "Globally convergent type-I Anderson acceleration for nonsmooth fixed-point
-iterations", SIAM J. Optim. 30 (2020); the proof above uses only tests 1-2, not how the
-proposal was made.
+Convergence (finite dimension, T averaged with a fixed point p): a plain step does not increase
+||z - p|| (T is nonexpansive) nor the residual (||T T z - T z|| <= ||T z - z||); an accepted
+step increases ||z - p|| by at most its length, and these lengths are summable (test 2), so
+||z_k - p|| converges for every fixed point p (quasi-Fejer) and the iterates are bounded. The
+residual never increases; if infinitely many proposals are accepted it shrinks by (1 - delta)
+infinitely often (test 1), otherwise the tail is the plain Krasnosel'skii-Mann iteration:
+either way it tends to 0. A cluster point is then a fixed point (T is continuous), and since
+||z_k - p|| converges for that p too, the whole sequence converges to it. The residual sequence
+reported by ``reconstruct`` stays non-increasing. The idea of safeguarding Anderson steps by
+residual tests follows Zhang, O'Donoghue & Boyd, "Globally convergent type-I Anderson
+acceleration for nonsmooth fixed-point iterations", SIAM J. Optim. 30 (2020); the proof above
+uses only tests 1-2, not how the proposal was made.
 """
 
 from __future__ import annotations

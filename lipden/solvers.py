@@ -192,10 +192,7 @@ def make_step(
     ``denoise`` is N, ``gradient`` is grad f, ``prox(z, gamma)`` is prox_{gamma f}(z).
     """
     method = canonical_method(method)
-    box = fixed_point_projection(method, params)
-
-    def project(x: Tensor) -> Tensor:
-        return x if box is None else box(x)
+    project = fixed_point_projection(method, params) or (lambda x: x)
 
     if method == "pnp-fbs":
         gamma, theta, lam = params["step"], params["strength"], params["relaxation"]

@@ -112,27 +112,24 @@ def test_bad_anderson_memory_is_refused(memory, mri_case, small_denoiser):
         reconstruct(y, physics, small_denoiser, "pnp-fbs", accelerate=memory)
 
 
-def test_proposals_are_projected_onto_the_given_set():
-    T, _ = _linear_averaged_map(6, seed=4)
-    accelerator = AndersonAccelerator(memory=3, project=lambda v: v.clamp(-0.5, 0.5))
+def _proposals(accelerator: AndersonAccelerator, T, steps: int = 6) -> list[torch.Tensor]:
+    """The proposals made along ``steps`` plain iterations of T from 0 (2 images of size 6)."""
     z = torch.zeros(2, 6, dtype=torch.float64)
     proposals = []
-    for _ in range(6):
+    for _ in range(steps):
         proposal = accelerator.propose(z, T(z))
         if proposal is not None:
             proposals.append(proposal)
         z = T(z)
+    return proposals
+
+
+def test_proposals_are_projected_onto_the_given_set():
+    T, _ = _linear_averaged_map(6, seed=4)
+    proposals = _proposals(AndersonAccelerator(memory=3, project=lambda v: v.clamp(-0.5, 0.5)), T)
     assert proposals and all(float(p.abs().max()) <= 0.5 for p in proposals)
     # the unprojected extrapolation does leave that box here, so the projection is exercised
-    free = AndersonAccelerator(memory=3)
-    z = torch.zeros(2, 6, dtype=torch.float64)
-    extents = []
-    for _ in range(6):
-        proposal = free.propose(z, T(z))
-        if proposal is not None:
-            extents.append(float(proposal.abs().max()))
-        z = T(z)
-    assert max(extents) > 0.5
+    assert max(float(p.abs().max()) for p in _proposals(AndersonAccelerator(memory=3), T)) > 0.5
 
 
 def test_fixed_point_projection_is_the_box_of_box_constrained_methods():
