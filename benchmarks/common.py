@@ -66,6 +66,11 @@ def write_text_atomic(path: Path, text: str) -> None:
     WRITTEN.append(path)
 
 
+def table_cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell (a literal ``|`` would end the cell)."""
+    return text.replace("|", "\\|")
+
+
 def write_results(output: str, name: str, results: dict, markdown: str) -> None:
     """Write ``name.json`` and ``name.md`` atomically under ``output``."""
     folder = Path(output)

@@ -34,7 +34,7 @@ from lipden.splines import set_spline_backend
 from lipden.tuning import TRIAL_MAX_ITER, TRIAL_TOL, _batches, tune
 from problems import dev_set, problem_from_name
 
-from .common import WRITTEN, device_name, machine, write_results, write_text_atomic
+from .common import WRITTEN, device_name, machine, table_cell, write_results, write_text_atomic
 
 
 class Setup(TypedDict):
@@ -367,7 +367,7 @@ def run(
             if row.get("accelerate"):
                 params += f" (Anderson memory {row['accelerate']}: iterations count passes)"
             mono = "-" if row["monotone_all"] is None else str(row["monotone_all"])
-            lines.append(f"| {row['label']} | {row['psnr']:.2f} | {row['ssim']:.4f} | {its} | {row['converged_all']} "
+            lines.append(f"| {table_cell(row['label'])} | {row['psnr']:.2f} | {row['ssim']:.4f} | {its} | {row['converged_all']} "
                          f"| {mono} | {inc} | {_seconds(row)} | {params} |")
         truth = test_images[0]
         figures = _figures(folder, stem, name, cached, run_dir, truth)
