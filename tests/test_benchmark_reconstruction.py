@@ -91,9 +91,10 @@ def test_a_stored_iteration_cap_raises_the_common_one_outside_quick_runs():
     from problems import problem_from_name
 
     problem = problem_from_name("mri-random-x4-cf0.08-noise0.002")
-    box, plain = reconstruction.ROWS["fbs-spline-box"], reconstruction.ROWS["fbs-spline"]
+    box, uncapped = reconstruction.ROWS["fbs-spline-box"], reconstruction.ROWS["drs-spline"]
+    assert problem.default_iteration_cap("pnp-drs") is None
     stored = problem.default_iteration_cap("pnp-fbs:box")
     assert stored is not None and stored > 1000
     assert reconstruction._iteration_cap(problem, box, 1000, quick=False) == stored
     assert reconstruction._iteration_cap(problem, box, 60, quick=True) == 60
-    assert reconstruction._iteration_cap(problem, plain, 1000, quick=False) == 1000
+    assert reconstruction._iteration_cap(problem, uncapped, 1000, quick=False) == 1000
