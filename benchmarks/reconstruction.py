@@ -192,16 +192,23 @@ def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_it
         "converged_all": all(per["converged"]),
         "max_residual_increase": max(increases) if increases else None,
         "monotone_all": all(monotone) if monotone else None,
-        "seconds_per_image": seconds / n, "device": device_name(device), "per_image": per, "curves_image0": curves,
+        "seconds_per_image": seconds / n, "device": device_name(device), "torch_threads": torch.get_num_threads(),
+        "per_image": per, "curves_image0": curves,
     }
     assert first is not None
     return summary, first
 
 
 def _seconds(row: dict) -> str:
-    """Seconds per image, with the device when it was not this CPU (rows without one ran on CPU)."""
+    """Seconds per image, with the device when it was not the CPU (rows without one ran on CPU),
+    else with the row's own torch thread count when it was recorded (rows of one table may
+    come from runs with different thread counts, the machine line names only the last run's)."""
     device = row.get("device", "cpu")
-    return f"{row['seconds_per_image']:.1f}" + ("" if device.startswith("cpu") else f" ({device})")
+    if not device.startswith("cpu"):
+        return f"{row['seconds_per_image']:.1f} ({device})"
+    threads = row.get("torch_threads")
+    suffix = "" if threads is None else f" ({threads} thread{'s' if threads > 1 else ''})"
+    return f"{row['seconds_per_image']:.1f}{suffix}"
 
 
 def _stem(kind: str, stride: int, quick: bool) -> str:
@@ -283,7 +290,9 @@ def run(
 
     ``problems`` / ``rows`` restrict what is computed now (the summary still shows every
     cached row of the same test set); ``stride`` keeps every stride-th test image (a subset,
-    labelled as such); ``force`` recomputes cached rows; ``compile_spline`` runs the spline
+    labelled as such), taken from the full run's cached rows where they exist, and taken
+    again when a full row is newer than the subset's; ``force`` recomputes cached rows (a
+    subset row is then taken again, not solved, when its full row exists); ``compile_spline`` runs the spline
     activations through ``torch.compile`` (same function, faster on CPU); ``progress``
     shows a bar per solve.
     """
@@ -313,13 +322,15 @@ def run(
         for row_id in row_ids:
             row = ROWS[row_id]
             target = runs / name / f"{row_id}.json"
-            if target.is_file() and not force:
+            full = folder / "runs" / _stem(kind, 1, quick) / name / f"{row_id}.json"
+            derive = stride > 1 and full.is_file()  # the subset's images were all solved there
+            stale = derive and target.is_file() and full.stat().st_mtime_ns > target.stat().st_mtime_ns
+            if target.is_file() and not force and not stale:
                 continue
             if row.family is not None and not row.models():
                 print(f"skip {name} / {row_id}: no shipped {row.family} model")
                 continue
-            full = folder / "runs" / _stem(kind, 1, quick) / name / f"{row_id}.json"
-            if stride > 1 and full.is_file() and not force:  # the subset's images were all solved there
+            if derive:
                 summary = _subset_of(json.loads(full.read_text()), stride, str(full))
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(full.with_suffix(".png"), runs / name / f"{row_id}.png")
@@ -345,7 +356,7 @@ def run(
     subset_note = f" (SUBSET: every {stride}-th test image)" if stride > 1 else ""
     lines = [f"# {kind} reconstruction benchmark{' (QUICK: subsets, fewer iterations)' if quick else ''}{subset_note}",
              "", f"Test images: {test_spec}; parameters tuned on {results['tuning_set']} (see each row's source); "
-             f"stop at relative residual {tol:g} or {max_iter} iterations (unless a row states its own cap); rows computed now on {device_name(device)}, others as their s/image column says (CPU when it names no GPU). Machine: {results['machine']}.",
+             f"stop at relative residual {tol:g} or {max_iter} iterations (unless a row states its own cap); rows computed now on {device_name(device)}, others as their s/image column says (CPU when it names no GPU, with the row's torch thread count when recorded). Machine: {results['machine']}.",
              "PSNR / SSIM are means over the test images (estimates clipped to [0, 1]); iterations: mean first "
              "iteration at which the image's relative residual reached the tolerance (each image stops there); "
              "residual non-increasing: no increase beyond float round-off (2e-6 of the iterate's norm), the "
@@ -372,5 +383,10 @@ def run(
         truth = test_images[0]
         figures = _figures(folder, stem, name, cached, run_dir, truth)
         lines += ["", *[f"![{f}]({f})" for f in figures], ""]
+    solve_seconds = sum(row["seconds_per_image"] * len(row["per_image"]["psnr"])
+                        for cached in results["problems"].values() for row in cached.values())
+    results["solve_seconds_all_rows"] = solve_seconds
+    lines.append(f"Solve time of every row above: {solve_seconds / 3600:.2f} h (each row's seconds per image "
+                 "times its images, on the row's own device and thread count; tuning not included).")
     write_results(output, stem, results, "\n".join(lines) + "\n")
     return results

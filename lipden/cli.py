@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rows", nargs="+", help="deblur/mri: only these rows (fbs-spline, tv, fbs-relu, ...)")
     bench.add_argument("--stride", type=int, default=1, help="deblur/mri: every N-th test image (a labelled subset)")
     bench.add_argument("--device", default="cpu", help="deblur/mri/training: cpu or cuda")
-    bench.add_argument("--force", action="store_true", help="deblur/mri: recompute cached rows")
+    bench.add_argument("--force", action="store_true", help="deblur/mri: recompute cached rows (a --stride row is re-taken from its full row when one exists)")
     bench.add_argument("--compile", action="store_true", help="deblur/mri: torch.compile the spline activations")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.add_argument("--json", action="store_true",

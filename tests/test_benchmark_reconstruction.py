@@ -1,8 +1,10 @@
 """The deblur / MRI benchmark: cached per-row results, resumable, figures, subsets."""
 
 import json
+import os
 
 import pytest
+import torch
 
 from benchmarks import reconstruction
 from tests.conftest import DATA
@@ -28,6 +30,13 @@ def test_quick_mri_rows_are_cached_and_summarised(quick_benchmarks):
     assert summary["quick"] is True and "machine" in summary
     markdown = (tmp_path / "mri-quick.md").read_text()
     assert "QUICK" in markdown and "PnP-FBS, spline prior" in markdown
+    threads = torch.get_num_threads()  # each row records the thread count its time was measured with
+    assert fbs["torch_threads"] == threads
+    fbs_line = next(line for line in markdown.splitlines() if line.startswith("| PnP-FBS, spline prior |"))
+    assert f"({threads} thread" in fbs_line
+    expected = sum(r["seconds_per_image"] * len(r["per_image"]["psnr"]) for r in rows.values())
+    assert summary["solve_seconds_all_rows"] == pytest.approx(expected) and expected > 0
+    assert "Solve time of every row above" in markdown
     for figure in ("mri-quick-mri-random-x4-cf0.08-noise0.002.png", "mri-quick-mri-random-x4-cf0.08-noise0.002-curves.png"):
         assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -73,6 +82,24 @@ def test_a_subset_is_taken_from_the_full_run_without_solving(quick_benchmarks, t
     assert rows["fbs-spline"]["psnr"] == original["fbs-spline"]["psnr"]
     assert "mri-quick" in rows["fbs-spline"]["parameters_source"]
     assert (tmp_path / "mri-stride2-quick.md").is_file()
+    # a full row recomputed after its subset row was taken is taken again; --force re-takes it too
+    problem = "mri-random-x4-cf0.08-noise0.002"
+    full_row = tmp_path / "runs" / "mri-quick" / problem / "fbs-spline.json"
+    subset_row = tmp_path / "runs" / "mri-stride2-quick" / problem / "fbs-spline.json"
+    recomputed = json.loads(full_row.read_text())
+    recomputed["per_image"]["psnr"] = [12.5]
+    full_row.write_text(json.dumps(recomputed))
+    later = subset_row.stat().st_mtime_ns + 10**9
+    os.utime(full_row, ns=(later, later))
+    again = reconstruction.run("mri", quick=True, output=str(tmp_path), rows=["fbs-spline"], stride=2)
+    assert again["problems"][problem]["fbs-spline"]["psnr"] == 12.5
+    recomputed["per_image"]["psnr"] = [13.5]
+    full_row.write_text(json.dumps(recomputed))
+    os.utime(full_row, ns=(0, 0))  # older than the subset row: kept, unless forced
+    kept = reconstruction.run("mri", quick=True, output=str(tmp_path), rows=["fbs-spline"], stride=2)
+    assert kept["problems"][problem]["fbs-spline"]["psnr"] == 12.5
+    forced = reconstruction.run("mri", quick=True, output=str(tmp_path), rows=["fbs-spline"], stride=2, force=True)
+    assert forced["problems"][problem]["fbs-spline"]["psnr"] == 13.5  # taken again, not solved
 
 
 def test_box_row_solves_within_the_theorem(tmp_path):

@@ -176,7 +176,8 @@ def test_benchmark_tunes_a_new_row_with_the_test_stop_rule(monkeypatch):
         return TuneResult(problem.name, method, {"weight": 0.01}, 20.0, [{}])
 
     monkeypatch.setattr(R, "tune", fake_tune)
-    problem = P.problem_from_name("deblur-uniform9-noise0.03")  # nothing stored for it
+    problem = P.problem_from_name("deblur-gaussian2.5-noise0.02")  # not a benchmark problem: nothing stored
+    assert problem.default_parameters("tv") == {}
     images = [P.default_image("natural", 32)]
     parameters, source = R._parameters(problem, R.ROWS["tv"], images, 1000, 1e-5, quick=False)
     assert (seen["max_iter"], seen["tol"]) == (1000, 1e-5)
