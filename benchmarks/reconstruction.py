@@ -31,7 +31,7 @@ from lipden.pretrained import list_denoisers, load_denoiser
 from lipden.reconstruction import psnr_per_image, reconstruct
 from lipden.solvers import default_parameters, fbs_fast_relaxation
 from lipden.splines import set_spline_backend
-from lipden.tuning import TRIAL_MAX_ITER, TRIAL_TOL, _batches, tune
+from lipden.tuning import TRIAL_MAX_ITER, TRIAL_TOL, _batches, defaults_key, tune
 from problems import dev_set, problem_from_name
 
 from .common import WRITTEN, device_name, machine, table_cell, write_results, write_text_atomic
@@ -87,8 +87,7 @@ class Row:
     def defaults_key(self) -> str:
         """Key of the stored defaults: the method for the spline prior, ``method:family`` otherwise,
         with ``:box`` appended for a box-constrained row."""
-        key = self.method if self.family in (None, "spline") else f"{self.method}:{self.family}"
-        return key + (":box" if self.bounds is not None else "")
+        return defaults_key(self.method, self.family, self.bounds is not None)
 
     def fixed(self) -> dict:
         """Parameters every trial and solve of this row gets unsearched (the box bounds)."""

@@ -47,6 +47,9 @@ weights and card are replaced only when both are measured.
   python cli.py tune mri-random-x4-cf0.08-noise0.002 --method pnp-fbs --models spline-sigma15 spline-sigma25
   python cli.py tune deblur-gaussian1.6-noise0.01 --method tv --limit 4 --write
   python cli.py tune mri-random-x8-cf0.04-noise0.002 --box --max-iter 2000 --device cuda --write
+  # the protocol of the stored benchmark defaults: a short grid at convergence, extended past an edge optimum
+  python cli.py tune deblur-uniform9-noise0.01 --models relu-sigma15 --grid strength=0.07,0.15,0.3 \\
+      --set step=1.99 --set relaxation=1 --indices 0 2 4 6 --accelerate 3 --write
 """,
     "benchmark": """examples:
   python cli.py benchmark layers                 # spline vs ReLU block, eval-mode overhead
@@ -155,30 +158,65 @@ def _reconstruct(args: argparse.Namespace) -> int:
     return run_reconstruct(args)
 
 
+def _assignments(items: list[str] | None, option: str, many: bool) -> dict:
+    """``NAME=V1,V2`` (``many``) or ``NAME=V`` strings -> {name: [floats]} or {name: float}."""
+    parsed: dict = {}
+    for item in items or []:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        try:
+            values = [float(v) for v in text.split(",")] if sep and name else None
+        except ValueError:
+            values = None
+        if values is None or (not many and len(values) != 1):
+            raise UserError(f"{option} takes NAME={'V1,V2,...' if many else 'VALUE'} with numbers, got {item!r}")
+        if name in parsed:
+            raise UserError(f"{option} {name} given twice")
+        parsed[name] = values if many else values[0]
+    return parsed
+
+
 def _tune(args: argparse.Namespace) -> int:
     from problems import dev_set, load_ground_truths, problem_from_name
     from problems.base import TUNED_DEFAULTS_FILE
 
-    from .tuning import TRIAL_MAX_ITER, TRIAL_TOL, store_tuned, tune
+    from .tuning import TRIAL_MAX_ITER, TRIAL_TOL, check_grid, defaults_key, store_tuned, tune
 
     problem = problem_from_name(args.problem)
+    grid = _assignments(args.grid, "--grid", many=True) if args.grid else None
+    fixed = _assignments(args.fixed, "--set", many=False) | (
+        {"lower": 0.0, "upper": 1.0} if args.box else {})
+    check_grid(args.method, grid or {}, fixed)
+    chosen = slice(0, args.limit) if args.indices is None else args.indices
     if args.images:
-        images, source = load_ground_truths(args.images, slice(0, args.limit)), args.images
+        folder, source = args.images, args.images
     elif problem.kind == "mri":
-        images, source = dev_set("mri_colin27", slice(0, min(args.limit or 8, 8))), "mri_colin27 slices 00-07"
+        folder, source = "mri_colin27", "mri_colin27 slices"
+        chosen = slice(0, min(args.limit or 8, 8)) if args.indices is None else chosen
+        if args.indices is not None and max(args.indices) > 7:
+            raise UserError("MRI tuning uses slices 00-07 only (08-39 are the test slices)")
     else:
-        images, source = dev_set("set12", slice(0, args.limit)), "set12"
+        folder, source = "set12", "set12"
+    images = load_ground_truths(folder, chosen) if args.images else dev_set(folder, chosen)
     if not images:
         raise UserError("no tuning images")
+    if args.indices is not None:
+        source += " at positions " + ", ".join(map(str, args.indices))
+    elif not args.images and problem.kind == "mri":
+        source += f" 00-{len(images) - 1:02d}"
     stop = {k: v for k, v in (("max_iter", args.max_iter), ("tol", args.tol)) if v is not None}
     result = tune(problem, images, args.models, args.method, progress=not args.quiet, device=args.device,
-                  fixed={"lower": 0.0, "upper": 1.0} if args.box else None, accelerate=args.accelerate, **stop)
+                  fixed=fixed or None, accelerate=args.accelerate, grid=grid, extend=args.extend, **stop)
     cap, tol = stop.get("max_iter", TRIAL_MAX_ITER), stop.get("tol", TRIAL_TOL)
     accelerate = 0 if result.method == "tv" else args.accelerate
     note = f"lipden.tune on {source} ({len(images)} images), max_iter {cap}, tol {tol:g}" + (
         f", Anderson memory {accelerate}" if accelerate else "")
+    if grid is not None:
+        note += ": grid " + "; ".join(_trial_text(t, grid) for t in result.trials) + (
+            f" (fixed {json.dumps(fixed, sort_keys=True)})" if fixed else "")
     if args.write:
-        store_tuned(result, TUNED_DEFAULTS_FILE, note, key=result.method + (":box" if args.box else ""),
+        family = str(result.parameters["model"]).split("-sigma")[0] if "model" in result.parameters else None
+        store_tuned(result, TUNED_DEFAULTS_FILE, note, key=defaults_key(result.method, family, args.box),
                     max_iter=cap if cap > TRIAL_MAX_ITER else None, accelerate=accelerate)
     record = {"problem": result.problem, "method": result.method, "parameters": result.parameters,
               "psnr": result.psnr, "tuned_on": note, "trials": result.trials}
@@ -186,6 +224,13 @@ def _tune(args: argparse.Namespace) -> int:
           f"{result.problem} {result.method}: best mean PSNR {result.psnr:.2f} dB with {result.parameters} "
           f"({len(result.trials)} trials on {note})")
     return 0
+
+
+def _trial_text(trial: dict, grid: dict) -> str:
+    """One grid trial in a note: ``spline-sigma15 strength 0.07 -> 25.571 dB`` (+ not converged)."""
+    values = " ".join(f"{name} {trial[name]:g}" for name in grid)
+    model = f"{trial['model']} " if "model" in trial else ""
+    return f"{model}{values} -> {trial['psnr']:.3f}" + ("" if trial["converged"] else " (not all converged)")
 
 
 def _benchmark(args: argparse.Namespace) -> int:
@@ -375,6 +420,16 @@ def build_parser() -> argparse.ArgumentParser:
     tun.add_argument("--models", nargs="+", default=["spline-sigma15"], help="shipped denoisers to choose from")
     tun.add_argument("--images", help="folder of tuning images (default: set12, or MRI slices 00-07)")
     tun.add_argument("--limit", type=int, help="use the first N tuning images")
+    tun.add_argument("--indices", type=int, nargs="+", metavar="I",
+                     help="use these tuning images (0-based positions in the sorted folder)")
+    tun.add_argument("--grid", action="append", metavar="NAME=V1,V2,...",
+                     help="try exactly these values (repeatable: the Cartesian product) instead of the "
+                          "coarse-to-fine search; values as reconstruct takes them")
+    tun.add_argument("--set", action="append", metavar="NAME=VALUE", dest="fixed",
+                     help="a parameter every trial gets unsearched (repeatable)")
+    tun.add_argument("--extend", type=int, default=2, metavar="N",
+                     help="with a one-parameter --grid: extend past an edge optimum up to N times per model, "
+                          "by the grid's geometric ratio (default 2; 0: never)")
     tun.add_argument("--max-iter", type=int, help="iteration cap of each trial solve (default 1000, as the "
                      "benchmark's test solves; a cap above it is stored with --write)")
     tun.add_argument("--tol", type=float, help="relative residual that stops a trial solve (default 1e-5)")
@@ -438,6 +493,13 @@ def _validate(args: argparse.Namespace) -> None:
         check_device(args.device)
     if args.command == "tune" and args.limit is not None and args.limit < 1:
         raise UserError("--limit must be >= 1")
+    if args.command == "tune":
+        if args.limit is not None and args.indices is not None:
+            raise UserError("give --limit or --indices, not both")
+        if args.indices is not None and min(args.indices) < 0:
+            raise UserError("--indices are positions >= 0")
+        if args.extend < 0:
+            raise UserError("--extend must be >= 0")
     if args.command == "reconstruct" and args.noise is not None and not 0 <= args.noise < 1:
         raise UserError(f"--noise is the std on [0, 1] images and must be in [0, 1), got {args.noise:g}")
     if args.command == "certify":

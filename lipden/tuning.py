@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import itertools
 import json
 import os
 import tempfile
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from .solvers import (
     conditions,
     default_parameters,
     fbs_fast_relaxation,
+    parameter_names,
 )
 
 #: Coarse grids; step for pnp-fbs is in units of 1/L (rescaled per problem).
@@ -75,23 +79,39 @@ def evaluate_parameters(
     on ``device`` (images, measurements and denoisers are moved there); ``accelerate`` is
     ``reconstruct``'s Anderson memory (0: plain iteration).
     """
+    return _evaluate(problem, images, method, parameters, max_iter=max_iter, tol=tol, seed=seed,
+                     denoisers=denoisers, guarantee=guarantee, device=device, accelerate=accelerate)[0]
+
+
+def _evaluate(
+    problem, images: Sequence[Tensor], method: str, parameters: dict, *, max_iter: int, tol: float, seed: int,
+    denoisers: dict | None, guarantee: bool, device: str | torch.device, accelerate: int,
+) -> tuple[float, bool]:
+    """``evaluate_parameters`` and whether every solve reached ``tol`` within ``max_iter``."""
     params = dict(parameters)
     model_name = params.pop("model", None)
     denoisers = {} if denoisers is None else denoisers
     if method != "tv" and model_name not in denoisers:
         denoisers[model_name] = load_denoiser(model_name, device=device)
-    scores = []
+    scores, converged = [], True
     for indices, cpu_batch in _batches(images):
         batch = cpu_batch.to(device)
         physics = problem.physics(batch.shape, device)
         y = _measure(problem, batch, indices, seed)
         if method == "tv":
-            x, _ = tv_reconstruct(y, physics, params["weight"], max_iter=max_iter, tol=tol)
+            x, iterations = tv_reconstruct(y, physics, params["weight"], max_iter=max_iter, tol=tol)
+            converged &= iterations < max_iter
         else:
-            x = reconstruct(y, physics, denoisers[model_name], method, max_iter=max_iter, tol=tol,
-                            guarantee=guarantee, accelerate=accelerate, **params).x
+            result = reconstruct(y, physics, denoisers[model_name], method, max_iter=max_iter, tol=tol,
+                                 guarantee=guarantee, accelerate=accelerate, **params)
+            x, converged = result.x, converged and result.converged
         scores += psnr_per_image(x, batch).tolist()
-    return sum(scores) / len(scores)
+    return sum(scores) / len(scores), bool(converged)
+
+
+def _best(trials: list[dict]) -> dict:
+    """The trial of highest mean PSNR among those whose solves all converged (among all if none did)."""
+    return max([t for t in trials if t["converged"]] or trials, key=lambda t: t["psnr"])
 
 
 def _valid(method: str, params: dict, lipschitz_sq: float) -> bool:
@@ -101,22 +121,48 @@ def _valid(method: str, params: dict, lipschitz_sq: float) -> bool:
     return conditions(method, full, lipschitz_sq, 1.0).holds
 
 
+def check_grid(method: str, grid: Mapping[str, Sequence[float]], fixed: Mapping[str, float] | None = None) -> None:
+    """ValueError unless ``grid`` and ``fixed`` name parameters of ``method`` (not ``model``), the
+    grid's each with values and none both searched and fixed."""
+    method = method if method == "tv" else canonical_method(method)
+    known = ("weight",) if method == "tv" else parameter_names(method)
+    for name in fixed or {}:
+        if name not in known:
+            raise ValueError(f"{method} has no parameter {name!r} to fix (it has {', '.join(known)})")
+    for name, values in grid.items():
+        if name not in known:
+            raise ValueError(f"{method} has no parameter {name!r} to search (it has {', '.join(known)})")
+        if name in (fixed or {}):
+            raise ValueError(f"{name!r} is both searched and fixed")
+        if not values:
+            raise ValueError(f"no values to try for {name!r}")
+
+
 def tune(
     problem, images: Sequence[Tensor], denoiser_names: Sequence[str] | None, method: str, *,
     max_iter: int = TRIAL_MAX_ITER, tol: float = TRIAL_TOL, seed: int = 0, progress: bool = True,
     guarantee: bool = True, fixed: dict | None = None, device: str | torch.device = "cpu",
-    accelerate: int = 0,
+    accelerate: int = 0, grid: Mapping[str, Sequence[float]] | None = None, extend: int = 0,
 ) -> TuneResult:
     """Maximise the mean PSNR over ``images`` ((1, C, H, W) tensors in [0, 1]).
 
-    Pass 1 tries the coarse grid of ``method`` for every denoiser name; pass 2 scales
-    each numeric parameter of the best trial by 0.6 and 1.6 in turn, keeping only values
-    that satisfy the method's convergence conditions. For PnP-FBS the relaxation is not
-    searched: each trial uses ``fbs_fast_relaxation`` (0.95 / alpha), which leaves the fixed
-    point unchanged and usually reaches it in fewer iterations. ``method="tv"`` tunes the TV weight
-    (no denoiser). ``fixed`` parameters (e.g. the box bounds ``{"lower": 0.0}``) go into every
-    trial unsearched; the trials run on ``device``. Each trial solve stops like the solve it tunes
-    for (``max_iter``, ``tol``; by default the benchmark's 1000 iterations and 1e-5): a
+    Coarse-to-fine (no ``grid``): pass 1 tries the coarse grid of ``method`` for every
+    denoiser name; pass 2 scales each numeric parameter of the best trial by 0.6 and 1.6 in
+    turn, keeping only values that satisfy the method's convergence conditions.
+
+    Given ``grid`` ({name: values}, values as ``reconstruct`` takes them): every denoiser name
+    times the Cartesian product of the values, nothing else, except that a one-parameter grid
+    is extended past an edge optimum up to ``extend`` times per denoiser, by the grid's
+    geometric ratio (max / min) ** (1 / (n - 1)) (a strength stays <= 1). This is the
+    protocol of the stored benchmark defaults (a short grid run to convergence).
+
+    Trials whose solves did not all converge (relative residual ``tol`` within ``max_iter``)
+    are chosen only when no trial converged. For PnP-FBS without a given relaxation, each
+    trial uses ``fbs_fast_relaxation`` (0.95 / alpha), which leaves the fixed point unchanged
+    and usually reaches it in fewer iterations. ``method="tv"`` tunes the TV weight (no
+    denoiser). ``fixed`` parameters (e.g. the box bounds ``{"lower": 0.0}``) go into every
+    trial unsearched; the trials run on ``device``. Each trial solve stops like the solve it
+    tunes for (``max_iter``, ``tol``; by default the benchmark's 1000 iterations and 1e-5): a
     truncated trial measures a different estimator, and its optimum differs. ``accelerate``:
     the Anderson memory of the trial solves (``reconstruct``; TV ignores it). The result's
     ``parameters`` can be passed to ``reconstruct`` as
@@ -131,59 +177,130 @@ def tune(
     L = problem.lipschitz_sq(images[0].shape)
     fixed = dict(fixed or {})
     projected = box_bounds(fixed) is not None
-    scale = (lambda p: {**p, "step": p["step"] / L}) if method == "pnp-fbs" else (lambda p: dict(p))
-    candidates = [
-        {**({"model": n} if n else {}), **scale(g), **fixed} for n in names for g in COARSE_GRIDS[method]
-    ]
+    if grid is not None:
+        check_grid(method, grid, fixed)
+        points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    else:  # the coarse grids give the PnP-FBS step in units of 1/L
+        scale = (lambda p: {**p, "step": p["step"] / L}) if method == "pnp-fbs" else (lambda p: dict(p))
+        points = [scale(g) for g in COARSE_GRIDS[method]]
+    fast_relaxation = method == "pnp-fbs" and "relaxation" not in {*fixed, *(grid or {})}
+    candidates = [{**({"model": n} if n else {}), **g, **fixed} for n in names for g in points]
     trials: list[dict] = []
     seen: set[str] = set()
     denoisers: dict = {}
     bar = tqdm(desc=f"tune {method}", disable=not progress, leave=False)
 
-    def run(candidate: dict) -> None:
-        if method == "pnp-fbs":
+    def run(candidate: dict) -> bool:
+        if fast_relaxation:
             candidate["relaxation"] = fbs_fast_relaxation(candidate["step"], candidate["strength"], L,
                                                           projected=projected)
         key = json.dumps(candidate, sort_keys=True)
         if key in seen or not _valid(method, {k: v for k, v in candidate.items() if k != "model"}, L):
-            return
+            return False
         seen.add(key)
-        score = evaluate_parameters(problem, images, method, candidate, max_iter=max_iter, tol=tol, seed=seed,
-                                    denoisers=denoisers, guarantee=guarantee, device=device,
-                                    accelerate=0 if method == "tv" else accelerate)
-        trials.append({**candidate, "psnr": score})
+        score, converged = _evaluate(problem, images, method, candidate, max_iter=max_iter, tol=tol, seed=seed,
+                                     denoisers=denoisers, guarantee=guarantee, device=device,
+                                     accelerate=0 if method == "tv" else accelerate)
+        trials.append({**candidate, "psnr": score, "converged": converged})
         bar.update(1)
-        bar.set_postfix(best=f"{max(t['psnr'] for t in trials):.2f}")
+        bar.set_postfix(best=f"{_best(trials)['psnr']:.2f}")
+        return True
 
     for candidate in candidates:
         run(candidate)
-    best = max(trials, key=lambda t: t["psnr"])
-    searched = [k for k, v in best.items()
-                if k not in ("model", "psnr", "relaxation", *fixed) and isinstance(v, float)]
-    for name in searched:
-        for factor in REFINE_FACTORS:
-            candidate = {k: v for k, v in best.items() if k != "psnr"}
-            candidate[name] = candidate[name] * factor
-            if name == "strength" and method == "pnp-fbs":
-                candidate[name] = min(candidate[name], 1.0)
-            run(candidate)
-        best = max(trials, key=lambda t: t["psnr"])
+    if not trials:
+        raise ValueError(f"no candidate satisfies the convergence conditions of {method}")
+    if grid is None:
+        best = _best(trials)
+        searched = [k for k, v in best.items()
+                    if k not in ("model", "psnr", "converged", "relaxation", *fixed) and isinstance(v, float)]
+        for name in searched:
+            for factor in REFINE_FACTORS:
+                candidate = {k: v for k, v in best.items() if k not in ("psnr", "converged")}
+                candidate[name] = candidate[name] * factor
+                if name == "strength" and method == "pnp-fbs":
+                    candidate[name] = min(candidate[name], 1.0)
+                run(candidate)
+            best = _best(trials)
+    elif len(grid) == 1 and extend > 0:
+        _extend_edges(trials, run, names, grid, extend)
     bar.close()
-    parameters = {k: v for k, v in best.items() if k != "psnr"}
+    best = _best(trials)
+    parameters = {k: v for k, v in best.items() if k not in ("psnr", "converged")}
     return TuneResult(problem.name, method, parameters, best["psnr"], trials)
+
+
+def _extend_edges(trials: list[dict], run, names: list, grid: Mapping[str, Sequence[float]], extend: int) -> None:
+    """Per denoiser, add values past the edge of a 1-D grid while the optimum sits on that edge."""
+    ((name, values),) = grid.items()
+    low, high = min(values), max(values)
+    if len(set(values)) < 2 or low <= 0:
+        return
+    ratio = (high / low) ** (1 / (len(set(values)) - 1))
+    for model in names:
+        for _ in range(extend):
+            own = [t for t in trials if t.get("model") == model]
+            if not own:
+                break
+            best, tried = _best(own), sorted({t[name] for t in own})
+            if best[name] == tried[0]:
+                value = tried[0] / ratio
+            elif best[name] == tried[-1]:
+                value = tried[-1] * ratio
+                value = min(value, 1.0) if name == "strength" else value
+            else:
+                break
+            candidate = {k: v for k, v in best.items() if k not in ("psnr", "converged")}
+            candidate[name] = float(f"{value:.4g}")
+            if not run(candidate):
+                break
+
+
+def defaults_key(method: str, family: str | None = None, boxed: bool = False) -> str:
+    """Key of a method's entry in the tuned defaults: the method for the spline prior (and TV),
+    ``method:family`` for another prior family, with ``:box`` for a box-constrained solve."""
+    key = method if family in (None, "spline") else f"{method}:{family}"
+    return key + (":box" if boxed else "")
 
 
 def store_tuned(result: TuneResult, path: str | Path, note: str, key: str | None = None,
                 max_iter: int | None = None, accelerate: int = 0) -> None:
     """Record a tuning result in the JSON table of tuned defaults (atomic rewrite).
 
-    ``key`` defaults to the method; the benchmark stores baseline priors as ``method:family``
-    and box-constrained runs as ``method:box``. ``max_iter``: an iteration cap the test solves
-    must use too (when the trials needed more than the benchmark's 1000); ``accelerate``: the
-    Anderson memory the trials used (recorded when > 0, the test solves then use it too).
+    ``key`` defaults to the method (see ``defaults_key``). ``max_iter``: an iteration cap the
+    test solves must use too (when the trials needed more than the benchmark's 1000);
+    ``accelerate``: the Anderson memory the trials used (recorded when > 0, the test solves
+    then use it too). A replaced entry's parameters and tuning PSNR are kept in the note.
     """
     path = Path(path)
+    with _exclusive(path):
+        _store_locked(result, path, note, key, max_iter, accelerate)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """Serialise read-modify-writes of ``path`` across processes (two tunes writing at once)."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform: the rewrite stays atomic
+        yield
+        return
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"lipden-{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _store_locked(result: TuneResult, path: Path, note: str, key: str | None, max_iter: int | None,
+                  accelerate: int) -> None:
     table = json.loads(path.read_text()) if path.is_file() else {}
+    old = table.get(result.problem, {}).get(key or result.method)
+    if old and old.get("parameters") != result.parameters:
+        note += (f" Replaces {json.dumps(old.get('parameters'), sort_keys=True)} "
+                 f"(tuning PSNR {old.get('tuning_psnr')}).")
     entry = {"parameters": result.parameters, "tuning_psnr": round(result.psnr, 4), "tuned_on": note}
     if max_iter is not None:
         entry["max_iter"] = max_iter

@@ -35,6 +35,8 @@ def default_image(kind: str = "natural", size: int = 256, color: bool = False) -
 def load_ground_truths(folder: str | Path, indices: slice | list[int] | None = None) -> list[Tensor]:
     """Grayscale images of a folder (sorted) as (1, 1, H, W) tensors in [0, 1]."""
     paths = list_images(folder)
+    if isinstance(indices, list) and (missing := [i for i in indices if not 0 <= i < len(paths)]):
+        raise ValueError(f"{folder} has {len(paths)} images: no image at position {missing[0]}")
     if indices is not None:
         paths = paths[indices] if isinstance(indices, slice) else [paths[i] for i in indices]
     return [load_grayscale(p)[None, None] for p in paths]

@@ -66,6 +66,15 @@ def test_reconstruct_box_bounds_keep_the_guarantee(capsys):
         (["reconstruct", "mri", "--accelerate", "-2"], "--accelerate"),
         (["tune", "mri-random-x4-cf0.08-noise0.002", "--accelerate", "-1"], "--accelerate"),
         (["tune", "deblur-bad-name"], "cannot parse"),
+        (["tune", "deblur-gaussian1.6-noise0.01", "--grid", "foo=1,2"], "no parameter 'foo' to search"),
+        (["tune", "deblur-gaussian1.6-noise0.01", "--grid", "strength=a"], "--grid takes NAME=V1,V2"),
+        (["tune", "deblur-gaussian1.6-noise0.01", "--set", "strength=1,2"], "--set takes NAME=VALUE"),
+        (["tune", "deblur-gaussian1.6-noise0.01", "--set", "bar=1"], "no parameter 'bar' to fix"),
+        (["tune", "deblur-gaussian1.6-noise0.01", "--grid", "strength=0.1", "--set", "strength=0.2"],
+         "both searched and fixed"),
+        (["tune", "deblur-gaussian1.6-noise0.01", "--limit", "2", "--indices", "0"], "not both"),
+        (["tune", "mri-random-x4-cf0.08-noise0.002", "--indices", "0", "9"], "slices 00-07 only"),
+        (["tune", "deblur-gaussian1.6-noise0.01", "--extend", "-1"], "--extend"),
     ],
 )
 def test_reconstruct_bad_input_is_one_line(args, message, capsys):
@@ -99,7 +108,8 @@ def test_tune_returns_parameters_that_reconstruct_accepts():
     images = [P.default_image("natural", 32), P.default_image("mri", 32)]
     result = tune(problem, images, ["spline-sigma15"], "pnp-fbs", max_iter=8, tol=1e-3, progress=False)
     assert result.parameters["model"] == "spline-sigma15"
-    assert result.psnr == max(t["psnr"] for t in result.trials)
+    converged = [t for t in result.trials if t["converged"]]
+    assert result.psnr == max(t["psnr"] for t in converged or result.trials)
     assert len(result.trials) > 6  # coarse grid and refinement
     L = problem.lipschitz_sq(images[0].shape)
     for trial in result.trials:  # each FBS trial runs at 0.95 / alpha: over-relaxed, within the theorem
@@ -116,6 +126,119 @@ def test_tune_returns_parameters_that_reconstruct_accepts():
         assert conditions("pnp-fbs", trial, L, 1.0).holds
     tv = tune(problem, images, None, "tv", max_iter=8, tol=1e-3, progress=False)
     assert set(tv.parameters) == {"weight"}
+
+
+def _fake_evaluation(score, converged=lambda s: True):
+    """Stands in for the trial solves: a score and a convergence flag from the strength alone."""
+    calls = []
+
+    def evaluate(problem, images, method, parameters, **kwargs):
+        calls.append(dict(parameters))
+        return score(parameters["strength"]), converged(parameters["strength"])
+
+    return evaluate, calls
+
+
+def test_tune_grid_tries_the_grid_then_extends_past_an_edge_optimum(monkeypatch):
+    import lipden.tuning as T
+
+    evaluate, calls = _fake_evaluation(lambda s: -((s - 0.55) ** 2))
+    monkeypatch.setattr(T, "_evaluate", evaluate)
+    problem, images = P.DeblurProblem("gaussian", noise=0.03), [P.default_image("natural", 16)]
+    fixed = {"step": 1.99, "relaxation": 1.0}
+    result = tune(problem, images, ["spline-sigma15", "relu-sigma15"], "pnp-fbs", progress=False,
+                  grid={"strength": [0.07, 0.15, 0.3]}, fixed=fixed, extend=2)
+    ratio = (0.3 / 0.07) ** 0.5
+    for model in ("spline-sigma15", "relu-sigma15"):
+        own = [c for c in calls if c["model"] == model]
+        # 0.3 * ratio is tried; the next value, 1.0 (clamped), breaks FBS's theorem at relaxation 1
+        assert [c["strength"] for c in own] == pytest.approx([0.07, 0.15, 0.3, 0.3 * ratio], rel=1e-3)
+        assert all(c["step"] == 1.99 and c["relaxation"] == 1.0 for c in own)  # given, not 0.95 / alpha
+    assert result.parameters["strength"] == pytest.approx(0.3 * ratio, rel=1e-3)
+    assert all(t["converged"] for t in result.trials)
+
+    evaluate, calls = _fake_evaluation(lambda s: -s)
+    monkeypatch.setattr(T, "_evaluate", evaluate)
+    tune(problem, images, ["spline-sigma15"], "pnp-fbs", progress=False, grid={"strength": [0.07, 0.15, 0.3]},
+         fixed=fixed, extend=2)
+    assert [c["strength"] for c in calls] == pytest.approx([0.07, 0.15, 0.3, 0.07 / ratio, 0.07 / ratio**2],
+                                                           rel=1e-3)
+    evaluate, calls = _fake_evaluation(lambda s: -s)
+    monkeypatch.setattr(T, "_evaluate", evaluate)
+    tune(problem, images, ["spline-sigma15"], "pnp-fbs", progress=False, grid={"strength": [0.07, 0.15, 0.3]},
+         fixed=fixed, extend=0)
+    assert [c["strength"] for c in calls] == [0.07, 0.15, 0.3]
+
+
+def _store_many(path: str, worker: int, count: int, start) -> None:
+    from lipden.tuning import TuneResult, store_tuned
+    start.wait()
+    for k in range(count):
+        store_tuned(TuneResult("problem", "tv", {"weight": worker + k / 100}, 20.0, [{}]), path,
+                    note=f"worker {worker}", key=f"tv-{worker}-{k}")
+
+
+def test_store_tuned_keeps_every_entry_when_processes_write_at_once(tmp_path):
+    import multiprocessing
+
+    path = str(tmp_path / "tuned.json")
+    workers, count = 4, 100
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(workers)
+    processes = [context.Process(target=_store_many, args=(path, w, count, start)) for w in range(workers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    entries = json.loads((tmp_path / "tuned.json").read_text())["problem"]
+    assert len(entries) == workers * count  # no read-modify-write lost another's entry
+    assert entries["tv-3-99"]["parameters"] == {"weight": 3.99}
+
+
+def test_tune_prefers_trials_that_converged(monkeypatch):
+    import lipden.tuning as T
+
+    evaluate, _ = _fake_evaluation(lambda s: s, converged=lambda s: s < 0.2)
+    monkeypatch.setattr(T, "_evaluate", evaluate)
+    problem, images = P.DeblurProblem("gaussian", noise=0.03), [P.default_image("natural", 16)]
+    result = tune(problem, images, ["spline-sigma15"], "pnp-fbs", progress=False,
+                  grid={"strength": [0.07, 0.15, 0.3]}, fixed={"step": 1.99, "relaxation": 1.0}, extend=2)
+    assert result.parameters["strength"] == 0.15 and len(result.trials) == 3
+    evaluate, _ = _fake_evaluation(lambda s: s, converged=lambda s: False)  # none converged: the best of all
+    monkeypatch.setattr(T, "_evaluate", evaluate)
+    result = tune(problem, images, ["spline-sigma15"], "pnp-fbs", progress=False,
+                  grid={"strength": [0.07, 0.15, 0.3]}, fixed={"step": 1.99, "relaxation": 1.0}, extend=0)
+    assert result.parameters["strength"] == 0.3
+
+
+def test_cli_tune_grid_write_stores_a_baseline_prior_under_its_own_key(truth_png, tmp_path, monkeypatch, capsys):
+    """``--models relu-sigma15 --grid ... --write`` stores pnp-fbs:relu (the benchmark's ReLU row), never the
+    spline's pnp-fbs; the note lists every trial; a second run records what it replaced."""
+    table = tmp_path / "tuned.json"
+    monkeypatch.setattr("problems.base.TUNED_DEFAULTS_FILE", table)
+    name = "deblur-gaussian1.6-noise0.01"
+    args = ["tune", name, "--images", str(truth_png.parent), "--indices", "0", "--models", "relu-sigma15",
+            "--set", "step=1.99", "--set", "relaxation=1", "--extend", "0", "--tol", "0.05", "--write", "--quiet",
+            "--json"]
+    assert main([*args, "--grid", "strength=0.1,0.2"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    entries = json.loads(table.read_text())[name]
+    assert set(entries) == {"pnp-fbs:relu"}
+    entry = entries["pnp-fbs:relu"]
+    assert entry["parameters"] == record["parameters"]
+    assert {k: record["parameters"][k] for k in ("model", "step", "relaxation")} == {
+        "model": "relu-sigma15", "step": 1.99, "relaxation": 1.0}
+    assert [t["strength"] for t in record["trials"]] == [0.1, 0.2]
+    assert "positions 0 (1 images)" in entry["tuned_on"]
+    for trial in record["trials"]:
+        assert f"relu-sigma15 strength {trial['strength']:g} -> {trial['psnr']:.3f}" in entry["tuned_on"]
+    assert main([*args, "--grid", "strength=0.5"]) == 0
+    entry = json.loads(table.read_text())[name]["pnp-fbs:relu"]
+    assert entry["parameters"]["strength"] == 0.5
+    assert "Replaces" in entry["tuned_on"] and json.dumps(record["parameters"], sort_keys=True) in entry["tuned_on"]
+    assert main([*args, "--grid", "strength=0.5", "--indices", "3"]) == 2  # the folder has one image
+    assert "no image at position 3" in capsys.readouterr().err
 
 
 def test_cli_tune_box_write_records_the_trials_stop_rule(truth_png, tmp_path, monkeypatch, capsys):
