@@ -184,8 +184,10 @@ def _tune(args: argparse.Namespace) -> int:
 
     problem = problem_from_name(args.problem)
     grid = _assignments(args.grid, "--grid", many=True) if args.grid else None
-    fixed = _assignments(args.fixed, "--set", many=False) | (
-        {"lower": 0.0, "upper": 1.0} if args.box else {})
+    fixed = _assignments(args.fixed, "--set", many=False)
+    if args.box and {"lower", "upper"} & set(fixed):
+        raise UserError("--box is the box [0, 1]: give either --box or --set lower=... / upper=...")
+    fixed |= {"lower": 0.0, "upper": 1.0} if args.box else {}
     check_grid(args.method, grid or {}, fixed)
     chosen = slice(0, args.limit) if args.indices is None else args.indices
     if args.images:
@@ -206,17 +208,20 @@ def _tune(args: argparse.Namespace) -> int:
         source += f" 00-{len(images) - 1:02d}"
     stop = {k: v for k, v in (("max_iter", args.max_iter), ("tol", args.tol)) if v is not None}
     result = tune(problem, images, args.models, args.method, progress=not args.quiet, device=args.device,
-                  fixed=fixed or None, accelerate=args.accelerate, grid=grid, extend=args.extend, **stop)
+                  fixed=fixed or None, accelerate=args.accelerate, grid=grid, extend=args.extend,
+                  guarantee=not args.no_guarantee, **stop)
     cap, tol = stop.get("max_iter", TRIAL_MAX_ITER), stop.get("tol", TRIAL_TOL)
     accelerate = 0 if result.method == "tv" else args.accelerate
     note = f"lipden.tune on {source} ({len(images)} images), max_iter {cap}, tol {tol:g}" + (
-        f", Anderson memory {accelerate}" if accelerate else "")
+        f", Anderson memory {accelerate}" if accelerate else "") + (
+        ", guarantee=False (no Lipschitz certificate)" if args.no_guarantee else "")
     if grid is not None:
         note += ": grid " + "; ".join(_trial_text(t, grid) for t in result.trials) + (
             f" (fixed {json.dumps(fixed, sort_keys=True)})" if fixed else "")
     if args.write:
         family = str(result.parameters["model"]).split("-sigma")[0] if "model" in result.parameters else None
-        store_tuned(result, TUNED_DEFAULTS_FILE, note, key=defaults_key(result.method, family, args.box),
+        boxed = "lower" in fixed or "upper" in fixed  # --box or its own bounds: stored as METHOD:box
+        store_tuned(result, TUNED_DEFAULTS_FILE, note, key=defaults_key(result.method, family, boxed),
                     max_iter=cap if cap > TRIAL_MAX_ITER else None, accelerate=accelerate)
     record = {"problem": result.problem, "method": result.method, "parameters": result.parameters,
               "psnr": result.psnr, "tuned_on": note, "trials": result.trials}
@@ -437,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Anderson memory of the trial solves (0: off); --write stores it for the test solves")
     tun.add_argument("--box", action="store_true", help="constrain the estimate to [0, 1] (pnp-fbs, red); "
                      "--write stores it as METHOD:box")
+    tun.add_argument("--no-guarantee", action="store_true",
+                     help="allow a denoiser without a Lipschitz certificate (free-*): trials run with "
+                          "guarantee=False, relaxation as if it were nonexpansive")
     tun.add_argument("--device", default="cpu", help="where the trial solves run: cpu (default), cuda or cuda:N")
     tun.add_argument("--write", action="store_true", help="store the result in problems/tuned_defaults.json")
     tun.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -498,6 +506,8 @@ def _validate(args: argparse.Namespace) -> None:
             raise UserError("give --limit or --indices, not both")
         if args.indices is not None and min(args.indices) < 0:
             raise UserError("--indices are positions >= 0")
+        if args.indices is not None and len(set(args.indices)) < len(args.indices):
+            raise UserError("--indices repeats an image")
         if args.extend < 0:
             raise UserError("--extend must be >= 0")
     if args.command == "reconstruct" and args.noise is not None and not 0 <= args.noise < 1:
@@ -593,7 +603,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _validate(args)
         return args.handler(args)
     except (UserError, ValueError, OSError, SolverError) as error:
-        print(f"lipden {args.command}: error: {error}", file=sys.stderr)
+        text = str(error)
+        if hasattr(args, "no_guarantee"):  # the API's keyword, as this command spells it
+            text = text.replace("pass guarantee=False", "pass --no-guarantee")
+        print(f"lipden {args.command}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
         _Termination.handled = True

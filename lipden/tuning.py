@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
+import math
 import os
 import tempfile
 from collections import defaultdict
@@ -111,7 +111,8 @@ def _evaluate(
 
 def _best(trials: list[dict]) -> dict:
     """The trial of highest mean PSNR among those whose solves all converged (among all if none did)."""
-    return max([t for t in trials if t["converged"]] or trials, key=lambda t: t["psnr"])
+    return max([t for t in trials if t["converged"]] or trials,
+               key=lambda t: -math.inf if math.isnan(t["psnr"]) else t["psnr"])
 
 
 def _valid(method: str, params: dict, lipschitz_sq: float) -> bool:
@@ -190,12 +191,20 @@ def tune(
     denoisers: dict = {}
     bar = tqdm(desc=f"tune {method}", disable=not progress, leave=False)
 
-    def run(candidate: dict) -> bool:
-        if fast_relaxation:
-            candidate["relaxation"] = fbs_fast_relaxation(candidate["step"], candidate["strength"], L,
+    def prepare(candidate: dict) -> dict:
+        if fast_relaxation:  # step / strength left out of the grid take reconstruct's defaults
+            effective = {**default_parameters(method, L), **candidate}
+            candidate["relaxation"] = fbs_fast_relaxation(effective["step"], effective["strength"], L,
                                                           projected=projected)
+        return candidate
+
+    def valid(candidate: dict) -> bool:
+        return _valid(method, {k: v for k, v in prepare(dict(candidate)).items() if k != "model"}, L)
+
+    def run(candidate: dict) -> bool:
+        candidate = prepare(candidate)
         key = json.dumps(candidate, sort_keys=True)
-        if key in seen or not _valid(method, {k: v for k, v in candidate.items() if k != "model"}, L):
+        if key in seen or not valid(candidate):
             return False
         seen.add(key)
         score, converged = _evaluate(problem, images, method, candidate, max_iter=max_iter, tol=tol, seed=seed,
@@ -223,15 +232,18 @@ def tune(
                 run(candidate)
             best = _best(trials)
     elif len(grid) == 1 and extend > 0:
-        _extend_edges(trials, run, names, grid, extend)
+        _extend_edges(trials, run, valid, names, grid, extend)
     bar.close()
     best = _best(trials)
     parameters = {k: v for k, v in best.items() if k not in ("psnr", "converged")}
     return TuneResult(problem.name, method, parameters, best["psnr"], trials)
 
 
-def _extend_edges(trials: list[dict], run, names: list, grid: Mapping[str, Sequence[float]], extend: int) -> None:
-    """Per denoiser, add values past the edge of a 1-D grid while the optimum sits on that edge."""
+def _extend_edges(trials: list[dict], run, valid, names: list, grid: Mapping[str, Sequence[float]],
+                  extend: int) -> None:
+    """Per denoiser, add values past the edge of a 1-D grid while the optimum sits on that edge;
+    a value past the method's convergence limit (a strength above 1, a step above 2 / L...) is
+    replaced by the largest valid value below it."""
     ((name, values),) = grid.items()
     low, high = min(values), max(values)
     if len(set(values)) < 2 or low <= 0:
@@ -247,13 +259,30 @@ def _extend_edges(trials: list[dict], run, names: list, grid: Mapping[str, Seque
                 value = tried[0] / ratio
             elif best[name] == tried[-1]:
                 value = tried[-1] * ratio
-                value = min(value, 1.0) if name == "strength" else value
             else:
                 break
             candidate = {k: v for k, v in best.items() if k not in ("psnr", "converged")}
             candidate[name] = float(f"{value:.4g}")
+            if candidate[name] > tried[-1] and not valid(candidate):
+                limit = _largest_valid(candidate, name, tried[-1], candidate[name], valid)
+                if limit is None:
+                    break
+                candidate[name] = limit
             if not run(candidate):
                 break
+
+
+def _largest_valid(candidate: dict, name: str, low: float, high: float, valid) -> float | None:
+    """Bisect for the largest value of ``name`` in (low, high) that ``valid`` accepts (low is valid,
+    high is not), rounded to 4 significant digits when that stays valid; None when no room is left."""
+    start = low
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if valid({**candidate, name: middle}) else (low, middle)
+    quantum = 10.0 ** (math.floor(math.log10(low)) - 3) if low > 0 else 0.0
+    rounded = float(f"{math.floor(low / quantum) * quantum:.4g}") if quantum else low  # 4 digits, down
+    value = rounded if valid({**candidate, name: rounded}) else low
+    return value if value > start * (1 + 1e-6) else None
 
 
 def defaults_key(method: str, family: str | None = None, boxed: bool = False) -> str:
@@ -285,8 +314,7 @@ def _exclusive(path: Path):
     except ImportError:  # no advisory locks on this platform: the rewrite stays atomic
         yield
         return
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"lipden-{digest}.lock", "w") as lock:
+    with open(path.parent / f".{path.name}.lock", "a") as lock:  # beside the file: every writer sees it
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

@@ -60,7 +60,7 @@ def test_reconstruct_box_bounds_keep_the_guarantee(capsys):
         (["reconstruct", "mri", "missing.png"], "not found|No such file"),
         (["reconstruct", "deblur", "--noise", "-1"], "--noise"),
         (["reconstruct", "mri", "--acceleration", "0"], "acceleration"),
-        (["reconstruct", "deblur", "--step", "5"], "no convergence guarantee"),
+        (["reconstruct", "deblur", "--step", "5"], "no convergence guarantee.*pass --no-guarantee"),
         (["reconstruct", "deblur", "--model", "nope"], "unknown denoiser"),
         (["reconstruct", "deblur", "--max-iter", "0"], "--max-iter"),
         (["reconstruct", "mri", "--accelerate", "-2"], "--accelerate"),
@@ -75,6 +75,10 @@ def test_reconstruct_box_bounds_keep_the_guarantee(capsys):
         (["tune", "deblur-gaussian1.6-noise0.01", "--limit", "2", "--indices", "0"], "not both"),
         (["tune", "mri-random-x4-cf0.08-noise0.002", "--indices", "0", "9"], "slices 00-07 only"),
         (["tune", "deblur-gaussian1.6-noise0.01", "--extend", "-1"], "--extend"),
+        (["tune", "deblur-gaussian1.6-noise0.01", "--indices", "0", "2", "0"], "repeats an image"),
+        (["tune", "deblur-gaussian1.6-noise0.01", "--box", "--set", "lower=0.1"], "either --box or --set"),
+        (["tune", "deblur-gaussian1.6-noise0.01", "--models", "free-sigma15", "--grid", "strength=0.1",
+          "--indices", "0"], "no certified Lipschitz bound.*pass --no-guarantee"),
     ],
 )
 def test_reconstruct_bad_input_is_one_line(args, message, capsys):
@@ -151,8 +155,9 @@ def test_tune_grid_tries_the_grid_then_extends_past_an_edge_optimum(monkeypatch)
     ratio = (0.3 / 0.07) ** 0.5
     for model in ("spline-sigma15", "relu-sigma15"):
         own = [c for c in calls if c["model"] == model]
-        # 0.3 * ratio is tried; the next value, 1.0 (clamped), breaks FBS's theorem at relaxation 1
-        assert [c["strength"] for c in own] == pytest.approx([0.07, 0.15, 0.3, 0.3 * ratio], rel=1e-3)
+        # 0.3 * ratio is tried; the next value (1.29) breaks FBS's theorem at relaxation 1, whose
+        # limit (strength < 1) is tried instead, rounded down to 4 digits
+        assert [c["strength"] for c in own] == pytest.approx([0.07, 0.15, 0.3, 0.3 * ratio, 0.9999], rel=1e-3)
         assert all(c["step"] == 1.99 and c["relaxation"] == 1.0 for c in own)  # given, not 0.95 / alpha
     assert result.parameters["strength"] == pytest.approx(0.3 * ratio, rel=1e-3)
     assert all(t["converged"] for t in result.trials)
@@ -305,3 +310,36 @@ def test_benchmark_tunes_a_new_row_with_the_test_stop_rule(monkeypatch):
     parameters, source = R._parameters(problem, R.ROWS["tv"], images, 1000, 1e-5, quick=False)
     assert (seen["max_iter"], seen["tol"]) == (1000, 1e-5)
     assert parameters == {"weight": 0.01} and "cap 1000 iterations, tol 1e-05" in source
+
+
+def test_tune_grid_without_a_step_uses_reconstructs_default_step(monkeypatch):
+    import lipden.tuning as T
+    from lipden.solvers import default_parameters, fbs_fast_relaxation
+
+    evaluate, calls = _fake_evaluation(lambda s: s)
+    monkeypatch.setattr(T, "_evaluate", evaluate)
+    problem, images = P.DeblurProblem("gaussian", noise=0.03), [P.default_image("natural", 16)]
+    result = tune(problem, images, ["spline-sigma15"], "pnp-fbs", progress=False, grid={"strength": [0.1, 0.2]})
+    L = problem.lipschitz_sq(images[0].shape)
+    step = default_parameters("pnp-fbs", L)["step"]
+    assert [c["relaxation"] for c in calls] == pytest.approx([fbs_fast_relaxation(step, s, L) for s in (0.1, 0.2)])
+    assert "step" not in result.parameters  # reconstruct fills in the same default
+
+
+def test_tune_extension_stops_at_the_methods_limit(monkeypatch):
+    """PnP-DRS needs strength <= 1/2: an increasing score extends 0.4 to the limit 0.5, not past it."""
+    import lipden.tuning as T
+
+    evaluate, calls = _fake_evaluation(lambda s: s)
+    monkeypatch.setattr(T, "_evaluate", evaluate)
+    problem, images = P.DeblurProblem("gaussian", noise=0.03), [P.default_image("natural", 16)]
+    result = tune(problem, images, ["spline-sigma15"], "pnp-drs", progress=False,
+                  grid={"strength": [0.1, 0.2, 0.4]}, fixed={"step": 1.0, "relaxation": 0.5}, extend=2)
+    assert [c["strength"] for c in calls] == [0.1, 0.2, 0.4, 0.5] and result.parameters["strength"] == 0.5
+
+
+def test_tune_best_ignores_a_nan_score():
+    from lipden.tuning import _best
+
+    trials = [{"psnr": float("nan"), "converged": False}, {"psnr": 20.0, "converged": False}]
+    assert _best(trials)["psnr"] == 20.0
