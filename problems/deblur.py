@@ -52,6 +52,19 @@ class CertifiedBlurFFT(BlurFFT):
         response = torch.fft.rfft2(self.A(impulse).double())
         self.lipschitz_sq = float(response.abs().pow(2).max())
 
+    def prox_l2(self, z: Tensor, y: Tensor, gamma: float | Tensor, **kwargs) -> Tensor:
+        """``prox_{gamma f}(z) = z - V [K (K V^H z - U^H y) / (1/gamma + K^2)]`` (K: singular values).
+
+        Equal to deepinv's ``V (V^H (A^T y + z / gamma) / (K^2 + 1/gamma))``, whose sum
+        ``A^T y + z / gamma`` rounds z's information away at a large gamma (the error is then
+        multiplied by up to gamma where K is small); here every factor is at most
+        ``K^2 / (1/gamma + K^2) <= 1`` or ``K / (1/gamma + K^2) <= sqrt(gamma) / 2``, so the
+        prox stays nonexpansive to round-off.
+        """
+        singular = self.mask
+        spectrum = singular * (singular * self.V_adjoint(z) - self.U_adjoint(y)) / (1 / gamma + singular * singular)
+        return z - self.V(spectrum)
+
 
 class DeblurProblem(InverseProblem):
     """Circular deblurring with additive white Gaussian noise of std ``noise`` (images in [0, 1]).

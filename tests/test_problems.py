@@ -161,3 +161,30 @@ def test_asking_for_an_operator_on_another_device_leaves_earlier_ones_where_they
     assert all(t.device.type == "cpu" for t in cpu.buffers())
     assert all(t.device.type == "meta" for t in other.buffers())
     assert problem.physics((1, 1, 32, 32), "meta") is other and problem.physics((1, 1, 32, 32)) is cpu
+
+
+@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("gamma", [1.0, 900.0])
+def test_prox_reflection_is_nonexpansive_between_nearby_points_at_large_steps(name, dtype, gamma):
+    """||R a - R b|| <= ||a - b|| for R = 2 prox - Id, which PnP-DRS's monotone residual needs.
+
+    The pair is as close as two late DRS iterates (relative distance 1e-4): a prox that forms
+    ``z + gamma A^T y`` before its FFT rounds that difference away (at gamma 900 it was 3.8x
+    expansive in float32 and, through a complex64 cast, in float64 too).
+    """
+    problem = P.problem_from_name(name)
+    torch.manual_seed(4)
+    x = torch.rand(1, 1, 128, 128)
+    physics = problem.physics(x.shape)
+    y = problem.measure(x, seed=0).to(dtype)
+    a = (x + 0.05 * torch.randn_like(x)).to(dtype)
+    b = a + 1e-4 * float(a.norm()) * torch.nn.functional.normalize(torch.randn_like(a).flatten(), dim=0).view_as(a)
+    reflect = lambda z: 2 * physics.prox_l2(z, y, gamma) - z  # noqa: E731
+    gain = float((reflect(a) - reflect(b)).norm() / (a - b).norm())
+    assert gain <= 1 + (1e-3 if dtype == torch.float32 else 1e-9), gain
+    p = physics.prox_l2(a, y, gamma)
+    assert p.dtype == dtype
+    optimality = physics.A_adjoint(physics.A(p) - y) + (p - a) / gamma
+    # float64: deepinv keeps the blur's phase in complex64, so A^T A is exact to ~1e-7 only
+    assert float(optimality.abs().max()) < (1e-4 if dtype == torch.float32 else 1e-7)
