@@ -216,10 +216,24 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     """Train (or resume) a denoiser; returns a summary dict. Files go to ``config.output``.
 
     On a GPU, cuDNN benchmarks its convolution algorithms for the fixed patch shape and
-    keeps the fastest (``torch.backends.cudnn.benchmark``, restored afterwards).
+    keeps the fastest (``torch.backends.cudnn.benchmark``, restored afterwards). Under
+    ``torchrun`` the process group it starts is destroyed before it returns (or raises
+    ``TrainingDiverged``, which every rank raises together): gloo's worker threads left to
+    interpreter shutdown abort the process (SIGABRT).
     """
-    with cudnn_autotuning(config.device.startswith("cuda")):
-        return _train(config, resume, progress)
+    owns_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    try:
+        with cudnn_autotuning(config.device.startswith("cuda")):
+            summary = _train(config, resume, progress)
+    except TrainingDiverged:  # every rank raises it at the same step: they can leave together
+        if owns_group:
+            dist.destroy_process_group()
+        raise
+    # A rank-local error skips this: its peers may still wait in a collective (NCCL's
+    # teardown would hang); the rank exits non-zero and torchrun stops the others.
+    if owns_group:
+        dist.destroy_process_group()
+    return summary
 
 
 def _train(config: TrainConfig, resume: bool, progress: bool) -> dict:
