@@ -217,20 +217,22 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
 
     On a GPU, cuDNN benchmarks its convolution algorithms for the fixed patch shape and
     keeps the fastest (``torch.backends.cudnn.benchmark``, restored afterwards). Under
-    ``torchrun`` the process group it starts is destroyed before it returns (or raises
-    ``TrainingDiverged``, which every rank raises together): gloo's worker threads left to
-    interpreter shutdown abort the process (SIGABRT).
+    ``torchrun`` the process group it starts is destroyed before it returns or raises
+    (except an NCCL group on a rank-local error): gloo's worker threads left to interpreter
+    shutdown abort the process (SIGABRT).
     """
     owns_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
     try:
         with cudnn_autotuning(config.device.startswith("cuda")):
             summary = _train(config, resume, progress)
-    except TrainingDiverged:  # every rank raises it at the same step: they can leave together
-        if owns_group:
+    except BaseException as error:
+        # Every rank raises TrainingDiverged at the same step, and gloo's teardown is local;
+        # NCCL's waits on peers that a rank-local error may leave in a collective, so such a
+        # rank just exits non-zero and torchrun stops the others.
+        if owns_group and dist.is_initialized() and (
+                isinstance(error, TrainingDiverged) or dist.get_backend() == "gloo"):
             dist.destroy_process_group()
         raise
-    # A rank-local error skips this: its peers may still wait in a collective (NCCL's
-    # teardown would hang); the rank exits non-zero and torchrun stops the others.
     if owns_group:
         dist.destroy_process_group()
     return summary

@@ -24,6 +24,14 @@ def check_image(x: Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} contains NaN or inf values")
 
 
+def per_image(gamma: float | Tensor, like: Tensor) -> float | Tensor:
+    """A prox step as deepinv passes it (a float, or one per image of shape (B,)), shaped
+    to broadcast over ``like``, a tensor whose first dimension is the batch."""
+    if isinstance(gamma, Tensor) and gamma.dim() > 0:
+        return gamma.to(like.real.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+    return gamma
+
+
 class InverseProblem(ABC):
     """A linear inverse problem ``y = A x + n`` on real images (B, C, H, W) in [0, 1].
 

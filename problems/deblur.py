@@ -8,7 +8,7 @@ from deepinv.physics.functional.blur import gaussian_blur
 from deepinv.physics.generator import MotionBlurGenerator
 from torch import Tensor
 
-from .base import InverseProblem
+from .base import InverseProblem, per_image
 
 KERNELS = ("gaussian", "uniform", "motion")
 
@@ -61,8 +61,9 @@ class CertifiedBlurFFT(BlurFFT):
         ``K^2 / (1/gamma + K^2) <= 1`` or ``K / (1/gamma + K^2) <= sqrt(gamma) / 2``, so the
         prox stays nonexpansive to round-off.
         """
-        singular = self.mask
-        spectrum = singular * (singular * self.V_adjoint(z) - self.U_adjoint(y)) / (1 / gamma + singular * singular)
+        singular, spectrum_z = self.mask, self.V_adjoint(z)  # (B, C, H, W // 2 + 1, 2): real view
+        gamma = per_image(gamma, spectrum_z)
+        spectrum = singular * (singular * spectrum_z - self.U_adjoint(y)) / (1 / gamma + singular * singular)
         return z - self.V(spectrum)
 
 

@@ -11,7 +11,7 @@ from deepinv.physics.generator import (
 )
 from torch import Tensor
 
-from .base import InverseProblem
+from .base import InverseProblem, per_image
 
 MASKS = {
     "random": RandomMaskGenerator,
@@ -31,8 +31,9 @@ class RealMRI(LinearPhysics):
     """deepinv ``MRI`` restricted to real images: A x = M F (x + 0i), A^T y = Re(F^H M y).
 
     Input (B, 1, H, W) real; measurements (B, 2, H, W) (real and imaginary k-space, deepinv's
-    layout). For real x, A^T A = F^H D F with D = (M + M~)/2, M~ the mask mirrored through
-    the k-space centre, so ``lipschitz_sq = max D`` exactly, and the data-fidelity prox
+    layout). For real x, A^T A = F^H D F with D = (M^2 + M~^2)/2, M~ the mask mirrored
+    through the k-space centre (M^2 = M for a 0/1 mask; a weighted mask is squared since
+    A^H A = F^H M^2 F), so ``lipschitz_sq = max D`` exactly, and the data-fidelity prox
     ``argmin_x 1/2 ||A x - y||^2 + 1/(2 gamma) ||x - z||^2`` is the closed form
     ``F^H (F(z + gamma A^T y) / (1 + gamma D))``.
     """
@@ -41,7 +42,7 @@ class RealMRI(LinearPhysics):
         super().__init__(**kwargs)
         h, w = mask.shape[-2:]
         self.mri = MRI(mask=mask.reshape(1, 1, h, w).float(), img_size=(1, 2, h, w))
-        flat = mask.reshape(h, w).double()
+        flat = mask.reshape(h, w).double() ** 2
         mirrored = flat[_mirror_index(h)][:, _mirror_index(w)]
         self.register_buffer("symmetric_mask", ((flat + mirrored) / 2).float())
         self.lipschitz_sq = float(self.symmetric_mask.max())
@@ -70,9 +71,10 @@ class RealMRI(LinearPhysics):
         (at gamma = 894 in float32, a prox 3.8x expansive between two nearby iterates, which
         broke PnP-DRS's monotone residual). Here the spectrum of ``A^T y`` is restricted to
         D > 0, where it lives (its FFT round-off elsewhere would be multiplied by gamma), and
-        every term is multiplied by at most ``gamma D / (1 + gamma D) <= 1`` or ``1 / D <= 2``.
+        every term is multiplied by at most ``gamma D / (1 + gamma D) <= 1`` or ``gamma / (1 + gamma D)``.
         """
         complex_dtype = torch.complex128 if z.dtype == torch.float64 else torch.complex64
+        gamma = per_image(gamma, z)
         weight = self.symmetric_mask.to(z.dtype)
         spectrum_z = self._centred_fft(z.to(complex_dtype))
         spectrum_data = torch.where(weight > 0, self._centred_fft(self.A_adjoint(y).to(complex_dtype)), 0)

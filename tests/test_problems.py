@@ -43,6 +43,23 @@ def test_lipschitz_sq_is_the_exact_norm_of_AtA(name):
     assert problem.lipschitz_sq(shape) == pytest.approx(top, rel=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(12, 10), (9, 7)])
+def test_weighted_mri_mask_has_the_exact_norm_and_prox(shape):
+    """A weighted (non 0/1) mask: A^T A = F^H (M^2 + M~^2)/2 F for real images, not (M + M~)/2."""
+    from problems.mri import RealMRI
+
+    torch.manual_seed(2)
+    mask = torch.rand(shape) * (torch.rand(shape) > 0.4)
+    physics = RealMRI(mask)
+    matrix = full_operator(lambda v: physics.A(v.float()).double(), (1, *shape))
+    assert physics.lipschitz_sq == pytest.approx(float(torch.linalg.svdvals(matrix).max()) ** 2, rel=1e-5)
+    z, y = torch.rand(1, 1, *shape, dtype=torch.float64), physics.A(torch.rand(1, 1, *shape)).double()
+    for gamma in (0.7, 50.0):
+        p = physics.prox_l2(z, y, gamma)
+        optimality = physics.A_adjoint(physics.A(p) - y) + (p - z) / gamma
+        assert float(optimality.abs().max()) < 1e-5, gamma
+
+
 @pytest.mark.parametrize("name", SMALL)
 @pytest.mark.parametrize("channels", [1, 3])
 def test_adjoint_and_prox(name, channels):
@@ -61,6 +78,17 @@ def test_adjoint_and_prox(name, channels):
     p = physics.prox_l2(z, y, gamma)
     optimality = physics.A_adjoint(physics.A(p) - y) + (p - z) / gamma
     assert float(optimality.abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["deblur-gaussian1.6-noise0.01", "mri-random-x4-cf0.08-noise0.002"])
+def test_prox_takes_one_step_per_image_as_deepinv_passes_it(name):
+    problem = P.problem_from_name(name)
+    x = image_for(problem, 32)
+    physics, y = problem.physics(x.shape), problem.measure(x, seed=0)
+    z, gammas = torch.rand_like(x), torch.tensor([0.5, 30.0])
+    batched = physics.prox_l2(z, y, gammas)
+    for i, gamma in enumerate(gammas.tolist()):
+        torch.testing.assert_close(batched[i:i + 1], physics.prox_l2(z[i:i + 1], y[i:i + 1], gamma))
 
 
 def test_measurements_are_seeded_and_noise_has_the_stated_std():
