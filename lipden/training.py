@@ -200,12 +200,16 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tens
     optimizer.load_state_dict(state_dict)
 
 
-def _distributed(device_type: str) -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return rank, world
+def _start_process_group(device_type: str) -> bool:
+    """Join torchrun's ranks (gloo on CPU, nccl on GPU) unless a group runs; True if started here."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or dist.is_initialized():
+        return False
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return True
+
+
+def _rank_and_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
 def _past_decay_time(config: TrainConfig, elapsed_s: float) -> bool:
@@ -221,7 +225,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     (except an NCCL group on a rank-local error): gloo's worker threads left to interpreter
     shutdown abort the process (SIGABRT).
     """
-    owns_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    started_group = _start_process_group(torch.device(config.device).type)
     try:
         with cudnn_autotuning(config.device.startswith("cuda")):
             summary = _train(config, resume, progress)
@@ -229,11 +233,10 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
         # Every rank raises TrainingDiverged at the same step, and gloo's teardown is local;
         # NCCL's waits on peers that a rank-local error may leave in a collective, so such a
         # rank just exits non-zero and torchrun stops the others.
-        if owns_group and dist.is_initialized() and (
-                isinstance(error, TrainingDiverged) or dist.get_backend() == "gloo"):
+        if started_group and (isinstance(error, TrainingDiverged) or dist.get_backend() == "gloo"):
             dist.destroy_process_group()
         raise
-    if owns_group:
+    if started_group:
         dist.destroy_process_group()
     return summary
 
@@ -244,7 +247,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict:
     if steps is None or batch_size is None:  # every preset sets them
         raise ValueError(f"preset {config.preset!r} sets no steps or batch_size")
     device = torch.device(config.device)
-    rank, world = _distributed(device.type)
+    rank, world = _rank_and_world()
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("--device cuda requested but no GPU is available")
