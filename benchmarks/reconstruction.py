@@ -26,7 +26,7 @@ from torch import Tensor
 
 from lipden.baselines import tv_reconstruct
 from lipden.denoise_cli import _ssim
-from lipden.imageio import write_image
+from lipden.imageio import read_image, write_image
 from lipden.pretrained import list_denoisers, load_denoiser
 from lipden.reconstruction import psnr_per_image, reconstruct
 from lipden.solvers import default_parameters, fbs_fast_relaxation
@@ -137,20 +137,70 @@ def _iteration_cap(problem, row: Row, max_iter: int, quick: bool) -> int:
     return max_iter if quick else max(max_iter, problem.default_iteration_cap(row.defaults_key()) or 0)
 
 
+def _chunks(images: list[Tensor], chunk: int) -> list[tuple[list[int], Tensor]]:
+    """Batches of at most ``chunk`` same-shape images (0: one batch per shape), in test order."""
+    out = []
+    for indices, batch in _batches(images):
+        size = chunk or len(indices)
+        out += [(indices[s : s + size], batch[s : s + size]) for s in range(0, len(indices), size)]
+    return out
+
+
+def _load_progress(checkpoint: Path | None, key: dict) -> dict | None:
+    """The saved progress of this row when it was made with the same ``key`` (parameters, cap,
+    tolerance, acceleration, test set), else None (progress of another setup is not reused)."""
+    if checkpoint is None or not checkpoint.is_file():
+        return None
+    try:
+        state = json.loads(checkpoint.read_text())
+    except json.JSONDecodeError:
+        return None
+    if state.get("key") != json.loads(json.dumps(key)):
+        print(f"{checkpoint}: saved progress is of another setup; starting the row again")
+        return None
+    return state
+
+
+def _timing(runs: list[dict]) -> tuple[str, int | None]:
+    """Device and thread count of a row solved in one or more runs (a resumed row may mix them)."""
+    setups = {(r["device"], r["torch_threads"]) for r in runs}
+    if len(setups) == 1:
+        return setups.pop()
+    parts = [f"{r['device']}, {r['torch_threads']} thread(s): {r['images']} images" for r in runs]
+    return "mixed: " + "; ".join(parts), None
+
+
 def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_iter: int, tol: float,
-               device: str, progress: bool = False, accelerate: int = 0) -> tuple[dict, Tensor]:
+               device: str, progress: bool = False, accelerate: int = 0, *, chunk: int = 0,
+               checkpoint: Path | None = None, key: dict | None = None) -> tuple[dict, Tensor]:
     """Solve every test image (batched by shape); per-image metrics and image 0's result.
 
-    ``accelerate``: Anderson memory of the PnP / RED solves (0: plain iteration)."""
+    ``accelerate``: Anderson memory of the PnP / RED solves (0: plain iteration). ``chunk``:
+    at most this many images per batched solve (0: one solve per image shape). Every image
+    stops at its own first iteration below ``tol`` and Anderson mixes within an image only,
+    so the per-image results do not depend on the batching. With ``checkpoint`` (a JSON path),
+    the progress is saved after every batch, image 0's result beside it as ``.png``, and a
+    later call with the same ``key`` resumes after the last saved batch."""
     params = dict(parameters)
     model = params.pop("model", None)
     denoiser = load_denoiser(model, device=device) if model else None
     n = len(images)
-    per: dict[str, list] = {k: [None] * n for k in ("psnr", "ssim", "iterations", "converged")}
-    curves: dict = {}
-    increases, monotone, first = [], [], None
-    started = time.perf_counter()
-    for indices, batch in _batches(images):  # one batched solve per image shape
+    key = {} if key is None else key
+    if checkpoint is not None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    state = _load_progress(checkpoint, key) or {
+        "key": key, "per_image": {k: [None] * n for k in ("psnr", "ssim", "iterations", "converged")},
+        "increases": [], "monotone": [], "curves_image0": {}, "runs": []}
+    per = state["per_image"]
+    run_log: dict = {"device": device_name(device), "torch_threads": torch.get_num_threads(), "images": 0,
+                     "seconds": 0.0}
+    state["runs"].append(run_log)
+    first_png = None if checkpoint is None else checkpoint.with_suffix(".png")
+    first = None
+    for indices, batch in _chunks(images, chunk):
+        if all(per["psnr"][i] is not None for i in indices):
+            continue  # solved in an earlier run
+        started = time.perf_counter()
         truth = batch.to(device)
         physics = problem.physics(truth.shape, device)
         y = torch.cat([problem.measure(images[i].to(device), seed=i) for i in indices])
@@ -168,22 +218,34 @@ def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_it
             # each image stops at its first iteration below tol (frozen after)
             conv = (result.final_relative_residuals <= tol).tolist()
             its = [int(k) if ok else None for k, ok in zip(result.iterations_per_image, conv, strict=True)]
-            increases.append(result.max_residual_increase)
-            monotone.append(result.monotone)
+            state["increases"].append(result.max_residual_increase)
+            state["monotone"].append(result.monotone)
             if 0 in indices:
                 b = indices.index(0)
                 own = int(result.iterations_per_image[b])
                 assert result.psnr is not None  # x_true was given
-                curves = {"psnr": [round(float(v), 4) for v in result.psnr[:own, b]],
-                          "relative_residual": [float(v) for v in result.relative_residuals[:own, b]]}
+                state["curves_image0"] = {
+                    "psnr": [round(float(v), 4) for v in result.psnr[:own, b]],
+                    "relative_residual": [float(v) for v in result.relative_residuals[:own, b]]}
         scores = psnr_per_image(x, truth).tolist()
         for b, i in enumerate(indices):
             per["psnr"][i], per["ssim"][i] = scores[b], _ssim(x[b].cpu(), truth[b].cpu())
             per["iterations"][i], per["converged"][i] = its[b], conv[b]
             if i == 0:
                 first = x[b : b + 1].detach().clamp(0, 1).cpu()
-    seconds = time.perf_counter() - started
+                if first_png is not None:
+                    write_image(first_png, first[0], force=True)
+        run_log["seconds"] += time.perf_counter() - started
+        run_log["images"] += len(indices)
+        if checkpoint is not None:
+            write_text_atomic(checkpoint, json.dumps(state) + "\n")
+    if first is None:  # image 0 was solved in an earlier run
+        assert first_png is not None
+        first = read_image(first_png)[0][None]
+    runs = [r for r in state["runs"] if r["images"]]
+    device_label, threads = _timing(runs)
     counted = [k for k in per["iterations"] if k is not None]
+    increases, monotone = state["increases"], state["monotone"]
     summary = {
         "label": row.label, "method": row.method, "family": row.family, "guarantee": row.guarantee,
         "psnr": float(np.mean(per["psnr"])), "ssim": float(np.mean(per["ssim"])),
@@ -191,10 +253,11 @@ def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_it
         "converged_all": all(per["converged"]),
         "max_residual_increase": max(increases) if increases else None,
         "monotone_all": all(monotone) if monotone else None,
-        "seconds_per_image": seconds / n, "device": device_name(device), "torch_threads": torch.get_num_threads(),
-        "per_image": per, "curves_image0": curves,
+        "seconds_per_image": sum(r["seconds"] for r in runs) / n, "device": device_label, "torch_threads": threads,
+        "per_image": per, "curves_image0": state["curves_image0"],
     }
-    assert first is not None
+    if len(runs) > 1:
+        summary["runs"] = runs  # solved over several runs (resumed after an interruption)
     return summary, first
 
 
@@ -283,7 +346,7 @@ def _save(fig, path: Path) -> None:
 def run(
     kind: str, quick: bool = False, output: str = "results", *, problems: list[str] | None = None,
     rows: list[str] | None = None, stride: int = 1, device: str = "cpu", force: bool = False,
-    compile_spline: bool = False, progress: bool = False,
+    compile_spline: bool = False, progress: bool = False, chunk: int = 8,
 ) -> dict:
     """Run (or resume) the ``kind`` ("mri" or "deblur") benchmark and rebuild its summary.
 
@@ -293,7 +356,10 @@ def run(
     again when a full row is newer than the subset's; ``force`` recomputes cached rows (a
     subset row is then taken again, not solved, when its full row exists); ``compile_spline`` runs the spline
     activations through ``torch.compile`` (same function, faster on CPU); ``progress``
-    shows a bar per solve.
+    shows a bar per solve. ``chunk``: at most this many test images per batched solve
+    (0: all images of a shape at once); a row's progress is saved after every batch under
+    ``runs/`` as ``ROW.partial.json`` and an interrupted row resumes there (``force`` starts
+    it again); the per-image results do not depend on ``chunk``.
     """
     if compile_spline:
         set_spline_backend("compiled")
@@ -304,6 +370,8 @@ def run(
         raise ValueError(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
     if stride < 1:
         raise ValueError("stride must be >= 1")
+    if chunk < 0:
+        raise ValueError("chunk must be >= 0 (0: one batch per image shape)")
     dataset, start, stop = setup["quick_test"] if quick else setup["test"]
     test_indices = list(range(start, stop, stride))
     test_spec = f"{dataset}[{start}:{stop}" + (f":{stride}]" if stride > 1 else "]")
@@ -340,12 +408,21 @@ def run(
             parameters, source = ({}, "none") if row.method == "baseline" else _parameters(
                 problem, row, tuning_images, cap, tol, quick, device)
             accelerate = 0 if quick else problem.default_acceleration(row.defaults_key())
-            summary, first = _solve_row(problem, row, parameters, test_images, cap, tol, device, progress, accelerate)
+            checkpoint = runs / name / f"{row_id}.partial.json"
+            if force:
+                checkpoint.unlink(missing_ok=True)
+            key = {"row": row_id, "test_set": test_spec, "parameters": parameters, "max_iter": cap, "tol": tol,
+                   "accelerate": accelerate}
+            summary, first = _solve_row(problem, row, parameters, test_images, cap, tol, device, progress, accelerate,
+                                        chunk=chunk, checkpoint=checkpoint, key=key)
             summary.update(parameters=parameters, parameters_source=source, problem=name, max_iter=cap,
                            accelerate=accelerate)
             target.parent.mkdir(parents=True, exist_ok=True)
             write_image(runs / name / f"{row_id}.png", first[0], force=True)
             write_text_atomic(target, json.dumps(summary, indent=1) + "\n")
+            checkpoint.unlink(missing_ok=True)
+            checkpoint.with_suffix(".png").unlink(missing_ok=True)
+            WRITTEN[:] = [p for p in WRITTEN if p != checkpoint]  # progress files are not results
             print(f"{name} / {row.label}: {summary['psnr']:.2f} dB, {summary['iterations_mean']} iterations, "
                   f"converged {summary['converged_all']}")
 

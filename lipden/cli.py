@@ -57,6 +57,7 @@ weights and card are replaced only when both are measured.
   python cli.py benchmark mri --quick            # PnP / RED / TV on 2 MRI test slices
   python cli.py benchmark deblur                 # 8 blur problems (4 kernels x noise 0.01, 0.03), first 10 BSD68 images
   python cli.py benchmark mri --rows fbs-spline tv --stride 4   # a labelled subset, resumable
+  python cli.py benchmark mri --rows fbs-free --chunk 4          # saves progress every 4 slices; rerun to resume
   python cli.py benchmark all --quick            # every benchmark on subsets (< 10 min on CPU)
   python cli.py benchmark report                 # rebuild results/README.md from the result files
   python cli.py benchmark speed --json --quiet   # one JSON object: the files written
@@ -249,7 +250,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     from benchmarks.common import WRITTEN
 
     options = {"problems": args.problems, "rows": args.rows, "stride": args.stride, "device": args.device,
-               "force": args.force, "compile_spline": args.compile, "progress": not args.quiet}
+               "force": args.force, "compile_spline": args.compile, "progress": not args.quiet, "chunk": args.chunk}
     started = time.perf_counter()
     WRITTEN.clear()
     # with --json, stdout carries only the JSON object; the benchmarks' messages go to stderr
@@ -466,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu", help="deblur/mri/training: cpu or cuda")
     bench.add_argument("--force", action="store_true", help="deblur/mri: recompute cached rows (a --stride row is re-taken from its full row when one exists)")
     bench.add_argument("--compile", action="store_true", help="deblur/mri: torch.compile the spline activations")
+    bench.add_argument("--chunk", type=int, default=8,
+                       help="deblur/mri: at most N test images per batched solve (0: all of a shape at once); "
+                            "progress is saved after each batch and an interrupted row resumes there (default 8)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.add_argument("--json", action="store_true",
                        help="print one JSON object (the files written); messages go to stderr")

@@ -37,6 +37,7 @@ def test_quick_mri_rows_are_cached_and_summarised(quick_benchmarks):
     expected = sum(r["seconds_per_image"] * len(r["per_image"]["psnr"]) for r in rows.values())
     assert summary["solve_seconds_all_rows"] == pytest.approx(expected) and expected > 0
     assert "Solve time of every row above" in markdown
+    assert not list((tmp_path / "runs").rglob("*.partial.*"))  # progress files go once a row is complete
     for figure in ("mri-quick-mri-random-x4-cf0.08-noise0.002.png", "mri-quick-mri-random-x4-cf0.08-noise0.002-curves.png"):
         assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -125,3 +126,65 @@ def test_a_stored_iteration_cap_raises_the_common_one_outside_quick_runs():
     assert reconstruction._iteration_cap(problem, box, 1000, quick=False) == stored
     assert reconstruction._iteration_cap(problem, box, 60, quick=True) == 60
     assert reconstruction._iteration_cap(problem, uncapped, 1000, quick=False) == 1000
+
+
+def _three_small_images() -> list[torch.Tensor]:
+    from problems import default_image
+
+    image = default_image("natural", 32)
+    return [image, image.flip(-1), image.flip(-2)]
+
+
+def test_a_row_solved_in_chunks_resumes_after_an_interruption(tmp_path, monkeypatch):
+    """Per-image results do not depend on the batching; an interrupted row resumes after its
+    last saved batch and solves only what is left; progress of another setup is not reused."""
+    from problems import problem_from_name
+
+    problem = problem_from_name("deblur-gaussian1.6-noise0.01")
+    row = reconstruction.ROWS["fbs-spline"]
+    parameters = {"model": "spline-sigma15", "step": 1.99, "relaxation": 1.0, "strength": 0.15}
+    images = _three_small_images()
+    whole, whole_first = reconstruction._solve_row(problem, row, parameters, images, 40, 1e-4, "cpu", chunk=0)
+
+    checkpoint = tmp_path / "fbs-spline.partial.json"
+    key = {"row": "fbs-spline", "parameters": parameters}
+    original = reconstruction.reconstruct
+    calls = []
+
+    def interrupted_after_one_batch(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(reconstruction, "reconstruct", interrupted_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        reconstruction._solve_row(problem, row, parameters, images, 40, 1e-4, "cpu", chunk=2,
+                                  checkpoint=checkpoint, key=key)
+    saved = json.loads(checkpoint.read_text())
+    assert calls == [2, 1] and saved["per_image"]["psnr"][2] is None
+    assert saved["per_image"]["psnr"][:2] == pytest.approx(whole["per_image"]["psnr"][:2], abs=1e-4)
+    assert checkpoint.with_suffix(".png").is_file()  # image 0's result, for the figure
+
+    calls.clear()
+    monkeypatch.setattr(reconstruction, "reconstruct", lambda *a, **k: calls.append(a[0].shape[0]) or original(*a, **k))
+    resumed, first = reconstruction._solve_row(problem, row, parameters, images, 40, 1e-4, "cpu", chunk=2,
+                                               checkpoint=checkpoint, key=key)
+    assert calls == [1]  # only the unsolved image
+    for name in ("psnr", "ssim"):
+        assert resumed["per_image"][name] == pytest.approx(whole["per_image"][name], abs=1e-4)
+    assert resumed["per_image"]["iterations"] == whole["per_image"]["iterations"]
+    assert resumed["curves_image0"]["psnr"] == pytest.approx(whole["curves_image0"]["psnr"], abs=1e-3)
+    assert len(resumed["runs"]) == 2 and resumed["torch_threads"] == torch.get_num_threads()
+    assert resumed["monotone_all"] == whole["monotone_all"]
+    assert first.shape == whole_first.shape and (first - whole_first).abs().max() <= 1 / 255  # read back from PNG
+
+    calls.clear()  # another setup: the saved progress is not reused
+    reconstruction._solve_row(problem, row, parameters, images, 40, 1e-4, "cpu", chunk=2, checkpoint=checkpoint,
+                              key=key | {"max_iter": 41})
+    assert calls == [2, 1]
+
+
+def test_a_negative_chunk_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="chunk"):
+        reconstruction.run("mri", quick=True, output=str(tmp_path), chunk=-1)
