@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from lipden.imageio import deferred_signals
+
 
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
@@ -57,12 +59,16 @@ WRITTEN: list[Path] = []
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder (mode 0644)."""
+    """Write ``text`` to ``path`` through a synced temporary file in the same folder (mode 0644);
+    an interrupt is held until the rename is done, so the file is complete or untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        tmp.write(text)
-    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates owner-only files
-    os.replace(tmp.name, path)
+    with deferred_signals():
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+            tmp.write(text)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates owner-only files
+        os.replace(tmp.name, path)
     WRITTEN.append(path)
 
 

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lipden.baselines import tv_reconstruct
+from lipden.baselines import TV_INNER_ITERATIONS, TV_INNER_TOL, tv_reconstruct
 from lipden.denoise_cli import _ssim
 from lipden.imageio import read_image, write_image
-from lipden.pretrained import list_denoisers, load_denoiser
+from lipden.pretrained import denoiser_card, list_denoisers, load_denoiser
 from lipden.reconstruction import psnr_per_image, reconstruct
 from lipden.solvers import default_parameters, fbs_fast_relaxation
 from lipden.splines import set_spline_backend
@@ -153,7 +153,8 @@ def _load_progress(checkpoint: Path | None, key: dict) -> dict | None:
         return None
     try:
         state = json.loads(checkpoint.read_text())
-    except json.JSONDecodeError:
+    except (OSError, ValueError):  # unreadable or not JSON: start again
+        print(f"{checkpoint}: unreadable saved progress; starting the row again")
         return None
     if state.get("key") != json.loads(json.dumps(key)):
         print(f"{checkpoint}: saved progress is of another setup; starting the row again")
@@ -172,13 +173,16 @@ def _timing(runs: list[dict]) -> tuple[str, int | None]:
 
 def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_iter: int, tol: float,
                device: str, progress: bool = False, accelerate: int = 0, *, chunk: int = 0,
-               checkpoint: Path | None = None, key: dict | None = None) -> tuple[dict, Tensor]:
+               checkpoint: Path | None = None, key: dict | None = None,
+               seeds: list[int] | None = None) -> tuple[dict, Tensor]:
     """Solve every test image (batched by shape); per-image metrics and image 0's result.
 
     ``accelerate``: Anderson memory of the PnP / RED solves (0: plain iteration). ``chunk``:
     at most this many images per batched solve (0: one solve per image shape). Every image
     stops at its own first iteration below ``tol`` and Anderson mixes within an image only,
-    so the per-image results do not depend on the batching. With ``checkpoint`` (a JSON path),
+    (TV solves each image on its own), so the per-image results do not depend on the batching.
+    ``seeds``: the noise seed of each image (default its position), its index in the full test
+    set, so that a subset solved directly sees the noise of the full run. With ``checkpoint`` (a JSON path),
     the progress is saved after every batch, image 0's result beside it as ``.png``, and a
     later call with the same ``key`` resumes after the last saved batch."""
     params = dict(parameters)
@@ -197,20 +201,24 @@ def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_it
     state["runs"].append(run_log)
     first_png = None if checkpoint is None else checkpoint.with_suffix(".png")
     first = None
+    seeds = list(range(n)) if seeds is None else seeds
     for indices, batch in _chunks(images, chunk):
-        if all(per["psnr"][i] is not None for i in indices):
-            continue  # solved in an earlier run
+        todo = [k for k, i in enumerate(indices) if per["psnr"][i] is None]
+        if not todo:
+            continue  # solved in an earlier run (with another chunk, a batch may be partly solved)
+        indices, batch = [indices[k] for k in todo], batch[todo]
         started = time.perf_counter()
         truth = batch.to(device)
         physics = problem.physics(truth.shape, device)
-        y = torch.cat([problem.measure(images[i].to(device), seed=i) for i in indices])
+        y = torch.cat([problem.measure(images[i].to(device), seed=seeds[i]) for i in indices])
         if row.method == "baseline":
             x = problem.baseline(y, truth.shape)
             its: list = [0] * len(indices)
             conv = [True] * len(indices)
         elif row.method == "tv":
-            x, count = tv_reconstruct(y, physics, params["weight"], max_iter=max_iter, tol=tol)
-            its, conv = [count] * len(indices), [count < max_iter] * len(indices)
+            x, counts = tv_reconstruct(y, physics, params["weight"], max_iter=max_iter, tol=tol)
+            its = [int(k) for k in counts]
+            conv = [k < max_iter for k in its]
         else:
             result = reconstruct(y, physics, denoiser, row.method, max_iter=max_iter, tol=tol, x_true=truth,
                                  guarantee=row.guarantee, progress=progress, accelerate=accelerate, **params)
@@ -411,12 +419,17 @@ def run(
             checkpoint = runs / name / f"{row_id}.partial.json"
             if force:
                 checkpoint.unlink(missing_ok=True)
-            key = {"row": row_id, "test_set": test_spec, "parameters": parameters, "max_iter": cap, "tol": tol,
-                   "accelerate": accelerate}
+                checkpoint.with_suffix(".png").unlink(missing_ok=True)
+            weights = denoiser_card(parameters["model"])["sha256"] if "model" in parameters else None
+            key = {"row": row_id, "problem": name, "test_set": test_spec, "parameters": parameters,
+                   "weights_sha256": weights, "max_iter": cap, "tol": tol, "accelerate": accelerate}
             summary, first = _solve_row(problem, row, parameters, test_images, cap, tol, device, progress, accelerate,
-                                        chunk=chunk, checkpoint=checkpoint, key=key)
+                                        chunk=chunk, checkpoint=checkpoint, key=key,
+                                        seeds=[i - start for i in test_indices])
             summary.update(parameters=parameters, parameters_source=source, problem=name, max_iter=cap,
                            accelerate=accelerate)
+            if row.method == "tv":
+                summary["tv_prox"] = {"inner_iterations": TV_INNER_ITERATIONS, "inner_tol": TV_INNER_TOL}
             target.parent.mkdir(parents=True, exist_ok=True)
             write_image(runs / name / f"{row_id}.png", first[0], force=True)
             write_text_atomic(target, json.dumps(summary, indent=1) + "\n")
@@ -453,6 +466,9 @@ def run(
                 params += f" (cap {row['max_iter']} iterations)"
             if row.get("accelerate"):
                 params += f" (Anderson memory {row['accelerate']}: iterations count passes)"
+            if row["method"] == "tv" and "tv_prox" not in row:
+                params += (" (STALE: solved before 2026-12-05 with an inexact TV prox, 50 inner steps, that "
+                           "stalls FISTA short of the minimiser; to be re-run)")
             mono = "-" if row["monotone_all"] is None else str(row["monotone_all"])
             lines.append(f"| {table_cell(row['label'])} | {row['psnr']:.2f} | {row['ssim']:.4f} | {its} | {row['converged_all']} "
                          f"| {mono} | {inc} | {_seconds(row)} | {params} |")

@@ -503,6 +503,11 @@ def _validate(args: argparse.Namespace) -> None:
         from .denoise_cli import check_device
 
         check_device(args.device)
+    if args.command == "benchmark":
+        if args.stride < 1:
+            raise UserError(f"--stride must be >= 1, got {args.stride}")
+        if args.chunk < 0:
+            raise UserError(f"--chunk must be >= 0 (0: all images of a shape at once), got {args.chunk}")
     if args.command == "tune" and args.limit is not None and args.limit < 1:
         raise UserError("--limit must be >= 1")
     if args.command == "tune":

@@ -100,7 +100,7 @@ def _evaluate(
         y = _measure(problem, batch, indices, seed)
         if method == "tv":
             x, iterations = tv_reconstruct(y, physics, params["weight"], max_iter=max_iter, tol=tol)
-            converged &= iterations < max_iter
+            converged &= bool((iterations < max_iter).all())
         else:
             result = reconstruct(y, physics, denoisers[model_name], method, max_iter=max_iter, tol=tol,
                                  guarantee=guarantee, accelerate=accelerate, **params)

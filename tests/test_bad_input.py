@@ -308,6 +308,13 @@ def test_tune_and_benchmark_refuse_a_bad_device_before_any_work(command, capsys,
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("option, value", [("--chunk", "-1"), ("--stride", "0")])
+def test_benchmark_refuses_a_bad_batch_or_stride_before_any_work(option, value, capsys, tmp_path):
+    result = cli(capsys, "benchmark", "mri", "--rows", "tv", option, value, "--output", tmp_path)
+    assert_one_line_error(result, option)
+    assert not any(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------- outputs: folders, collisions, names
 
 

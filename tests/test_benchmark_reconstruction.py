@@ -137,7 +137,8 @@ def _three_small_images() -> list[torch.Tensor]:
 
 def test_a_row_solved_in_chunks_resumes_after_an_interruption(tmp_path, monkeypatch):
     """Per-image results do not depend on the batching; an interrupted row resumes after its
-    last saved batch and solves only what is left; progress of another setup is not reused."""
+    last saved batch and solves only what is left (also with another batch size); progress of
+    another setup is not reused."""
     from problems import problem_from_name
 
     problem = problem_from_name("deblur-gaussian1.6-noise0.01")
@@ -168,9 +169,9 @@ def test_a_row_solved_in_chunks_resumes_after_an_interruption(tmp_path, monkeypa
 
     calls.clear()
     monkeypatch.setattr(reconstruction, "reconstruct", lambda *a, **k: calls.append(a[0].shape[0]) or original(*a, **k))
-    resumed, first = reconstruction._solve_row(problem, row, parameters, images, 40, 1e-4, "cpu", chunk=2,
+    resumed, first = reconstruction._solve_row(problem, row, parameters, images, 40, 1e-4, "cpu", chunk=3,
                                                checkpoint=checkpoint, key=key)
-    assert calls == [1]  # only the unsolved image
+    assert calls == [1]  # only the unsolved image, though the new batch holds all three
     for name in ("psnr", "ssim"):
         assert resumed["per_image"][name] == pytest.approx(whole["per_image"][name], abs=1e-4)
     assert resumed["per_image"]["iterations"] == whole["per_image"]["iterations"]
@@ -188,3 +189,20 @@ def test_a_row_solved_in_chunks_resumes_after_an_interruption(tmp_path, monkeypa
 def test_a_negative_chunk_is_refused(tmp_path):
     with pytest.raises(ValueError, match="chunk"):
         reconstruction.run("mri", quick=True, output=str(tmp_path), chunk=-1)
+
+
+def test_tv_rows_do_not_depend_on_batching_and_a_subset_sees_the_full_runs_noise():
+    """TV stops each image on its own, so its per-image results are the same in any batch; a
+    subset solved directly with its images' seeds in the full test set reproduces them."""
+    from problems import problem_from_name
+
+    problem = problem_from_name("deblur-gaussian1.6-noise0.01")
+    row, parameters = reconstruction.ROWS["tv"], {"weight": 0.01}
+    images = _three_small_images()
+    together, _ = reconstruction._solve_row(problem, row, parameters, images, 300, 1e-4, "cpu", chunk=0)
+    alone, _ = reconstruction._solve_row(problem, row, parameters, images, 300, 1e-4, "cpu", chunk=1)
+    assert len(set(together["per_image"]["iterations"])) > 1  # the images stop at different iterations
+    assert alone["per_image"] == together["per_image"]
+    subset, _ = reconstruction._solve_row(problem, row, parameters, images[::2], 300, 1e-4, "cpu", seeds=[0, 2])
+    for name in ("psnr", "ssim", "iterations"):
+        assert subset["per_image"][name] == together["per_image"][name][::2]
