@@ -21,16 +21,18 @@ def tv_reconstruct(
     """argmin_x 1/2 ||A x - y||^2 + weight TV(x) by FISTA (step 1/L), deepinv's TV prox inside.
 
     Convex: with an exact prox FISTA converges to the minimiser (objective gap O(1/k^2)); each
-    image stops when the relative change of its estimate falls below ``tol``. The TV prox is
-    itself solved iteratively (deepinv's primal-dual loop, warm-started from the previous outer
-    step, at most ``inner_iterations`` steps, stopped at relative change ``inner_tol``) and FISTA
-    tolerates only small prox errors: with 50 inner steps stopped at 1e-6 (this function's
-    earlier setting) it stalled on MRI with a rising objective and a relative change stuck near
-    1e-3, 0.2 dB short of the minimiser; the defaults reach it (objective flat to 1e-7). The images of a batch are solved one
-    by one (deepinv's TV prox stops on a batch-wide criterion), so an image's result does not
-    depend on the others in its batch. ``physics`` must act on single images of the batch's
-    shape (as deepinv's BlurFFT and our problems' operators do). Returns the estimates
-    (B, C, H, W) and each image's iteration count, an int64 tensor of shape (B,).
+    image stops when the relative change of its estimate falls below ``tol``.
+
+    The TV prox is itself solved iteratively (deepinv's primal-dual loop, warm-started from the
+    previous outer step, at most ``inner_iterations`` steps, stopped at relative change
+    ``inner_tol``), and FISTA tolerates only small prox errors: with 50 inner steps stopped at
+    1e-6 (this function's earlier setting) it stalled on MRI with a rising objective and a
+    relative change stuck near 1e-3, 0.2 dB short of the minimiser; the defaults reach it.
+
+    The images of a batch are solved one by one (deepinv's TV prox stops on a batch-wide
+    criterion), so an image's result does not depend on the others in its batch; ``physics``
+    must act on single images of the batch's shape (as BlurFFT and our problems' operators do).
+    Returns the estimates (B, C, H, W) and each image's iteration count, int64 of shape (B,).
     """
     if not weight > 0:
         raise ValueError(f"TV weight must be > 0, got {weight}")
