@@ -466,9 +466,6 @@ def run(
                 params += f" (cap {row['max_iter']} iterations)"
             if row.get("accelerate"):
                 params += f" (Anderson memory {row['accelerate']}: iterations count passes)"
-            if row["method"] == "tv" and "tv_prox" not in row:
-                params += (" (STALE: solved before 2026-12-05 with an inexact TV prox, 50 inner steps, that "
-                           "stalls FISTA short of the minimiser; to be re-run)")
             mono = "-" if row["monotone_all"] is None else str(row["monotone_all"])
             lines.append(f"| {table_cell(row['label'])} | {row['psnr']:.2f} | {row['ssim']:.4f} | {its} | {row['converged_all']} "
                          f"| {mono} | {inc} | {_seconds(row)} | {params} |")
