@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -160,6 +161,7 @@ def run(quick: bool = False, output: str = "results") -> dict:
     """Plot and summarise the learned splines; quick mode: spline-sigma15 only, ``-quick`` files."""
     from lipden.data import list_images, load_grayscale
 
+    started = time.perf_counter()
     shipped = set(list_denoisers())
     names = [n for n in (MODELS[:1] if quick else MODELS) if n in shipped]
     if not names:
@@ -202,6 +204,7 @@ def run(quick: bool = False, output: str = "results") -> dict:
         },
         "coverage_image": str(list_images(SET12)[0].name) if image is not None else None,
         "models": models,
+        "wall_seconds": time.perf_counter() - started,
     }
 
     lines = [f"# Learned spline activations{' (QUICK: spline-sigma15 only, 128x128 crop)' if quick else ''}", ""]
@@ -240,6 +243,7 @@ def run(quick: bool = False, output: str = "results") -> dict:
                 f"{s['knot_range_half_width_median']:.3f} | {inside} |"
             )
         lines.append("")
+    lines += [f"Wall time: {results['wall_seconds']:.0f} s.", ""]
     markdown = "\n".join(lines)
     print(markdown)
     write_results(output, f"activations{suffix}", results, markdown)

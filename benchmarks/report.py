@@ -68,6 +68,7 @@ def run(quick: bool = False, output: str = "results") -> dict:
         figures = sorted(p.name for p in folder.glob(f"{variant}*.png") if _belongs(p.name, variant))
         parts += [f"## {label}", "", f"Command: `{command}{flag}` (files `{variant}.json`, `{variant}.md`).", "",
                   _demote(markdown), "", *[f"![{f}]({f})" for f in figures if f"]({f})" not in markdown], ""]
+    parts += time_of_the_run(folder, quick)
     write_text_atomic(folder / "README.md", "\n".join(parts) + "\n")
     print(f"wrote {folder / 'README.md'} ({', '.join(present) or 'no results yet'})")
     readme = ROOT / "README.md"
@@ -80,6 +81,55 @@ def run(quick: bool = False, output: str = "results") -> dict:
                 write_text_atomic(readme, updated)
                 print(f"updated the results summary in {readme}")
     return {"sections": present}
+
+
+#: the benchmarks ``benchmark all`` runs (the report aside), in its order
+RUN_BY_ALL = ("denoise", "deblur", "mri", "speed", "training", "fitting", "activations", "layers", "large")
+
+
+def recorded_seconds(data: dict) -> tuple[float, str] | None:
+    """The compute time a result file records, in seconds, and what it counts (None if none)."""
+    for field, meaning in (("wall_seconds", "wall time"), ("wall_time_s", "wall time"),
+                           ("solve_seconds_all_rows", "solve time of its rows (tuning and figures not included)")):
+        if isinstance(data.get(field), int | float):
+            return float(data[field]), meaning
+    return None
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" + (f" ({seconds / 3600:.2f} h)" if seconds >= 360 else "")
+
+
+def time_of_the_run(folder: Path, quick: bool = False) -> list[str]:
+    """A section of the page: the time each result of ``benchmark all [--quick]`` records, and their sum."""
+    suffix = "-quick" if quick else ""
+    rows, total, missing = [], 0.0, []
+    for name in RUN_BY_ALL:
+        path = folder / f"{name}{suffix}.json"
+        if not path.is_file():
+            continue
+        recorded = recorded_seconds(json.loads(path.read_text()))
+        if recorded is None:
+            missing.append(name)
+            rows.append(f"| {name} | not recorded | - |")
+            continue
+        seconds, meaning = recorded
+        total += seconds
+        rows.append(f"| {name} | {_duration(seconds)} | {meaning} |")
+    if not rows:
+        return []
+    lines = [f"## Time of the {'quick' if quick else 'full'} run", "",
+             f"`python cli.py benchmark all{' --quick' if quick else ''}` is the sum of these benchmarks; each "
+             "result file records its own time, on the machine and thread count its section states. Rows of "
+             "the reconstruction benchmarks are cached and resumable, so a full run may be assembled over "
+             "several sessions, rows in parallel and on different machines (the 2-core CPU machines of "
+             "different sessions have differed up to about 3x in speed); the sum is then an estimate, not "
+             "one measured run. Labelled subsets (`--stride`) are taken from the full rows and not counted.", "",
+             "| benchmark | recorded time | what it counts |", "|---|---|---|", *rows, "",
+             f"Sum: {_duration(total)}"
+             + (f"; {', '.join(missing)} record no time (results written before times were recorded)."
+                if missing else "."), ""]
+    return lines
 
 
 def _first_existing(folder: Path, stems: list[str]) -> tuple[str, dict] | None:

@@ -61,8 +61,10 @@ def test_quick_large_images(quick_benchmarks):
     results = json.loads((quick_benchmarks / "large-quick.json").read_text())
     assert [row["side"] for row in results["rows"]] == [256, 512]
     for row in results["rows"]:
-        assert row["tiled_512"]["seconds"] > 0 and row["pnp_fbs"]["seconds_per_iteration"] > 0
-        assert row["pnp_fbs_tiled_512"]["seconds_per_iteration"] > 0
+        for mode in ("tiled_512", "default", "one_pass"):
+            assert row[f"denoise_{mode}"]["seconds"] > 0 and row[f"pnp_fbs_{mode}"]["seconds_per_iteration"] > 0
+    one_pass, tiled = results["rows"][-1]["denoise_one_pass"], results["rows"][-1]["denoise_tiled_512"]
+    assert one_pass["peak_increase_mb"] > tiled["peak_increase_mb"]  # 512x512 at 32 channels: > 32 MB per activation
 
 
 def test_a_subset_is_taken_from_the_full_run_without_solving(quick_benchmarks, tmp_path):

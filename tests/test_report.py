@@ -1,9 +1,10 @@
 """The results pages are assembled from the committed result files, never retyped."""
 
+import json
 import re
 
 from benchmarks.common import table_cell
-from benchmarks.report import SUMMARY_END, SUMMARY_START, summary
+from benchmarks.report import SUMMARY_END, SUMMARY_START, run, summary, time_of_the_run
 
 from .conftest import ROOT
 
@@ -20,6 +21,25 @@ def test_summary_of_a_quick_run_has_denoising_and_reconstruction_tables(quick_be
     assert "| deblur-gaussian1.6-noise0.01 | PnP-FBS, spline prior |" in text
     assert "| mri-random-x4-cf0.08-noise0.002 |" in text
     assert "![reconstructions](results/" in text
+    page = (quick_benchmarks / "README.md").read_text()
+    assert "## Time of the quick run" in page and "not recorded" not in page  # every benchmark records its time
+
+
+def test_the_time_of_the_full_run_sums_what_each_result_records(tmp_path):
+    records = {"denoise": {"wall_seconds": 100.0}, "mri": {"solve_seconds_all_rows": 3600.0},
+               "fitting": {"wall_time_s": 50.0}, "layers": {},
+               "mri-stride4": {"solve_seconds_all_rows": 900.0}}  # a subset: taken from the full rows
+    for stem, record in records.items():
+        (tmp_path / f"{stem}.json").write_text(json.dumps(record))
+        (tmp_path / f"{stem}.md").write_text(f"# {stem}\n")
+    run(output=str(tmp_path))
+    page = (tmp_path / "README.md").read_text()
+    section = page.split("## Time of the full run", 1)[1]
+    assert "| mri | 3600 s (1.00 h) | solve time of its rows" in section
+    assert "| layers | not recorded | - |" in section
+    assert "mri-stride4" not in section
+    assert "Sum: 3750 s (1.04 h); layers record no time" in section
+    assert time_of_the_run(tmp_path, quick=True) == []  # no quick results there
 
 
 def _cells(line: str) -> int:
