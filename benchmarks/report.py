@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import BENCHMARKS
 from .common import table_cell, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +85,7 @@ def run(quick: bool = False, output: str = "results") -> dict:
 
 
 #: the benchmarks ``benchmark all`` runs (the report aside), in its order
-RUN_BY_ALL = ("denoise", "deblur", "mri", "speed", "training", "fitting", "activations", "layers", "large")
+RUN_BY_ALL = tuple(name for name in BENCHMARKS if name != "report")
 
 
 def recorded_seconds(data: dict) -> tuple[float, str] | None:
