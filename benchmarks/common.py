@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import resource
 import statistics
 import tempfile
 import time
@@ -32,6 +34,35 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
+
+
+def _memory_status_mib(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB, None where there is none."""
+    try:
+        match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) / 1024 if match else None
+
+
+def peak_memory_mib() -> float:
+    """This process's peak resident memory in MiB (VmHWM; ``ru_maxrss`` where /proc is missing)."""
+    peak = _memory_status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def reset_peak_memory_mib() -> float:
+    """Reset the peak resident memory to the current one (Linux; so earlier peaks, e.g. at import,
+    cannot hide a computation's) and return it in MiB; elsewhere the peak so far.
+
+    A computation's own peak is then ``peak_memory_mib() - reset_peak_memory_mib()`` taken around it.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM
+    except OSError:
+        pass
+    current = _memory_status_mib("VmRSS")
+    return current if current is not None else peak_memory_mib()
 
 
 def device_name(device: str | torch.device) -> str:

@@ -10,38 +10,9 @@ what the computation itself needs.
 from __future__ import annotations
 
 import multiprocessing
-import re
-import resource
 import time
-from pathlib import Path
 
-from .common import machine, write_results
-
-
-def _status_mb(field: str) -> float | None:
-    """A memory field of /proc/self/status (VmRSS, VmHWM) in MB, None where there is none."""
-    try:
-        match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
-    except OSError:
-        return None
-    return int(match.group(1)) / 1024 if match else None
-
-
-def _start_peak() -> float:
-    """Reset the peak resident memory to the current one (Linux, so that import-time peaks do not
-    hide the computation's) and return it in MB; elsewhere the process's peak so far."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM
-    except OSError:
-        pass
-    current = _status_mb("VmRSS")
-    return current if current is not None else _peak()
-
-
-def _peak() -> float:
-    peak = _status_mb("VmHWM")
-    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-
+from .common import machine, peak_memory_mib, reset_peak_memory_mib, write_results
 
 #: how a cell applies the denoiser: explicit 512 tiles, the library's default call (on a CPU,
 #: bounded passes whose widest activation is at most ``cpu_pass_bytes``), or one pass over the image
@@ -65,13 +36,13 @@ def _denoise_job(side: int, mode: str) -> dict:
     torch.set_num_threads(1)
     model, tile = _load("spline-sigma15", mode)
     x = torch.rand(1, 1, side, side, generator=torch.Generator().manual_seed(0))
-    before = _start_peak()
+    before = reset_peak_memory_mib()
     start = time.perf_counter()
     with torch.no_grad():
         out = denoise_tiled(model, x, tile=tile) if tile else model(x)
     seconds = time.perf_counter() - start
     assert out.shape == x.shape
-    return {"seconds": seconds, "peak_increase_mb": _peak() - before}
+    return {"seconds": seconds, "peak_increase_mb": peak_memory_mib() - before}
 
 
 def _reconstruct_job(side: int, iterations: int, mode: str) -> dict:
@@ -86,11 +57,17 @@ def _reconstruct_job(side: int, iterations: int, mode: str) -> dict:
     x = torch.rand(1, 1, side, side, generator=torch.Generator().manual_seed(0))
     y = problem.measure(x)
     physics = problem.physics(x.shape)
-    before = _start_peak()
+    before = reset_peak_memory_mib()
     start = time.perf_counter()
     reconstruct(y, physics, model, "pnp-fbs", step=1.9, strength=0.5, max_iter=iterations, tol=1e-12, tile=tile)
     seconds = time.perf_counter() - start
-    return {"seconds_per_iteration": seconds / iterations, "peak_increase_mb": _peak() - before}
+    return {"seconds_per_iteration": seconds / iterations, "peak_increase_mb": peak_memory_mib() - before}
+
+
+def _cell(row: dict, key: str, field: str) -> str:
+    """``seconds / peak MB`` of one measurement of a row, ``-`` where it was not taken."""
+    value = row.get(key)
+    return "-" if value is None else f"{value[field]:.1f} / {value['peak_increase_mb']:.0f}"
 
 
 def _in_fresh_process(function, *args) -> dict:
@@ -129,14 +106,10 @@ def run(quick: bool = False, output: str = "results") -> dict:
              "| image | " + " | ".join(f"denoise {labels[m]}" for m in MODES) + " | "
              + " | ".join(f"PnP-FBS {labels[m]}" for m in MODES) + " |",
              "|---|" + "---|" * (2 * len(MODES))]
-    def cell(row: dict, key: str, field: str) -> str:
-        value = row.get(key)
-        return "-" if value is None else f"{value[field]:.1f} / {value['peak_increase_mb']:.0f}"
-
     for row in rows:
         lines.append(f"| {row['side']}x{row['side']} ({row['megapixels']} MP) | "
-                     + " | ".join(cell(row, f"denoise_{m}", "seconds") for m in MODES) + " | "
-                     + " | ".join(cell(row, f"pnp_fbs_{m}", "seconds_per_iteration") for m in MODES) + " |")
+                     + " | ".join(_cell(row, f"denoise_{m}", "seconds") for m in MODES) + " | "
+                     + " | ".join(_cell(row, f"pnp_fbs_{m}", "seconds_per_iteration") for m in MODES) + " |")
     lines += ["", "Tiles and passes give the same result as one pass (exact borders); they bound the memory "
               "to the tiles' activations plus a few image-sized buffers (iterate, gradient, measurement, FFTs).",
               "", f"Wall time: {results['wall_seconds']:.0f} s."]

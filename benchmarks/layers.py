@@ -49,12 +49,8 @@ def saved_bytes(block: nn.Module, x: torch.Tensor) -> int:
 PEAK_SCRIPT = """
 import sys, torch, json
 sys.path.insert(0, {root!r})
+from benchmarks.common import peak_memory_mib, reset_peak_memory_mib
 from benchmarks.layers import make_block
-
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1])
 
 torch.manual_seed(0)
 block = make_block({activation!r}, {channels})
@@ -63,10 +59,9 @@ block(x).square().sum().backward()  # warm-up: allocator and kernels
 x.grad = None
 for p in block.parameters():
     p.grad = None
-open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
-base = status("VmRSS:")
+base = reset_peak_memory_mib()
 block(x).square().sum().backward()
-print(json.dumps({{"peak_mib": (status("VmHWM:") - base) / 1024}}))
+print(json.dumps({{"peak_mib": peak_memory_mib() - base}}))
 """
 
 
