@@ -119,12 +119,15 @@ def _denoise(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import torch
+
     from .training import TrainConfig, train
 
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = TrainConfig(
         output=args.output, sigma=args.sigma, preset=args.preset, activation=args.activation,
         conv=args.conv, train_dir=args.train_dir, val_dir=args.val_dir, batch_size=args.batch_size,
-        steps=args.steps, validate_every=args.validate_every, seed=args.seed, device=args.device,
+        steps=args.steps, validate_every=args.validate_every, seed=args.seed, device=device,
         lr_scale=args.lr_scale, max_minutes=args.minutes, compile_spline=args.compile,
         mixed_precision=args.mixed_precision, cuda_graph=args.cuda_graph, channels=args.channels, depth=args.depth,
     )
@@ -262,12 +265,6 @@ def _benchmark(args: argparse.Namespace) -> int:
     return code
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _add_run_options(parser: argparse.ArgumentParser, json_help: str) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
@@ -287,9 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     denoise.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders (PNG/JPEG/TIFF/NPY)")
     denoise.add_argument("-o", "--output", help="output file, or folder for several inputs")
-    denoise.add_argument("--sigma", type=float, default=15.0, help="noise level, 0-255 scale: picks spline-sigma<N>")
+    denoise.add_argument("--sigma", type=float,
+                         help="noise level of the inputs, 0-255 scale (default: --add-noise, else 15); without "
+                              "--model it picks the shipped spline model closest to it")
     denoise.add_argument("--model", help="shipped model name (e.g. relu-sigma15) or a .safetensors path")
-    denoise.add_argument("--add-noise", type=float, metavar="SIGMA", help="add Gaussian noise (0-255 scale) first")
+    denoise.add_argument("--add-noise", type=float, metavar="SIGMA",
+                         help="add Gaussian noise (0-255 scale) first; without --model or --sigma the shipped "
+                              "spline model closest to SIGMA denoises it")
     denoise.add_argument("--seed", type=int, default=0, help="seed of the added noise")
     denoise.add_argument("--reference", help="clean image to report PSNR/SSIM against")
     denoise.add_argument(
@@ -322,8 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--json", action="store_true", help="print one JSON object")
     certify.set_defaults(handler=_certify)
 
-    from .training import DEFAULT_DATA
+    from .paths import default_data_root
 
+    DEFAULT_DATA = default_data_root()
     train = sub.add_parser(
         "train", help="train a 1-Lipschitz denoiser on image patches (CPU, GPU, torchrun)",
         epilog=EXAMPLES["train"], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -352,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr-scale", type=float, default=1.0, help="multiply the preset's learning rates")
     train.add_argument("--validate-every", type=int, default=250, help="steps between validations and checkpoints")
     train.add_argument("--seed", type=int, default=0, help="seed of the init and of the patch sampling")
-    train.add_argument("--device", default="cuda" if _cuda() else "cpu", help="default: cuda when available")
+    train.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     train.add_argument("--compile", action="store_true", help="torch.compile the spline forward")
     train.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
                        help="bf16 autocast of the convolutions (default: on for CUDA); constraints, "
@@ -394,18 +396,22 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--mask-seed", type=int, default=0, help="mri: seed of the random mask")
     rec.add_argument("--method", default="pnp-fbs", choices=["pnp-fbs", "pnp-drs", "pnp-admm", "red"],
                      help="solver (default pnp-fbs)")
-    rec.add_argument("--model", help="denoiser name or path (default: the tuned one, else spline-sigma15)")
+    rec.add_argument("--model", help="denoiser name or path (default: the tuned setup's, else spline-sigma15)")
     rec.add_argument("--step", type=float, help="pnp-fbs: gamma in (0, 2/L]; pnp-drs: prox gamma; red: tau")
     rec.add_argument("--strength", type=float, help="denoiser strength theta: D = (1 - theta) Id + theta N")
     rec.add_argument("--relaxation", type=float, help="Krasnosel'skii-Mann relaxation")
     rec.add_argument("--weight", type=float, help="red: regularisation weight mu")
     rec.add_argument("--lower", type=float, help="pnp-fbs / red: project onto x >= LOWER (e.g. 0), keeps the guarantee")
     rec.add_argument("--upper", type=float, help="pnp-fbs / red: project onto x <= UPPER (e.g. 1)")
-    rec.add_argument("--max-iter", type=int, default=500, help="iteration cap")
+    rec.add_argument("--box", action=argparse.BooleanOptionalAction, default=None,
+                     help="pnp-fbs / red: constrain the estimate to [0, 1] (keeps the guarantee); default: "
+                          "as the problem's best tuned setup")
+    rec.add_argument("--max-iter", type=int,
+                     help="iteration cap (default: the tuned setup's, at least 1000)")
     rec.add_argument("--tol", type=float, default=1e-5, help="relative fixed-point residual to stop at")
-    rec.add_argument("--accelerate", type=int, default=0, metavar="M",
-                     help="safeguarded Anderson acceleration with memory M (0: off, the default; 3 cut the "
-                          "evaluations of slow MRI and deblurring solves 4.6-6.8-fold), same guarantee")
+    rec.add_argument("--accelerate", type=int, metavar="M",
+                     help="safeguarded Anderson acceleration with memory M, same guarantee (default: the "
+                          "tuned setup's, else 3; 0: the plain iteration)")
     rec.add_argument("--seed", type=int, default=0, help="seed of the measurement noise")
     rec.add_argument("--no-guarantee", action="store_true", help="run even if the convergence theorem fails")
     rec.add_argument("--plot", help="save a figure (truth, baseline, result, residual curve)")
@@ -478,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    if args.command == "denoise" and not 0 < args.sigma < 255:
+    if args.command == "denoise" and args.sigma is not None and not 0 < args.sigma < 255:
         raise UserError(f"--sigma is on the 0-255 scale and must be in (0, 255), got {args.sigma:g}")
     if args.command == "train":
         if args.batch_size is not None and args.batch_size < 1:
@@ -492,7 +498,7 @@ def _validate(args: argparse.Namespace) -> None:
             raise UserError("--max-iter must be >= 1")
         if args.tol is not None and not args.tol > 0:
             raise UserError("--tol must be > 0")
-        if args.accelerate < 0:
+        if args.accelerate is not None and args.accelerate < 0:
             raise UserError(f"--accelerate is an Anderson memory and must be >= 0, got {args.accelerate}")
     if args.command == "tune" and args.box:
         from .solvers import BOUND_PARAMETERS, parameter_names
@@ -596,12 +602,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     130 (interrupted by Ctrl-C) or 143 (SIGTERM). Outputs are written atomically, so an
     interrupted batch keeps every finished output and leaves no partial file."""
     from .allocator import keep_freed_memory
-    from .reconstruction import SolverError
 
     keep_freed_memory()  # large activations reuse freed buffers (about 2x faster on CPU)
     parser = build_parser()
     _one_line_errors(parser)
     args = parser.parse_args(argv)
+    from .reconstruction import SolverError  # imports torch: only once a command runs
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         _Termination.requested = _Termination.handled = False

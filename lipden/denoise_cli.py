@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -165,22 +167,39 @@ def tile_for(tile: int | None, shape: torch.Size) -> int | None:
     return AUTO_TILE if shape[-2] * shape[-1] > AUTO_TILE_PIXELS else None
 
 
+#: Noise level (0-255 scale) assumed when neither --sigma nor --add-noise gives one.
+DEFAULT_SIGMA = 15.0
+
+
+def closest_spline_model(sigma: float) -> str:
+    """The shipped ``spline-sigma<N>`` model whose N is closest to ``sigma`` (0-255 scale;
+    a tie goes to the lower N, the gentler denoiser)."""
+    levels = {}
+    for name in list_denoisers():
+        match = re.fullmatch(r"spline-sigma(\d+(?:\.\d+)?)", name)
+        if match:
+            levels[name] = float(match[1])
+    if not levels:
+        raise ValueError("no shipped spline model; give --model NAME_OR_PATH")
+    return min(levels, key=lambda name: (abs(levels[name] - sigma), levels[name]))
+
+
 def run_denoise(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     add_noise = args.add_noise
     if not args.inputs and add_noise is None:
-        add_noise = args.sigma
+        add_noise = DEFAULT_SIGMA if args.sigma is None else args.sigma
     if add_noise is not None and not 0 < add_noise < 255:
         raise ValueError(f"--add-noise is on the 0-255 scale and must be in (0, 255), got {add_noise:g}")
     tile = getattr(args, "tile", None)
     if tile is not None and tile < 0:
         raise ValueError(f"--tile must be >= 1 (or 0: never tile), got {tile}")
     jobs = _plan(args)
-    sigma_name = f"spline-sigma{args.sigma:g}"
-    model_name = args.model or sigma_name
-    if args.model is None and sigma_name not in list_denoisers():
-        shipped = ", ".join(n for n in list_denoisers() if n.startswith("spline")) or "none"
-        raise ValueError(f"no shipped spline model for --sigma {args.sigma:g}; shipped: {shipped}")
+    noise_level = args.sigma if args.sigma is not None else add_noise  # 0-255, None: unknown
+    model_name = args.model or closest_spline_model(DEFAULT_SIGMA if noise_level is None else noise_level)
+    if args.model is None:
+        told = "" if noise_level is None else f", the shipped spline model closest to sigma {noise_level:g}"
+        print(f"lipden denoise: using {model_name}{told}", file=sys.stderr)
     pending: list[tuple[int, _Job]] = []  # (position in the batch: seeds its added noise, job)
     for position, job in enumerate(jobs):
         if job.target is not None and job.target.exists() and not args.force:
@@ -196,13 +215,18 @@ def run_denoise(args: argparse.Namespace) -> int:
     if args.reference:
         reference, _ = read_image(args.reference)
     model = load_denoiser(model_name, device=device)
+    trained = model.config.sigma  # on [0, 1]; None: not trained for one noise level
+    if noise_level is not None and trained is not None and not math.isclose(noise_level, trained * 255, rel_tol=0.02):
+        print(f"lipden denoise: note: {model_name} was trained for noise sigma {trained * 255:.3g}, the inputs' "
+              f"is {noise_level:g} (the denoiser is not noise-level conditioned)", file=sys.stderr)
     written: list[Path] = []
     quiet = getattr(args, "quiet", False) or len(pending) < 2
     try:
         # the bar is shown only on a terminal (disable=None), never in logs or pipes
         for position, job in tqdm(pending, desc="denoise", unit="image", disable=True if quiet else None,
                                   leave=False, file=sys.stderr):
-            _denoise_one(args, job, position, model, model_name, device, add_noise, reference, tile, written)
+            _denoise_one(args, job, position, model, model_name, device, add_noise, reference, tile, written,
+                         trained)
     except KeyboardInterrupt as interrupt:
         skipped = len(jobs) - len(pending)
         if len(pending) > 1 or skipped:
@@ -222,7 +246,7 @@ def _report(args: argparse.Namespace, record: dict, line: str) -> None:
 
 def _denoise_one(args, job: _Job, index: int, model, model_name: str, device: torch.device,
                  add_noise: float | None, reference: torch.Tensor | None, tile: int | None,
-                 written: list[Path]) -> None:
+                 written: list[Path], sigma: float | None) -> None:
     if job.source is None:
         from skimage import data
 
@@ -244,11 +268,11 @@ def _denoise_one(args, job: _Job, index: int, model, model_name: str, device: to
     start = time.perf_counter()
     with torch.no_grad():
         if used_tile is None:
-            out = model(noisy[None].to(device), sigma=args.sigma / 255)[0].cpu()
+            out = model(noisy[None].to(device), sigma=sigma)[0].cpu()
         else:
             from .tiling import denoise_tiled
 
-            out = denoise_tiled(model, noisy[None], args.sigma / 255, tile=used_tile, device=device)[0].cpu()
+            out = denoise_tiled(model, noisy[None], sigma, tile=used_tile, device=device)[0].cpu()
     seconds = time.perf_counter() - start
     if job.target is not None:
         with deferred_signals():  # an interrupt during the write is counted after it

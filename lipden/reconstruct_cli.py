@@ -18,8 +18,6 @@ from .pretrained import load_denoiser
 from .reconstruction import reconstruct
 from .training import psnr
 
-DEFAULT_MODEL = "spline-sigma15"
-
 
 def build_problem(args: argparse.Namespace, image_size: tuple[int, int] | None = None):
     """The problem of the command line; with ``image_size``, kernels that cannot fit the image
@@ -117,6 +115,15 @@ def _fmt(ssim: float | None) -> str:
     return "n/a" if ssim is None else f"{ssim:.3f}"
 
 
+def _cap_advice(max_iter: int, accelerate: int, tol: float) -> str:
+    """One line for a solve stopped by its iteration cap: what it means and what to change."""
+    change = f"raise --max-iter (now {max_iter})"
+    if not accelerate:
+        change += " or add --accelerate 3"
+    return (f"stopped at the iteration cap before the relative residual reached --tol {tol:g}: the "
+            f"estimate is not the fixed point; {change}, or use the tuned setup (no --step/--strength)")
+
+
 def run_reconstruct(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     output = Path(args.output) if args.output else None
@@ -131,11 +138,15 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         raise ValueError(f"--acceleration {args.acceleration} exceeds the {truth.shape[-1]} k-space lines "
                          f"of {label}")
     truth = truth.to(device)
-    tuned = problem.default_parameters(args.method)
-    model_name = args.model or tuned.pop("model", DEFAULT_MODEL)
-    tuned.pop("model", None)
-    params = {**tuned, **{k: getattr(args, k) for k in ("step", "strength", "relaxation", "weight", "lower", "upper")
-                          if getattr(args, k) is not None}}
+    if args.box is False and (args.lower is not None or args.upper is not None):
+        raise ValueError("--no-box contradicts --lower / --upper")
+    setup = problem.tuned_setup(args.method, box=args.box)
+    model_name = args.model or setup.model
+    params = {**setup.parameters, **({"lower": 0.0, "upper": 1.0} if args.box else {}),
+              **{k: getattr(args, k) for k in ("step", "strength", "relaxation", "weight", "lower", "upper")
+                 if getattr(args, k) is not None}}
+    max_iter = setup.max_iter if args.max_iter is None else args.max_iter
+    accelerate = setup.accelerate if args.accelerate is None else args.accelerate
     from .solvers import box_bounds, canonical_method, fbs_fast_relaxation, parameter_names
 
     method = canonical_method(args.method)
@@ -155,9 +166,9 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     physics = problem.physics(truth.shape, device)
     baseline = problem.baseline(y, truth.shape)
     result = reconstruct(
-        y, physics, denoiser, method, x_true=truth, max_iter=args.max_iter, tol=args.tol,
+        y, physics, denoiser, method, x_true=truth, max_iter=max_iter, tol=args.tol,
         guarantee=not args.no_guarantee, progress=not args.quiet and not args.json,
-        tile=tile_for(args.tile, truth.shape), accelerate=args.accelerate, **params,
+        tile=tile_for(args.tile, truth.shape), accelerate=accelerate, **params,
     )
     seconds = time.perf_counter() - started
     estimate = result.x.clamp(0, 1).cpu()
@@ -174,7 +185,9 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         "psnr": psnr(estimate, truth_cpu),
         "ssim": _ssim(estimate[0], truth_cpu[0]),
         "iterations": result.iterations,
-        "accelerate": args.accelerate,
+        "accelerate": accelerate,
+        "max_iter": max_iter,
+        "tuned_entry": setup.key,
         "evaluations": int(result.evaluations_per_image.max()),
         "converged": result.converged,
         "guaranteed": result.guaranteed,
@@ -199,11 +212,13 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         print(f"{problem.name} on {label}")
         print(f"  {base}: PSNR {record['psnr_baseline']:.2f} dB, SSIM {_fmt(record['ssim_baseline'])}")
         print(f"  {method} with {model_name}: PSNR {record['psnr']:.2f} dB, SSIM {_fmt(record['ssim'])}")
-        status = "converged" if result.converged else f"NOT converged (cap {args.max_iter})"
+        status = "converged" if result.converged else f"NOT converged (cap {max_iter})"
         passes = f"{result.iterations} iterations" + (
-            f" (Anderson memory {args.accelerate}, {record['evaluations']} evaluations)" if args.accelerate else "")
+            f" (Anderson memory {accelerate}, {record['evaluations']} evaluations)" if accelerate else "")
         print(f"  {passes}, {status}, final relative residual "
               f"{record['final_relative_residual']:.2e}, residual non-increasing: {result.monotone}; {seconds:.1f} s")
+        if not result.converged:
+            print(f"  {_cap_advice(max_iter, accelerate, args.tol)}")
         if output is not None:
             print(f"  wrote {output}")
         if plot is not None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from pathlib import Path
 
 import torch
 from deepinv.physics import LinearPhysics
 from torch import Tensor
 
-TUNED_DEFAULTS_FILE = Path(__file__).with_name("tuned_defaults.json")
+from .tuned import TUNED_DEFAULTS_FILE, TunedSetup, tuned_setup
 
 
 def check_image(x: Tensor, name: str = "x") -> None:
@@ -87,6 +86,11 @@ class InverseProblem(ABC):
     def baseline(self, y: Tensor, shape: tuple[int, ...]) -> Tensor:
         """The classical no-prior reconstruction ``A^T y`` (zero-filled for MRI), clipped to [0, 1]."""
         return self.physics(shape, y.device).A_adjoint(y).clamp(0, 1)
+
+    def tuned_setup(self, method: str = "pnp-fbs", box: bool | None = None) -> TunedSetup:
+        """The best stored setup of ``method`` for this problem (:func:`problems.tuned.tuned_setup`):
+        ``lipden.reconstruct(y, physics, load_denoiser(s.model), **s.reconstruct_kwargs())``."""
+        return tuned_setup(self.name, method, box=box, path=TUNED_DEFAULTS_FILE)
 
     def default_parameters(self, method: str) -> dict:
         """Solver parameters tuned for this problem (``lipden.tune``), or {} if none are stored."""

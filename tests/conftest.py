@@ -10,10 +10,6 @@ if str(ROOT) not in sys.path:
 
 DATA = ROOT.parent / "shared" / "data"
 
-from lipden.allocator import keep_freed_memory  # noqa: E402
-
-keep_freed_memory()  # as the CLI does: faster tests, same results
-
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -12,6 +12,7 @@ from tests.conftest import DATA
 pytestmark = pytest.mark.skipif(not (DATA / "mri_colin27").is_dir(), reason="needs ../shared/data")
 
 
+@pytest.mark.slow
 def test_quick_mri_rows_are_cached_and_summarised(quick_benchmarks):
     tmp_path = quick_benchmarks
     results = json.loads((tmp_path / "mri-quick.json").read_text())
@@ -48,6 +49,7 @@ def test_bad_options_are_refused(tmp_path, options, message):
         reconstruction.run("mri", quick=True, output=str(tmp_path), **options)
 
 
+@pytest.mark.slow
 def test_quick_deblur_and_report(quick_benchmarks):
     results = json.loads((quick_benchmarks / "deblur-quick.json").read_text())
     rows = results["problems"]["deblur-gaussian1.6-noise0.01"]
@@ -57,6 +59,7 @@ def test_quick_deblur_and_report(quick_benchmarks):
         assert f"python cli.py benchmark {stem} --quick" in report and f"`{stem}-quick.md`" in report
 
 
+@pytest.mark.slow
 def test_quick_large_images(quick_benchmarks):
     results = json.loads((quick_benchmarks / "large-quick.json").read_text())
     assert [row["side"] for row in results["rows"]] == [256, 512]
@@ -67,6 +70,7 @@ def test_quick_large_images(quick_benchmarks):
     assert one_pass["peak_increase_mb"] > tiled["peak_increase_mb"]  # 512x512 at 32 channels: > 32 MB per activation
 
 
+@pytest.mark.slow
 def test_a_subset_is_taken_from_the_full_run_without_solving(quick_benchmarks, tmp_path):
     full = {"label": "x", "psnr": 0.0, "ssim": 0.0, "iterations_mean": 0.0, "converged_all": False,
             "per_image": {"psnr": [30.0, 10.0, 32.0, 10.0], "ssim": [0.8, 0.1, 0.9, 0.1],

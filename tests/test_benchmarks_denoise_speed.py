@@ -14,6 +14,7 @@ def _positive_finite(value: float) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.slow
 def test_denoise_quick(quick_benchmarks):
     assert "spline-sigma15" in list_denoisers()
     tmp_path = quick_benchmarks
@@ -45,6 +46,7 @@ def test_denoise_requires_data(monkeypatch, tmp_path):
         denoise.run(quick=True, output=str(tmp_path))
 
 
+@pytest.mark.slow
 def test_speed_quick(quick_benchmarks):
     from benchmarks.speed import PROBLEMS
 
@@ -74,6 +76,7 @@ def test_speed_quick(quick_benchmarks):
     assert 0 < calls["free"] < calls["ortho"]
 
 
+@pytest.mark.slow
 def test_training_quick(quick_benchmarks):
     results = json.loads((quick_benchmarks / "training-quick.json").read_text())
     rows = {row["conv"]: row for row in results["rows"]}

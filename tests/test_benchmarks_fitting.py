@@ -44,6 +44,7 @@ def test_parallel_networks_match_their_extracted_networks():
             torch.testing.assert_close(alone, together[index], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_fitting_quick(quick_benchmarks):
     tmp_path = quick_benchmarks
     results = json.loads((tmp_path / "fitting-quick.json").read_text())
@@ -72,6 +73,7 @@ def test_fitting_quick(quick_benchmarks):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_activations_quick(quick_benchmarks):
     tmp_path = quick_benchmarks
     results = json.loads((tmp_path / "activations-quick.json").read_text())

@@ -1,9 +1,11 @@
 """A regular (non-editable) install gives a working ``lipden`` command with the shipped weights.
 
 The project is copied to a temporary folder and installed from there into a fresh virtual
-environment (``--system-site-packages``: torch & co. are reused, nothing is downloaded), so
-the build leaves no ``build/`` or ``*.egg-info`` in the checkout. The environment's own
-install must shadow any editable install of the checkout in the system site-packages.
+environment that sees the running environment's packages through a ``.pth`` file (torch & co.
+are reused, nothing is downloaded). The install runs the running environment's own pip and
+setuptools (``--no-build-isolation``), never the base interpreter's, so it checks the tools a
+fresh install of the project resolves. The build leaves no ``build/`` or ``*.egg-info`` in the
+checkout, and the new environment's install must shadow any editable install of the checkout.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
+
+import pytest
 
 from .conftest import ROOT
 
@@ -40,18 +45,30 @@ def _copy_project(target: Path) -> None:
         shutil.copytree(ROOT / package, target / package, ignore=ignore)
 
 
+def _see_running_environment(env_dir: Path) -> Path:
+    """Make the running environment's packages (pip, setuptools, torch, ...) importable in the
+    virtual environment at ``env_dir``, after its own; returns its python."""
+    python = env_dir / "bin" / "python"
+    inner = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    running = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    (Path(inner) / "_running_environment.pth").write_text("\n".join(running) + "\n")
+    return python
+
+
 def _run(args: list[str | Path], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_regular_install_runs_the_console_command_with_shipped_weights(tmp_path):
     junk_before = {name for name in BUILD_JUNK if (ROOT / name).exists()}
     source, env_dir, work = tmp_path / "src", tmp_path / "venv", tmp_path / "work"
     _copy_project(source)
     work.mkdir()
-    # pip comes from the system site-packages: no ensurepip, no network
-    venv.create(env_dir, system_site_packages=True, with_pip=False, symlinks=True)
-    python = env_dir / "bin" / "python"
+    # pip and setuptools come from the running environment: no ensurepip, no network
+    venv.create(env_dir, system_site_packages=False, with_pip=False, symlinks=True)
+    python = _see_running_environment(env_dir)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "LIPDEN_DATA")}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
 

@@ -3,6 +3,8 @@
 import json
 import re
 
+import pytest
+
 from benchmarks.common import table_cell
 from benchmarks.report import SUMMARY_END, SUMMARY_START, run, summary, time_of_the_run
 
@@ -15,6 +17,7 @@ def test_readme_results_summary_is_built_from_the_committed_results():
     assert block.strip() == summary(ROOT / "results").strip(), "run: python cli.py benchmark report"
 
 
+@pytest.mark.slow
 def test_summary_of_a_quick_run_has_denoising_and_reconstruction_tables(quick_benchmarks):
     text = summary(quick_benchmarks)
     assert "Denoising, BSD68" in text and "QUICK subset" in text

@@ -63,6 +63,7 @@ def test_tampered_or_foreign_files_are_refused(tmp_path):
         load_denoiser_file(tmp_path / "missing.safetensors")
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_ranks_end_with_identical_weights(image_folders, tmp_path):
     train_dir, val_dir = image_folders
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
