@@ -127,7 +127,8 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         output=args.output, sigma=args.sigma, preset=args.preset, activation=args.activation,
         conv=args.conv, train_dir=args.train_dir, val_dir=args.val_dir, batch_size=args.batch_size,
-        steps=args.steps, validate_every=args.validate_every, seed=args.seed, device=device,
+        steps=args.steps, validate_every=args.validate_every, checkpoint_minutes=args.checkpoint_minutes,
+        seed=args.seed, device=device,
         lr_scale=args.lr_scale, max_minutes=args.minutes, compile_spline=args.compile,
         mixed_precision=args.mixed_precision, cuda_graph=args.cuda_graph, channels=args.channels, depth=args.depth,
     )
@@ -353,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "it (or of the steps, whichever comes first)")
     train.add_argument("--lr-scale", type=float, default=1.0, help="multiply the preset's learning rates")
     train.add_argument("--validate-every", type=int, default=250, help="steps between validations and checkpoints")
+    train.add_argument("--checkpoint-minutes", type=float, default=10.0,
+                       help="also save the training state when this much time passed since the last save "
+                            "(default 10)")
     train.add_argument("--seed", type=int, default=0, help="seed of the init and of the patch sampling")
     train.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     train.add_argument("--compile", action="store_true", help="torch.compile the spline forward")
@@ -493,6 +497,8 @@ def _validate(args: argparse.Namespace) -> None:
             raise UserError("--steps must be >= 1")
         if args.validate_every < 1:
             raise UserError("--validate-every must be >= 1")
+        if not args.checkpoint_minutes > 0:
+            raise UserError(f"--checkpoint-minutes must be > 0, got {args.checkpoint_minutes:g}")
     if args.command in ("reconstruct", "tune"):
         if args.max_iter is not None and args.max_iter < 1:
             raise UserError("--max-iter must be >= 1")

@@ -15,7 +15,10 @@ import csv
 import dataclasses
 import math
 import os
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,7 @@ class TrainConfig:
     patch_size: int = 40
     steps: int | None = None
     validate_every: int = 250
+    checkpoint_minutes: float = 10.0  # the training state is also saved when this much time passed since the last save
     lr_conv: float | None = None
     lr_spline: float | None = None
     lr_scaling: float | None = None
@@ -132,6 +136,9 @@ def evaluate(model: nn.Module, clean: list[Tensor], noisy: list[Tensor], device:
     model.train(was_training)
     return sum(scores) / len(scores)
 
+
+#: File in a run's folder that the running trainer holds locked.
+LOCK_NAME = "train.lock"
 
 #: Steps between reads of the loss on the host. Each read waits for the device to finish
 #: its queue, so reading every step would serialise the host and a GPU.
@@ -212,6 +219,42 @@ def _rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+class RunLocked(ValueError):
+    """Another live process is training into the same output folder."""
+
+
+@contextmanager
+def run_lock(output: Path) -> Iterator[None]:
+    """Hold ``output/train.lock`` for the duration of a run, so that a second trainer never
+    writes into a folder a running one holds (they would interleave one log and one state).
+
+    An advisory ``flock`` on POSIX: the kernel drops it when its process dies, so the lock of a
+    killed run is taken over at once; elsewhere (no ``fcntl``) no lock is taken.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    handle = open(output / LOCK_NAME, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunLocked(f"{output} is being trained by {holder}; wait for it, stop it, or use another "
+                            f"--output") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
 def _past_decay_time(config: TrainConfig, elapsed_s: float) -> bool:
     return config.max_minutes is not None and elapsed_s >= config.lr_decay_at * 60 * config.max_minutes
 
@@ -227,7 +270,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     """
     started_group = _start_process_group(torch.device(config.device).type)
     try:
-        with cudnn_autotuning(config.device.startswith("cuda")):
+        lock = run_lock(Path(config.output)) if _rank_and_world()[0] == 0 else nullcontext()
+        with lock, cudnn_autotuning(config.device.startswith("cuda")):
             summary = _train(config, resume, progress)
     except BaseException as error:
         # Every rank raises TrainingDiverged at the same step, and gloo's teardown is local;
@@ -316,6 +360,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict:
     # is reached first, so a run stopped by --minutes has also had its decayed phase.
     decayed = _past_decay_time(config, elapsed)  # the step condition is checked in the loop
     applied_factor = None
+    last_save = time.perf_counter()
     while step < steps:
         decayed = decayed or step >= config.lr_decay_at * steps
         factor = config.lr_decay_factor if decayed else 1.0
@@ -339,13 +384,17 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict:
         validate_now = step % config.validate_every == 0 or step == config.steps
         # Ranks read their loss and agree on stopping at the same steps only (step-based
         # check points); a single process also checks as soon as its time is up.
+        save_due = False
         if pending_steps >= LOSS_CHECK_EVERY or validate_now or (world == 1 and out_of_time):
             last_loss = float(pending_loss) / (pending_steps * batch_size)
             diverged = not math.isfinite(last_loss)
-            if world > 1:  # all ranks must stop, decay and give up together
-                flags = torch.tensor([float(out_of_time), float(decay_now), float(diverged)], device=device)
+            # saved at a loss read only: a resumed run then reads its loss at the same steps
+            save_due = time.perf_counter() - last_save >= 60 * config.checkpoint_minutes
+            if world > 1:  # all ranks must stop, decay, save and give up together
+                flags = torch.tensor([float(out_of_time), float(decay_now), float(diverged), float(save_due)],
+                                     device=device)
                 dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-                out_of_time, decay_now, diverged = (bool(v) for v in flags.tolist())
+                out_of_time, decay_now, diverged, save_due = (bool(v) for v in flags.tolist())
             if diverged:
                 raise TrainingDiverged(
                     f"loss is {last_loss} within steps {step - pending_steps + 1}-{step}: lower the learning "
@@ -376,6 +425,12 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict:
                 bar.set_postfix(loss=f"{last_loss:.4f}", psnr=f"{score:.2f}")
             if world > 1:
                 dist.barrier()
+            last_save = time.perf_counter()
+        elif save_due:  # between validations: the state only (no validation, no log row)
+            rng_states = _gather_rng_states(sampler.state(), noise_generator.get_state(), world, device)
+            if rank == 0:
+                save_state(rng_states)
+            last_save = time.perf_counter()
         if out_of_time:
             break
     bar.close()

@@ -209,3 +209,62 @@ def test_a_training_step_never_reads_a_value_back_from_the_device(preset):
     for _ in range(2):  # the second step also runs Adam on existing state
         loss = training_step(model, model, optimizer, batch, batch, config.tv2_weight, mixed_precision=False)
     assert loss.device.type == "meta" and loss.shape == ()
+
+
+def test_a_time_due_checkpoint_between_validations_resumes_exactly(image_folders, tmp_path, monkeypatch):
+    """With --checkpoint-minutes the state is also saved between validations (at a loss read),
+    and a run resumed from such a state ends with the uninterrupted run's weights."""
+    import shutil
+
+    import lipden.training as training
+
+    saved_at: list[int] = []
+    original = training.save_tensors_atomic
+
+    def recording(tensors, path, metadata):
+        original(tensors, path, metadata)
+        saved_at.append(metadata["step"])
+        if metadata["step"] == training.LOSS_CHECK_EVERY:
+            (tmp_path / "split").mkdir()
+            shutil.copy2(path, tmp_path / "split" / path.name)
+
+    monkeypatch.setattr(training, "save_tensors_atomic", recording)
+    steps = training.LOSS_CHECK_EVERY + 5
+    config = dict(steps=steps, validate_every=1000, checkpoint_minutes=1e-9)
+    train(tiny_config(image_folders, tmp_path / "straight", **config), progress=False)
+    assert saved_at == [training.LOSS_CHECK_EVERY, steps]  # the time-due save, then the final validation
+    train(tiny_config(image_folders, tmp_path / "split", **config), progress=False)
+    a, _ = load_tensors(tmp_path / "straight" / "train_state.safetensors")
+    b, meta = load_tensors(tmp_path / "split" / "train_state.safetensors")
+    assert meta["step"] == steps
+    for key in a:
+        if not key.startswith("train.rng"):
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_a_second_trainer_is_refused_while_the_first_holds_the_folder(image_folders, tmp_path, capsys):
+    from lipden.cli import main
+    from lipden.training import RunLocked, run_lock
+
+    with run_lock(tmp_path):
+        with pytest.raises(RunLocked, match=f"is being trained by pid {os.getpid()}"):
+            train(tiny_config(image_folders, tmp_path), progress=False)
+        code = main(["train", "--output", str(tmp_path), "--train-dir", str(image_folders[0]), "--quiet"])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is being trained by" in err
+    assert not (tmp_path / "train_state.safetensors").exists()  # nothing was written by the refused runs
+
+
+def test_the_lock_of_a_killed_trainer_is_taken_over(image_folders, tmp_path):
+    import signal
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import pathlib, sys, time; from lipden.training import run_lock\n"
+        f"with run_lock(pathlib.Path({str(tmp_path)!r})):\n    print('held', flush=True); time.sleep(60)")],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    summary = train(tiny_config(image_folders, tmp_path, steps=2), progress=False)
+    assert summary["step"] == 2
