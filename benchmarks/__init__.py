@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, tuple[str, dict]] = {
     "activations": ("benchmarks.activations", {}),
     "layers": ("benchmarks.layers", {}),
     "large": ("benchmarks.large", {}),
+    "curves": ("benchmarks.curves", {}),
     "report": ("benchmarks.report", {}),
 }
 NAMES = (*BENCHMARKS, "all")  # "all" runs every benchmark, then the report

@@ -468,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("which", help="the benchmark to run; all: every one, then the report",
                        choices=["denoise", "deblur", "mri", "speed", "training", "fitting", "activations", "layers",
-                                "large", "report", "all"])
+                                "large", "curves", "report", "all"])
     bench.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     bench.add_argument("--output", default="results", help="folder for JSON and Markdown results")
     bench.add_argument("--problems", nargs="+", help="deblur/mri: only these problem names")

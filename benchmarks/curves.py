@@ -1,0 +1,112 @@
+"""Learning curves of the training runs: set12 validation PSNR against patches seen and against
+training wall time, read from each run's ``log.csv`` and training state (``checkpoints/<run>/``).
+
+Writes ``learning-curves.{json,md,png}``; the figure and tables are rewritten only when a
+curve changed (a figure whose content did not change is never re-committed). Wall time is the
+trainer's own clock (``elapsed_s``), so it includes whatever else the machine was doing: the
+table states each run's device, threads are not recorded by the trainer.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from lipden.checkpoint import load_tensors
+
+from .common import table_cell, write_results
+
+
+def read_run(folder: Path) -> dict | None:
+    """One run's curve and settings, or None if it has no log and state yet."""
+    log, state = folder / "log.csv", folder / "train_state.safetensors"
+    if not (log.is_file() and state.is_file()):
+        return None
+    _, metadata = load_tensors(state)
+    config = metadata.get("train_config", {})
+    batch = int(config.get("batch_size") or 0)
+    rows = list(csv.DictReader(log.open()))
+    return {
+        "run": folder.name,
+        "activation": config.get("activation"),
+        "sigma": config.get("sigma"),
+        "channels": metadata.get("config", {}).get("channels"),
+        "batch_size": batch,
+        "lr_conv": config.get("lr_conv"),
+        "steps_planned": config.get("steps"),
+        "mixed_precision": config.get("mixed_precision"),
+        "device": config.get("device"),
+        "step": [int(r["step"]) for r in rows],
+        "patches": [int(r["step"]) * batch for r in rows],
+        "hours": [round(float(r["elapsed_s"]) / 3600, 4) for r in rows],
+        "val_psnr": [float(r["val_psnr"]) for r in rows],
+        "lr_factor": [float(r.get("lr_factor") or "nan") for r in rows],
+    }
+
+
+def _figure(path: Path, runs: list[dict]) -> None:
+    """One row per noise level: PSNR against patches seen (left) and wall time (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sigmas = sorted({run["sigma"] for run in runs})
+    fig, axes = plt.subplots(len(sigmas), 2, figsize=(10, 3.2 * len(sigmas)), squeeze=False)
+    for row, sigma in zip(axes, sigmas, strict=True):
+        chosen = [run for run in runs if run["sigma"] == sigma]
+        top = max(max(run["val_psnr"]) for run in chosen)
+        for run in chosen:
+            label = f"{run['run']} ({run['channels']} ch, batch {run['batch_size']})"
+            row[0].plot([p / 1e6 for p in run["patches"]], run["val_psnr"], label=label, lw=1.2)
+            row[1].plot(run["hours"], run["val_psnr"], label=label, lw=1.2)
+        for ax in row:
+            ax.set_ylim(top - 2.5, top + 0.3)  # a diverging run's dips leave the frame
+            ax.grid(alpha=0.3)
+        row[0].set_xlabel("patches seen (millions)")
+        row[1].set_xlabel("training wall time (hours)")
+        row[0].set_ylabel(f"set12 PSNR at sigma {sigma:g} (dB)")
+        row[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_suffix(".png.tmp")
+    fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _markdown(runs: list[dict]) -> str:
+    if not runs:
+        return "# Learning curves\n\nNo training run with a log and a state in the runs folder.\n"
+    lines = ["# Learning curves", "",
+             "Set12 validation PSNR (sigma of the run, the standard protocol) of each training run in "
+             "`checkpoints/`, against patches seen and the trainer's wall clock. Figure: "
+             "`learning-curves.png`.", "",
+             "| run | activation | sigma | channels | batch | conv lr | precision | steps | patches (M) | hours | "
+             "last val PSNR | best val PSNR | gain over the last hour (dB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        hours, psnr = run["hours"], run["val_psnr"]
+        recent = [p for h, p in zip(hours, psnr, strict=True) if h >= hours[-1] - 1]
+        earlier = [p for h, p in zip(hours, psnr, strict=True) if h < hours[-1] - 1]
+        gain = f"{max(psnr) - max(earlier):+.3f}" if earlier and recent else "-"
+        precision = "bf16 convs" if run["mixed_precision"] else "fp32"
+        lines.append(
+            f"| {table_cell(run['run'])} | {run['activation']} | {run['sigma']:g} | {run['channels']} | "
+            f"{run['batch_size']} | {run['lr_conv']:g} | {precision} | {run['step'][-1]} / {run['steps_planned']} | "
+            f"{run['patches'][-1] / 1e6:.2f} | {hours[-1]:.2f} | {psnr[-1]:.3f} | {max(psnr):.3f} | {gain} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(quick: bool = False, output: str = "results", runs: str = "checkpoints") -> dict:
+    """Collect every run's curve; rewrite results only if a curve changed."""
+    found = [r for r in (read_run(f) for f in sorted(Path(runs).glob("*")) if f.is_dir()) if r]
+    results = {"runs": found}
+    target = Path(output) / "learning-curves.json"
+    if target.is_file() and json.loads(target.read_text()) == results:
+        print(f"{target}: unchanged")
+        return results
+    write_results(output, "learning-curves", results, _markdown(found))
+    if found:
+        _figure(Path(output) / "learning-curves.png", found)
+    return results

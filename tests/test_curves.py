@@ -1,0 +1,31 @@
+"""``benchmark curves``: learning curves read from training runs, rewritten only when they change."""
+
+import json
+
+from benchmarks import curves
+from lipden.training import TrainConfig, train
+
+from .conftest import write_smooth_images
+
+
+def test_curves_follow_the_runs_and_are_not_rewritten_when_unchanged(tmp_path):
+    folders = write_smooth_images(tmp_path, {"train": 2, "val": 1})
+    runs, output = tmp_path / "runs", tmp_path / "results"
+    output.mkdir()
+
+    def config(steps):
+        return TrainConfig(output=str(runs / "tiny"), train_dir=str(folders["train"]), val_dir=str(folders["val"]),
+                           channels=4, depth=3, batch_size=4, patch_size=16, steps=steps, validate_every=2)
+
+    train(config(4), progress=False)
+    first = curves.run(output=str(output), runs=str(runs))
+    (run,) = first["runs"]
+    assert run["step"] == [2, 4] and run["patches"] == [8, 16] and run["channels"] == 4
+    assert len(run["val_psnr"]) == 2 and run["hours"] == sorted(run["hours"])
+    figure = output / "learning-curves.png"
+    stamp = figure.stat().st_mtime_ns
+    assert curves.run(output=str(output), runs=str(runs)) == first
+    assert figure.stat().st_mtime_ns == stamp  # unchanged curves: nothing rewritten
+    train(config(6), progress=False)  # the run goes on: the curve grows
+    assert json.loads((output / "learning-curves.json").read_text()) != curves.run(output=str(output), runs=str(runs))
+    assert json.loads((output / "learning-curves.json").read_text())["runs"][0]["step"] == [2, 4, 6]
