@@ -3,11 +3,13 @@ operator calls the host makes per step, and on a GPU the time its kernels take.
 
 A step is exactly the trainer's: the batch goes to the device (:func:`lipden.training.batch_to_device`)
 and :func:`lipden.training.training_step` runs the forward pass, the loss with its TV2 term,
-the backward pass and Adam (bf16 autocast of the convolutions on a GPU, as in training).
+the backward pass and Adam; the constrained step is timed in float32 and, where the trainer
+uses it by default (a GPU, a CPU with native bf16), with bf16 autocast of the convolutions.
 ``steps`` consecutive steps are timed with one device synchronisation at the end (the
 trainer reads the loss only every few steps); the figure is the median over ``repeats``.
-Each configuration is measured with constrained (``conv="ortho"``) and plain
-(``conv="free"``) convolutions, same architecture, and on a GPU also with the constrained
+Each configuration is measured with constrained (``conv="ortho"``) and unconstrained
+(``conv="free"``) convolutions, same architecture, against a plain float32 ``nn.Conv2d`` +
+ReLU network of the same shape (the speed a 1-Lipschitz step is judged by), and on a GPU also with the constrained
 step replayed as a CUDA graph (``train --cuda-graph``), where one launch replaces the
 thousands of the step. Operator calls are counted in the eager step (a replay makes none).
 
@@ -23,8 +25,10 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from lipden.denoiser import LipschitzDenoiser
+from lipden.precision import default_mixed_precision
 from lipden.training import TrainConfig, make_optimizer
 from lipden.training_step import (
     GraphedTrainingStep,
@@ -42,7 +46,7 @@ def _configurations(device: torch.device, quick: bool) -> list[tuple[str, int]]:
     """(preset, batch size) pairs to measure."""
     if device.type == "cuda":
         return [("cpu", 64), ("paper", 128)]
-    return [("cpu", 8)] if quick else [("cpu", 32), ("paper", 64)]
+    return [("cpu", 8)] if quick else [("cpu", 32), ("paper", 64), ("paper", 128)]
 
 
 def _synchronize(device: torch.device) -> None:
@@ -66,28 +70,58 @@ def kernel_seconds(step: Callable[[], None], device: torch.device) -> float | No
     return microseconds / 1e6
 
 
+def plain_network(channels: int, depth: int) -> nn.Sequential:
+    """The reference: ``depth`` plain ``nn.Conv2d`` 3x3 (zero 'same' padding) with ReLU between,
+    1 -> channels -> ... -> 1, the denoiser's shape without constraints or splines."""
+    layers: list[nn.Module] = []
+    for index in range(depth):
+        c_in = 1 if index == 0 else channels
+        c_out = 1 if index == depth - 1 else channels
+        layers.append(nn.Conv2d(c_in, c_out, 3, padding=1))
+        if index < depth - 1:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
 def measure(preset: str, batch: int, conv: str, device: torch.device, steps: int, repeats: int,
-            cuda_graph: bool = False) -> dict:
+            cuda_graph: bool = False, mixed_precision: bool | None = None) -> dict:
     """Seconds per step (median over ``repeats`` runs of ``steps`` steps), operator calls and
     kernel time per step of one configuration; ``cuda_graph``: the step replayed as a CUDA
-    graph (:class:`lipden.training_step.GraphedTrainingStep`)."""
-    config = TrainConfig(output="unused", preset=preset, conv=conv, sigma=SIGMA, batch_size=batch).resolved()
+    graph (:class:`lipden.training_step.GraphedTrainingStep`); ``mixed_precision``: bf16
+    autocast of the convolutions (None: the trainer's default on this device). ``conv="plain"``
+    is :func:`plain_network` in float32 with Adam: the reference a constrained step is compared to."""
+    config = TrainConfig(output="unused", preset=preset, conv="free" if conv == "plain" else conv, sigma=SIGMA,
+                         batch_size=batch).resolved()
     torch.manual_seed(0)
-    model = LipschitzDenoiser(config.model_config()).to(device).train()
-    optimizer = make_optimizer(model, config, capturable=cuda_graph)
+    if mixed_precision is None:
+        mixed_precision = default_mixed_precision(device.type)
     generator = torch.Generator().manual_seed(0)
     clean = torch.rand(batch, 1, config.patch_size, config.patch_size, generator=generator)
     noisy = clean + SIGMA / 255 * torch.randn(clean.shape, generator=generator)
-    mixed_precision = device.type == "cuda"
+    model_config = config.model_config()
+    graphed = None
+    if conv == "plain":
+        mixed_precision = False
+        plain = plain_network(model_config.channels, model_config.depth).to(device).train()
+        plain_optimizer = torch.optim.Adam(plain.parameters(), lr=1e-4)
 
-    graphed = GraphedTrainingStep(model, optimizer, config.tv2_weight, mixed_precision) if cuda_graph else None
+        def step() -> None:
+            x, y = batch_to_device(clean, noisy, device)
+            loss = (plain(y) - x).pow(2).sum()
+            plain_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            plain_optimizer.step()
+    else:
+        model = LipschitzDenoiser(model_config).to(device).train()
+        optimizer = make_optimizer(model, config, capturable=cuda_graph)
+        graphed = GraphedTrainingStep(model, optimizer, config.tv2_weight, mixed_precision) if cuda_graph else None
 
-    def step() -> None:
-        batch_pair = batch_to_device(clean, noisy, device)
-        if graphed is not None:
-            graphed(*batch_pair)
-        else:
-            training_step(model, model, optimizer, *batch_pair, config.tv2_weight, mixed_precision)
+        def step() -> None:
+            batch_pair = batch_to_device(clean, noisy, device)
+            if graphed is not None:
+                graphed(*batch_pair)
+            else:
+                training_step(model, model, optimizer, *batch_pair, config.tv2_weight, mixed_precision)
 
     for _ in range(graphed.warmup + 2 if graphed is not None else 2):  # warm-up (caches; graph recorded)
         step()
@@ -101,8 +135,8 @@ def measure(preset: str, batch: int, conv: str, device: torch.device, steps: int
         timings.append((time.perf_counter() - start) / steps)
     seconds = statistics.median(timings)
     return {
-        "preset": preset, "batch": batch, "conv": conv, "cuda_graph": cuda_graph,
-        "channels": config.model_config().channels,
+        "preset": preset, "batch": batch, "conv": conv, "cuda_graph": cuda_graph, "bf16": mixed_precision,
+        "channels": model_config.channels,
         "seconds_per_step": seconds, "patches_per_second": batch / seconds,
         "operator_calls": operator_calls(step), "kernel_seconds_per_step": kernel_seconds(step, device),
     }
@@ -116,8 +150,12 @@ def run(quick: bool = False, output: str = "results", device: str = "cpu") -> di
     started = time.perf_counter()
     steps, repeats = (20, 5) if target.type == "cuda" else ((1, 2) if quick else (3, 3))
     with cudnn_autotuning(target.type == "cuda"):  # as in training
-        rows = [measure(preset, batch, conv, target, steps, repeats)
-                for preset, batch in _configurations(target, quick) for conv in ("ortho", "free")]
+        rows = []
+        for preset, batch in _configurations(target, quick):
+            # the constrained step in both precisions, the same net without constraints, plain Conv2d + ReLU
+            precisions = (False, True) if default_mixed_precision(target.type) else (False,)
+            rows += [measure(preset, batch, "ortho", target, steps, repeats, mixed_precision=p) for p in precisions]
+            rows += [measure(preset, batch, conv, target, steps, repeats) for conv in ("free", "plain")]
         if target.type == "cuda":  # the constrained step replayed as a CUDA graph (train --cuda-graph)
             rows += [measure(preset, batch, "ortho", target, steps, repeats, cuda_graph=True)
                      for preset, batch in _configurations(target, quick)]
@@ -137,20 +175,25 @@ def _markdown(r: dict) -> str:
         f"# Training throughput{' (QUICK)' if r['quick'] else ''}",
         "",
         f"Device: {r['device']} (CPU: {m['cpu']}); torch {m['torch']} with {m['torch_threads']} CPU threads. One step = batch to "
-        "the device, forward, loss + TV2, backward, Adam (bf16 autocast of the convolutions on a GPU); "
+        "the device, forward, loss + TV2, backward, Adam; bf16: autocast of the convolutions (the trainer's "
+        "default on a GPU and on a CPU with native bf16; constraints, splines and loss in float32); "
         f"{r['steps']} consecutive steps per timing, median of {r['repeats']}.",
         "",
-        "| preset | channels | batch | convolutions | CUDA graph | ms / step | patches / s | operator calls / step "
-        "| GPU kernel ms / step |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| preset | channels | batch | network | bf16 convs | CUDA graph | ms / step | patches / s | "
+        "vs plain fp32 | operator calls / step | GPU kernel ms / step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    plain = {(row["preset"], row["batch"]): row["seconds_per_step"] for row in r["rows"] if row["conv"] == "plain"}
+    names = {"ortho": "1-Lipschitz (BCOP) + splines", "free": "free convs + splines", "plain": "plain Conv2d + ReLU"}
     for row in r["rows"]:
         kernel = row["kernel_seconds_per_step"]
+        reference = plain.get((row["preset"], row["batch"]))
+        ratio = f"{row['seconds_per_step'] / reference:.2f}x" if reference else "-"
         lines.append(
-            f"| {row['preset']} | {row['channels']} | {row['batch']} | {row['conv']} | "
-            f"{'yes' if row.get('cuda_graph') else 'no'} | "
-            f"{row['seconds_per_step'] * 1e3:.1f} | {row['patches_per_second']:.0f} | {row['operator_calls']} | "
-            f"{'-' if kernel is None else f'{kernel * 1e3:.1f}'} |"
+            f"| {row['preset']} | {row['channels']} | {row['batch']} | {names.get(row['conv'], row['conv'])} | "
+            f"{'yes' if row.get('bf16') else 'no'} | {'yes' if row.get('cuda_graph') else 'no'} | "
+            f"{row['seconds_per_step'] * 1e3:.1f} | {row['patches_per_second']:.0f} | {ratio} | "
+            f"{row['operator_calls']} | {'-' if kernel is None else f'{kernel * 1e3:.1f}'} |"
         )
     lines += [
         "",

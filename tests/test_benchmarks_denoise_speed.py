@@ -79,10 +79,13 @@ def test_speed_quick(quick_benchmarks):
 @pytest.mark.slow
 def test_training_quick(quick_benchmarks):
     results = json.loads((quick_benchmarks / "training-quick.json").read_text())
-    rows = {row["conv"]: row for row in results["rows"]}
-    assert set(rows) == {"ortho", "free"}
+    rows = {(row["conv"], row["bf16"]): row for row in results["rows"]}
+    assert {conv for conv, _ in rows} == {"ortho", "free", "plain"}
+    assert ("ortho", False) in rows and ("plain", False) in rows
     for row in rows.values():
         assert _positive_finite(row["seconds_per_step"]) and _positive_finite(row["patches_per_second"])
         assert row["kernel_seconds_per_step"] is None  # no GPU kernels on the CPU
-    assert 0 < rows["free"]["operator_calls"] < rows["ortho"]["operator_calls"]
-    assert "| cpu | 32 | 8 | ortho |" in (quick_benchmarks / "training-quick.md").read_text()
+    calls = {conv: row["operator_calls"] for (conv, _), row in rows.items()}
+    assert 0 < calls["plain"] < calls["free"] < calls["ortho"]
+    text = (quick_benchmarks / "training-quick.md").read_text()
+    assert "| cpu | 32 | 8 | 1-Lipschitz (BCOP) + splines | no | no |" in text and "plain Conv2d + ReLU" in text
