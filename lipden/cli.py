@@ -361,8 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     train.add_argument("--compile", action="store_true", help="torch.compile the spline forward")
     train.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
-                       help="bf16 autocast of the convolutions (default: on for CUDA); constraints, "
-                            "splines and loss stay float32")
+                       help="bf16 autocast of the convolutions (default: on for CUDA and for a CPU with "
+                            "native bf16, AVX-512 BF16 or AMX); constraints, splines and loss stay float32")
     train.add_argument("--cuda-graph", action="store_true",
                        help="record the step once as a CUDA graph and replay it (one GPU process; "
                             "removes the per-kernel host cost)")

@@ -69,6 +69,9 @@ def _card(model, name: str, metadata: dict, state: dict, train_config: dict, sig
             "learning_rates": {k: train_config[k] for k in ("lr_conv", "lr_spline", "lr_scaling")},
             "tv2_weight": train_config["tv2_weight"],
             "steps_total": state["step"],
+            "patches_seen": state.get("patches_seen", state["step"] * train_config["batch_size"]
+                                      * state.get("world_size", 1)),
+            "precision": state.get("precision", "float32" if not train_config.get("mixed_precision") else "bf16"),
             "best_step": metadata.get("step"),
             "wall_time_minutes": round(state["elapsed_s"] / 60, 1),
             "device": f"{train_config['device']} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from .checkpoint import load_tensors, save_denoiser, save_tensors_atomic
 from .data import PatchSampler, default_data_root, list_images, load_grayscale
 from .denoiser import PRESETS, DenoiserConfig, LipschitzDenoiser
+from .precision import default_mixed_precision
 from .splines import LinearSpline, set_spline_backend
 from .training_step import GraphedTrainingStep, batch_to_device, cudnn_autotuning, training_step
 
@@ -75,7 +76,7 @@ class TrainConfig:
     device: str = "cpu"
     max_minutes: float | None = None
     compile_spline: bool = False
-    mixed_precision: bool | None = None  # bf16 autocast of the convolutions; None: on for CUDA
+    mixed_precision: bool | None = None  # bf16 autocast of the convolutions; None: on a GPU or a CPU with native bf16
     cuda_graph: bool = False  # replay each step as a recorded CUDA graph (one GPU process)
     channels: int | None = None  # override the preset's width
     depth: int | None = None  # override the preset's number of convolutions
@@ -343,12 +344,14 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict:
         metadata = {
             "config": model.config.to_dict(), "train_config": dataclasses.asdict(config),
             "step": step, "best_psnr": best_psnr, "elapsed_s": elapsed, "world_size": world,
+            "patches_seen": step * batch_size * world,
+            "precision": "bf16 convolutions (autocast), float32 weights" if use_amp else "float32",
         }
         save_tensors_atomic(tensors, state_path, metadata)
 
     # bf16 keeps float32's range (no loss scaling); the constrained weights, splines and loss
     # stay float32, so the trained float32 model is exactly what the certificate covers.
-    use_amp = config.mixed_precision if config.mixed_precision is not None else device.type == "cuda"
+    use_amp = config.mixed_precision if config.mixed_precision is not None else default_mixed_precision(device.type)
     start = time.perf_counter() - elapsed
     bar = tqdm(total=config.steps, initial=step, disable=not progress or rank != 0, desc="train")
     last_loss = math.nan
