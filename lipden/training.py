@@ -18,7 +18,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -271,9 +271,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     """
     started_group = _start_process_group(torch.device(config.device).type)
     try:
-        lock = run_lock(Path(config.output)) if _rank_and_world()[0] == 0 else nullcontext()
-        with lock, cudnn_autotuning(config.device.startswith("cuda")):
-            summary = _train(config, resume, progress)
+        with ExitStack() as held, cudnn_autotuning(config.device.startswith("cuda")):
+            summary = _train(config, resume, progress, held)
     except BaseException as error:
         # Every rank raises TrainingDiverged at the same step, and gloo's teardown is local;
         # NCCL's waits on peers that a rank-local error may leave in a collective, so such a
@@ -286,7 +285,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     return summary
 
 
-def _train(config: TrainConfig, resume: bool, progress: bool) -> dict:
+def _train(config: TrainConfig, resume: bool, progress: bool, held: ExitStack) -> dict:
+    """The run; once its settings are checked, rank 0 takes the run's lock into ``held``."""
     config = config.resolved()
     steps, batch_size = config.steps, config.batch_size
     if steps is None or batch_size is None:  # every preset sets them
@@ -306,6 +306,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict:
 
     if config.cuda_graph and (device.type != "cuda" or world > 1):
         raise ValueError("CUDA graph training needs --device cuda and a single process (not torchrun)")
+    if rank == 0:
+        held.enter_context(run_lock(output))
     torch.manual_seed(config.seed)
     model = LipschitzDenoiser(config.model_config()).to(device)
     optimizer = make_optimizer(model, config, capturable=config.cuda_graph)
