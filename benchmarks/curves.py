@@ -26,7 +26,11 @@ def read_run(folder: Path) -> dict | None:
     _, metadata = load_tensors(state)
     config = metadata.get("train_config", {})
     batch = int(config.get("batch_size") or 0)
-    rows = list(csv.DictReader(log.open()))
+    with log.open() as handle:  # a row a live trainer is still writing is left out
+        rows = [r for r in csv.DictReader(handle) if r.get("val_psnr") not in (None, "") and r.get("elapsed_s")]
+    if not rows:
+        return None
+    world = int(metadata.get("world_size", 1))
     return {
         "run": folder.name,
         "activation": config.get("activation"),
@@ -35,13 +39,13 @@ def read_run(folder: Path) -> dict | None:
         "batch_size": batch,
         "lr_conv": config.get("lr_conv"),
         "steps_planned": config.get("steps"),
-        "mixed_precision": config.get("mixed_precision"),
+        "precision": metadata.get("precision") or ("bf16" if config.get("mixed_precision") else "float32"),
         "device": config.get("device"),
         "step": [int(r["step"]) for r in rows],
-        "patches": [int(r["step"]) * batch for r in rows],
+        "patches": [int(r["step"]) * batch * world for r in rows],
         "hours": [round(float(r["elapsed_s"]) / 3600, 4) for r in rows],
         "val_psnr": [float(r["val_psnr"]) for r in rows],
-        "lr_factor": [float(r.get("lr_factor") or "nan") for r in rows],
+        "lr_factor": [float(r["lr_factor"]) if r.get("lr_factor") else None for r in rows],
     }
 
 
@@ -90,7 +94,7 @@ def _markdown(runs: list[dict]) -> str:
         recent = [p for h, p in zip(hours, psnr, strict=True) if h >= hours[-1] - 1]
         earlier = [p for h, p in zip(hours, psnr, strict=True) if h < hours[-1] - 1]
         gain = f"{max(psnr) - max(earlier):+.3f}" if earlier and recent else "-"
-        precision = "bf16 convs" if run["mixed_precision"] else "fp32"
+        precision = "bf16 convs" if run["precision"].startswith("bf16") else "fp32"
         lines.append(
             f"| {table_cell(run['run'])} | {run['activation']} | {run['sigma']:g} | {run['channels']} | "
             f"{run['batch_size']} | {run['lr_conv']:g} | {precision} | {run['step'][-1]} / {run['steps_planned']} | "

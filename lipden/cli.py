@@ -506,6 +506,11 @@ def _validate(args: argparse.Namespace) -> None:
             raise UserError("--tol must be > 0")
         if args.accelerate is not None and args.accelerate < 0:
             raise UserError(f"--accelerate is an Anderson memory and must be >= 0, got {args.accelerate}")
+    if args.command == "reconstruct" and args.box:
+        from .solvers import BOUND_PARAMETERS, canonical_method, parameter_names
+
+        if BOUND_PARAMETERS[0] not in parameter_names(canonical_method(args.method)):
+            raise UserError(f"--box applies to pnp-fbs and red, not {args.method}")
     if args.command == "tune" and args.box:
         from .solvers import BOUND_PARAMETERS, parameter_names
 

@@ -187,7 +187,9 @@ def closest_spline_model(sigma: float) -> str:
 def run_denoise(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     add_noise = args.add_noise
-    if not args.inputs and add_noise is None:
+    # the embedded demo adds noise: at --sigma, else at the level --model was trained for, else 15
+    noise_from_model = not args.inputs and add_noise is None and args.sigma is None and args.model is not None
+    if not args.inputs and add_noise is None and not noise_from_model:
         add_noise = DEFAULT_SIGMA if args.sigma is None else args.sigma
     if add_noise is not None and not 0 < add_noise < 255:
         raise ValueError(f"--add-noise is on the 0-255 scale and must be in (0, 255), got {add_noise:g}")
@@ -216,6 +218,8 @@ def run_denoise(args: argparse.Namespace) -> int:
         reference, _ = read_image(args.reference)
     model = load_denoiser(model_name, device=device)
     trained = model.config.sigma  # on [0, 1]; None: not trained for one noise level
+    if noise_from_model:
+        add_noise = noise_level = DEFAULT_SIGMA if trained is None else round(trained * 255, 6)
     if noise_level is not None and trained is not None and not math.isclose(noise_level, trained * 255, rel_tol=0.02):
         print(f"lipden denoise: note: {model_name} was trained for noise sigma {trained * 255:.3g}, the inputs' "
               f"is {noise_level:g} (the denoiser is not noise-level conditioned)", file=sys.stderr)

@@ -54,6 +54,14 @@ def publish(run_dir: str | Path, name: str, test_dir: str | Path = DEFAULT_DATA 
     return card
 
 
+def _earlier_precision(train_config: dict) -> str:
+    """The precision of a run whose state predates the record: its flag, else the default then
+    (bf16 convolutions on a GPU, float32 elsewhere)."""
+    flag = train_config.get("mixed_precision")
+    amp = flag if flag is not None else str(train_config.get("device", "cpu")).startswith("cuda")
+    return "bf16 convolutions (autocast), float32 weights" if amp else "float32"
+
+
 def _card(model, name: str, metadata: dict, state: dict, train_config: dict, sigma: float,
           test_dir: str | Path, staged: Path) -> dict:
     save_denoiser(model, staged, {"name": name})
@@ -71,7 +79,7 @@ def _card(model, name: str, metadata: dict, state: dict, train_config: dict, sig
             "steps_total": state["step"],
             "patches_seen": state.get("patches_seen", state["step"] * train_config["batch_size"]
                                       * state.get("world_size", 1)),
-            "precision": state.get("precision", "float32" if not train_config.get("mixed_precision") else "bf16"),
+            "precision": state.get("precision") or _earlier_precision(train_config),
             "best_step": metadata.get("step"),
             "wall_time_minutes": round(state["elapsed_s"] / 60, 1),
             "device": f"{train_config['device']} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",

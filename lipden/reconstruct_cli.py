@@ -115,13 +115,15 @@ def _fmt(ssim: float | None) -> str:
     return "n/a" if ssim is None else f"{ssim:.3f}"
 
 
-def _cap_advice(max_iter: int, accelerate: int, tol: float) -> str:
+def _cap_advice(max_iter: int, accelerate: int, tol: float, own_parameters: bool) -> str:
     """One line for a solve stopped by its iteration cap: what it means and what to change."""
     change = f"raise --max-iter (now {max_iter})"
     if not accelerate:
-        change += " or add --accelerate 3"
+        change += ", add --accelerate 3"
+    if own_parameters:
+        change += ", or drop the solver options to use the tuned setup"
     return (f"stopped at the iteration cap before the relative residual reached --tol {tol:g}: the "
-            f"estimate is not the fixed point; {change}, or use the tuned setup (no --step/--strength)")
+            f"estimate is not the fixed point; {change}")
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
@@ -142,7 +144,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         raise ValueError("--no-box contradicts --lower / --upper")
     setup = problem.tuned_setup(args.method, box=args.box)
     model_name = args.model or setup.model
-    params = {**setup.parameters, **({"lower": 0.0, "upper": 1.0} if args.box else {}),
+    params = {**setup.parameters,
               **{k: getattr(args, k) for k in ("step", "strength", "relaxation", "weight", "lower", "upper")
                  if getattr(args, k) is not None}}
     max_iter = setup.max_iter if args.max_iter is None else args.max_iter
@@ -218,7 +220,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         print(f"  {passes}, {status}, final relative residual "
               f"{record['final_relative_residual']:.2e}, residual non-increasing: {result.monotone}; {seconds:.1f} s")
         if not result.converged:
-            print(f"  {_cap_advice(max_iter, accelerate, args.tol)}")
+            own = any(getattr(args, k) is not None for k in ("step", "strength", "relaxation", "weight"))
+            print(f"  {_cap_advice(max_iter, accelerate, args.tol, own)}")
         if output is not None:
             print(f"  wrote {output}")
         if plot is not None:

@@ -306,14 +306,26 @@ def _train(config: TrainConfig, resume: bool, progress: bool, held: ExitStack) -
 
     if config.cuda_graph and (device.type != "cuda" or world > 1):
         raise ValueError("CUDA graph training needs --device cuda and a single process (not torchrun)")
+    refused: RunLocked | None = None
     if rank == 0:
-        held.enter_context(run_lock(output))
+        try:
+            held.enter_context(run_lock(output))
+        except RunLocked as error:
+            refused = error
+    if world > 1:  # every rank stops, not only the one that found the folder held
+        flag = torch.tensor([float(refused is not None)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and refused is None:
+            refused = RunLocked(f"{output} is being trained by another process")
+    if refused is not None:
+        raise refused
     torch.manual_seed(config.seed)
     model = LipschitzDenoiser(config.model_config()).to(device)
     optimizer = make_optimizer(model, config, capturable=config.cuda_graph)
     sampler = PatchSampler(config.train_dir, config.patch_size, seed=config.seed + 1000 * rank)
     noise_generator = torch.Generator().manual_seed(config.seed + 1 + 1000 * rank)
     step, best_psnr, elapsed = 0, -math.inf, 0.0
+    resumed_precision: str | None = None
     if resume and state_path.exists():
         tensors, metadata = load_tensors(state_path)
         if metadata.get("train_config", {}).get("sigma") != config.sigma:
@@ -321,6 +333,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, held: ExitStack) -
         model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("train.")})
         _restore_optimizer(optimizer, tensors)
         step, best_psnr, elapsed = metadata["step"], metadata["best_psnr"], metadata["elapsed_s"]
+        earlier = metadata.get("train_config", {}).get("mixed_precision")  # states that predate "precision"
+        earlier_amp = earlier if earlier is not None else device.type == "cuda"  # the default back then
+        resumed_precision = metadata.get("precision") or ("bf16" if earlier_amp else "float32")
         if f"train.rng.sampler.{rank}" in tensors:
             sampler.set_state(tensors[f"train.rng.sampler.{rank}"])
             noise_key = f"train.rng.noise.{rank}" if f"train.rng.noise.{rank}" in tensors else "train.rng.noise"
@@ -353,7 +368,12 @@ def _train(config: TrainConfig, resume: bool, progress: bool, held: ExitStack) -
 
     # bf16 keeps float32's range (no loss scaling); the constrained weights, splines and loss
     # stay float32, so the trained float32 model is exactly what the certificate covers.
-    use_amp = config.mixed_precision if config.mixed_precision is not None else default_mixed_precision(device.type)
+    if config.mixed_precision is not None:
+        use_amp = config.mixed_precision
+    elif resumed_precision is not None:  # a resumed run keeps its precision unless told otherwise
+        use_amp = resumed_precision.startswith("bf16")
+    else:
+        use_amp = default_mixed_precision(device.type)
     start = time.perf_counter() - elapsed
     bar = tqdm(total=config.steps, initial=step, disable=not progress or rank != 0, desc="train")
     last_loss = math.nan

@@ -11,7 +11,7 @@ its best tuned setup of that solver.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,13 +79,24 @@ def tuned_setup(problem_name: str, method: str, box: bool | None = None,
     """The best stored setup of ``method`` for a problem.
 
     ``box=None`` takes ``METHOD`` or ``METHOD:box``, whichever scored higher on the tuning
-    images; ``True`` / ``False`` takes that one (the safe defaults if it is not stored).
+    images; ``False`` takes ``METHOD`` (the safe defaults if it is not stored); ``True`` takes
+    ``METHOD:box``, else ``METHOD`` (else the safe defaults) with the box [0, 1] added.
     """
     entries = stored_entries(problem_name, path)
     candidates = {key: entries[key] for key in (method, f"{method}:box") if key in entries}
     if box is not None:
-        candidates = {k: v for k, v in candidates.items() if k.endswith(":box") == box}
+        wanted = {k: v for k, v in candidates.items() if k.endswith(":box") == box}
+        if not wanted and box and method in candidates:  # the plain setup, constrained to the box
+            return _boxed(setup_from_entry(method, method, candidates[method]))
+        candidates = wanted
     if not candidates:
-        return setup_from_entry(method, None, {})
+        return _boxed(setup_from_entry(method, None, {})) if box else setup_from_entry(method, None, {})
     key = max(candidates, key=lambda k: float(candidates[k].get("tuning_psnr", float("-inf"))))
     return setup_from_entry(method, key, candidates[key])
+
+
+def _boxed(setup: TunedSetup) -> TunedSetup:
+    """``setup`` with the box [0, 1] added. A stored over-relaxation (> 1) is dropped: the
+    projection makes the step less averaged, so it may no longer be allowed."""
+    parameters = {k: v for k, v in setup.parameters.items() if not (k == "relaxation" and v > 1)}
+    return replace(setup, parameters={**parameters, "lower": 0.0, "upper": 1.0})

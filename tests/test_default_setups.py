@@ -54,6 +54,29 @@ def test_tuned_setup_prefers_the_variant_with_the_higher_tuning_psnr(tmp_path):
     assert plain.key == "pnp-fbs" and not plain.box and plain.max_iter == DEFAULT_MAX_ITER
     nothing = tuned_setup("q", "red", path=table)
     assert nothing.key is None and nothing.parameters == {} and nothing.accelerate == DEFAULT_ACCELERATE
+    # a box asked for where only the plain setup is stored: that setup, constrained to [0, 1]
+    table.write_text(json.dumps({"p": {"pnp-fbs": {**entry, "parameters": {**entry["parameters"],
+                                                                             "relaxation": 1.8}}}}))
+    boxed = tuned_setup("p", "pnp-fbs", box=True, path=table)
+    assert boxed.key == "pnp-fbs" and boxed.model == "spline-sigma5" and boxed.accelerate == 3
+    assert boxed.parameters == {"step": 1.0, "strength": 0.1, "lower": 0.0, "upper": 1.0}  # no over-relaxation
+
+
+def test_cli_reconstruct_box_keeps_the_tuned_setup_and_refuses_a_solver_without_one(tmp_path, capsys):
+    import numpy as np
+    from skimage import io
+
+    truth = tmp_path / "truth.png"
+    io.imsave(truth, (P.default_image("natural", 48)[0, 0].numpy() * 255).astype(np.uint8), check_contrast=False)
+    assert main(["reconstruct", "deblur", str(truth), "--box", "--quiet", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    setup = P.problem_from_name(record["problem"]).tuned_setup()
+    assert record["tuned_entry"] == setup.key and record["model"] == setup.model
+    assert record["parameters"]["strength"] == setup.parameters["strength"]
+    assert (record["parameters"]["lower"], record["parameters"]["upper"]) == (0.0, 1.0) and record["converged"]
+    assert main(["reconstruct", "deblur", str(truth), "--method", "pnp-drs", "--box"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--box applies to pnp-fbs and red" in err
 
 
 @pytest.mark.parametrize("problem", ["mri", "deblur"])
@@ -84,6 +107,7 @@ def test_cli_reconstruct_says_in_one_line_when_the_cap_stops_it(capsys, tmp_path
     lines = capsys.readouterr().out.splitlines()
     advice = [line for line in lines if "iteration cap" in line]
     assert len(advice) == 1 and "--max-iter" in advice[0] and "--accelerate 3" in advice[0]
+    assert "tuned setup" not in advice[0]  # it already ran the tuned setup
 
 
 @pytest.mark.parametrize("options, expected", [
@@ -92,12 +116,17 @@ def test_cli_reconstruct_says_in_one_line_when_the_cap_stops_it(capsys, tmp_path
     (["--sigma", "24"], "spline-sigma25"),
     (["--add-noise", "25", "--sigma", "5"], "spline-sigma5"),
     ([], "spline-sigma15"),
+    (["--model", "spline-sigma25"], "spline-sigma25"),
 ])
 def test_denoise_picks_the_shipped_model_closest_to_the_noise_level(options, expected, capsys):
     assert main(["denoise", "--json", *options]) == 0
     captured = capsys.readouterr()
-    assert json.loads(captured.out.strip().splitlines()[-1])["model"] == expected
-    assert f"using {expected}" in captured.err
+    record = json.loads(captured.out.strip().splitlines()[-1])
+    assert record["model"] == expected
+    if "--model" in options:  # the demo noise is the level the model was trained for: no mismatch note
+        assert captured.err == "" and record["psnr"] > record["psnr_noisy"] + 5
+    else:
+        assert f"using {expected}" in captured.err
 
 
 @pytest.mark.parametrize("command", [[], ["denoise"], ["reconstruct"], ["train"], ["tune"], ["benchmark"],

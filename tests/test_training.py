@@ -82,6 +82,27 @@ def test_torchrun_two_cpu_ranks_end_with_identical_weights(image_folders, tmp_pa
         assert not torch.equal(tensors[f"train.rng.{stream}.0"], tensors[f"train.rng.{stream}.1"])
 
 
+@pytest.mark.slow
+def test_torchrun_ranks_all_stop_in_one_line_when_the_folder_is_held(image_folders, tmp_path):
+    from lipden.training import run_lock
+
+    train_dir, val_dir = image_folders
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with run_lock(tmp_path):
+        result = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+             str(ROOT / "cli.py"), "train", "--output", str(tmp_path), "--train-dir", str(train_dir),
+             "--val-dir", str(val_dir), "--channels", "4", "--depth", "3", "--steps", "3", "--device", "cpu",
+             "--quiet"],
+            capture_output=True, text=True, cwd=ROOT, env=env, timeout=600,
+        )
+    assert result.returncode != 0
+    refusals = [line for line in result.stderr.splitlines() if "lipden train: error:" in line]
+    assert len(refusals) == 2 and all("is being trained by" in line for line in refusals), result.stderr[-3000:]
+    assert "Connection closed" not in result.stderr and "[rank1]" not in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "train_state.safetensors").exists()
+
+
 def test_mixed_precision_keeps_the_constraint_in_float32(image_folders, tmp_path):
     from lipden import LinearSpline, OrthoConv2d
 
@@ -229,11 +250,15 @@ def test_a_time_due_checkpoint_between_validations_resumes_exactly(image_folders
             shutil.copy2(path, tmp_path / "split" / path.name)
 
     monkeypatch.setattr(training, "save_tensors_atomic", recording)
-    steps = training.LOSS_CHECK_EVERY + 5
-    config = dict(steps=steps, validate_every=1000, checkpoint_minutes=1e-9)
+    every = training.LOSS_CHECK_EVERY
+    steps = 2 * every + 5  # the resumed part spans two loss reads and two log rows
+    config = dict(steps=steps, validate_every=2 * every, checkpoint_minutes=1e-9)
     train(tiny_config(image_folders, tmp_path / "straight", **config), progress=False)
-    assert saved_at == [training.LOSS_CHECK_EVERY, steps]  # the time-due save, then the final validation
+    assert saved_at == [every, 2 * every, steps]  # the time-due save, then the validations
     train(tiny_config(image_folders, tmp_path / "split", **config), progress=False)
+    logs = [[row.split(",")[:1] + row.split(",")[2:] for row in (tmp_path / run / "log.csv").read_text().splitlines()]
+            for run in ("straight", "split")]  # every column but the wall time
+    assert logs[0][-2:] == logs[1][-2:] and len(logs[0]) == 3  # same losses and validation at 50 and 55
     a, _ = load_tensors(tmp_path / "straight" / "train_state.safetensors")
     b, meta = load_tensors(tmp_path / "split" / "train_state.safetensors")
     assert meta["step"] == steps
