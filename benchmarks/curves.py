@@ -1,5 +1,6 @@
 """Learning curves of the training runs: set12 validation PSNR against patches seen and against
-training wall time, read from each run's ``log.csv`` and training state (``checkpoints/<run>/``).
+training wall time, read from each run's ``log.csv`` and training state (``checkpoints/<run>/``);
+runs whose folder was removed keep the curve recorded before.
 
 Writes ``learning-curves.{json,md,png}``; the figure and tables are rewritten only when a
 curve changed (a figure whose content did not change is never re-committed). Wall time is the
@@ -103,11 +104,16 @@ def _markdown(runs: list[dict]) -> str:
 
 
 def run(quick: bool = False, output: str = "results", runs: str = "checkpoints") -> dict:
-    """Collect every run's curve; rewrite results only if a curve changed."""
+    """Collect every run's curve; rewrite results only if a curve changed. A run recorded
+    before whose folder is gone (shipped or abandoned, its state removed) keeps its curve."""
     found = [r for r in (read_run(f) for f in sorted(Path(runs).glob("*")) if f.is_dir()) if r]
-    results = {"runs": found}
     target = Path(output) / "learning-curves.json"
-    if target.is_file() and json.loads(target.read_text()) == results:
+    previous = json.loads(target.read_text()) if target.is_file() else {"runs": []}
+    current = {run["run"] for run in found}
+    kept = [run for run in previous.get("runs", [])
+            if run["run"] not in current and not (Path(runs) / run["run"]).is_dir()]
+    results = {"runs": sorted(found + kept, key=lambda run: run["run"])}
+    if previous == results:
         print(f"{target}: unchanged")
         return results
     write_results(output, "learning-curves", results, _markdown(found))

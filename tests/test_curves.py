@@ -29,3 +29,7 @@ def test_curves_follow_the_runs_and_are_not_rewritten_when_unchanged(tmp_path):
     train(config(6), progress=False)  # the run goes on: the curve grows
     assert json.loads((output / "learning-curves.json").read_text()) != curves.run(output=str(output), runs=str(runs))
     assert json.loads((output / "learning-curves.json").read_text())["runs"][0]["step"] == [2, 4, 6]
+    import shutil
+
+    shutil.rmtree(runs / "tiny")  # shipped: its state removed, its curve kept
+    assert curves.run(output=str(output), runs=str(runs))["runs"][0]["step"] == [2, 4, 6]
