@@ -85,7 +85,8 @@ def _markdown(runs: list[dict]) -> str:
         return "# Learning curves\n\nNo training run with a log and a state in the runs folder.\n"
     lines = ["# Learning curves", "",
              "Set12 validation PSNR (sigma of the run, the standard protocol) of each training run in "
-             "`checkpoints/`, against patches seen and the trainer's wall clock. Figure: "
+             "`checkpoints/` and of earlier runs whose folder was removed (shipped or abandoned; their curve "
+             "is kept), against patches seen and the trainer's wall clock. Figure: "
              "`learning-curves.png`.", "",
              "| run | activation | sigma | channels | batch | conv lr | precision | steps | patches (M) | hours | "
              "last val PSNR | best val PSNR | gain over the last hour (dB) |",
@@ -116,7 +117,7 @@ def run(quick: bool = False, output: str = "results", runs: str = "checkpoints")
     if previous == results:
         print(f"{target}: unchanged")
         return results
-    write_results(output, "learning-curves", results, _markdown(found))
-    if found:
-        _figure(Path(output) / "learning-curves.png", found)
+    write_results(output, "learning-curves", results, _markdown(results["runs"]))
+    if results["runs"]:
+        _figure(Path(output) / "learning-curves.png", results["runs"])
     return results

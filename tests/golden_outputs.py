@@ -1,7 +1,8 @@
 """Golden outputs pinned before the package is reorganised: every shipped denoiser on a fixed
 input, its certified bound, and one ``reconstruct`` per method (plus TV), each keyed by the
 sha256 of the weights it used, so that a moved module that changes a number is caught while a
-reshipped model (new weights) is told apart from a regression.
+reshipped model (new weights) is told apart from a regression. The solves use frozen copies of
+two priors (``golden/prior-*.safetensors``), so they stay comparable whatever is shipped.
 
 Write or refresh with ``python -m tests.golden_outputs`` (only when a change of outputs is
 intended); ``tests/test_golden.py`` recomputes and compares.
@@ -58,10 +59,10 @@ def compute(names: list[str] | None = None) -> tuple[dict[str, torch.Tensor], di
         x = problems.default_image(problem.kind, 32)
         y = problem.measure(x, seed=0)
         solver = "pnp-fbs" if method == "pnp-fbs-box" else method
-        result = lipden.reconstruct(y, problem.physics(x.shape), lipden.load_denoiser(model_name), solver,
-                                    max_iter=25, tol=1e-12, **kwargs)
+        prior = lipden.load_denoiser(GOLDEN / f"prior-{model_name}.safetensors")  # a frozen copy: reships leave it
+        result = lipden.reconstruct(y, problem.physics(x.shape), prior, solver, max_iter=25, tol=1e-12, **kwargs)
         tensors[f"reconstruct.{method}"] = result.x.contiguous()
-        records[f"reconstruct.{method}"] = {"sha256": shas[model_name], "iterations": result.iterations}
+        records[f"reconstruct.{method}"] = {"sha256": None, "iterations": result.iterations}
     problem = problems.problem_from_name(PROBLEM)
     x = problems.default_image("natural", 32)
     estimate, _ = lipden.tv_reconstruct(problem.measure(x, seed=0), problem.physics(x.shape), 0.001, max_iter=25)

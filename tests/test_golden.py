@@ -20,20 +20,20 @@ def golden_and_now():
 
 def test_every_shipped_model_and_solver_is_pinned(golden_and_now):
     _, records, _, now_records = golden_and_now
-    assert set(now_records) <= set(records) | {f"denoise.{n}" for n in lipden.list_denoisers()}
+    assert {k for k in now_records if k.startswith("denoise.")} == {f"denoise.{n}" for n in lipden.list_denoisers()}
     assert {k for k in records if k.startswith("reconstruct.")} == {k for k in now_records if k.startswith("reconstruct.")}
+    assert len([k for k in records if k.startswith("reconstruct.")]) == 5
 
 
 def test_outputs_and_certificates_match_the_pinned_ones(golden_and_now):
     stored, records, now, now_records = golden_and_now
-    compared = 0
-    for key, record in records.items():
-        if key not in now_records or record["sha256"] != now_records[key]["sha256"]:
-            continue  # the model was reshipped: its pinned output no longer applies
+    unchanged = [key for key, record in records.items()  # a reshipped (or removed) model's entry no longer applies
+                 if key in now_records and record["sha256"] == now_records[key]["sha256"]]
+    assert {k for k in records if k.startswith("reconstruct.")} <= set(unchanged)  # frozen priors: always compared
+    for key in unchanged:
         torch.testing.assert_close(now[key], stored[key], rtol=0, atol=2e-5, msg=key)
+        record = records[key]
         if "certified_40x40" in record:
             assert math.isclose(now_records[key]["certified_40x40"], record["certified_40x40"], rel_tol=1e-9), key
         if "iterations" in record:
             assert now_records[key]["iterations"] == record["iterations"], key
-        compared += 1
-    assert compared >= 5, "most pinned models were reshipped: refresh with python -m tests.golden_outputs"
