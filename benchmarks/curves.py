@@ -75,7 +75,7 @@ def _figure(path: Path, runs: list[dict]) -> None:
         row[1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     tmp = path.with_suffix(".png.tmp")
-    fig.savefig(tmp, format="png", dpi=80)
+    fig.savefig(tmp, format="png", dpi=72)
     plt.close(fig)
     tmp.replace(path)
 
