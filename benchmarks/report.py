@@ -72,7 +72,7 @@ def run(quick: bool = False, output: str = "results") -> dict:
     parts += time_of_the_run(folder, quick)
     write_text_atomic(folder / "README.md", "\n".join(parts) + "\n")
     print(f"wrote {folder / 'README.md'} ({', '.join(present) or 'no results yet'})")
-    readme = ROOT / "README.md"
+    readme = ROOT / "docs" / "reference.md"  # the results summary block lives there
     if folder.resolve() == (ROOT / "results").resolve() and readme.is_file():
         text = readme.read_text()
         if SUMMARY_START in text and SUMMARY_END in text:
@@ -175,10 +175,10 @@ def summary(folder: Path) -> str:
             lines += _reconstruction_digest(kind, stem, data)
             for problem in data["problems"]:
                 if figure is None and (folder / f"{stem}-{problem}.png").is_file():
-                    figure = f"results/{stem}-{problem}.png"
+                    figure = f"../results/{stem}-{problem}.png"
     if figure:
         lines += [f"![reconstructions]({figure})", ""]
-    lines.append("All tables, with their protocols, machines and commands: [`results/README.md`](results/README.md).")
+    lines.append("All tables, with their protocols, machines and commands: [`results/README.md`](../results/README.md).")
     return "\n".join(lines)
 
 
