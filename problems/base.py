@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 
 import torch
 from deepinv.physics import LinearPhysics
 from torch import Tensor
 
-from .tuned import TUNED_DEFAULTS_FILE, TunedSetup, tuned_setup
+from .tuned import TUNED_DEFAULTS_FILE, TunedSetup, stored_entries, tuned_setup
 
 
 def check_image(x: Tensor, name: str = "x") -> None:
@@ -107,9 +106,7 @@ class InverseProblem(ABC):
 
     def _tuned_entry(self, method: str) -> dict:
         """This problem's entry for ``method`` in ``problems/tuned_defaults.json`` ({} if none)."""
-        if not TUNED_DEFAULTS_FILE.is_file():
-            return {}
-        return json.loads(TUNED_DEFAULTS_FILE.read_text()).get(self.name, {}).get(method, {})
+        return stored_entries(self.name, TUNED_DEFAULTS_FILE).get(method, {})
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
