@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from lipden import LinearSpline, list_denoisers, load_denoiser
-from lipden.training import DEFAULT_DATA
+from lipden.train.loop import DEFAULT_DATA
 
 from .common import machine, write_results
 
@@ -159,7 +159,7 @@ def plot_model(path: Path, name: str, splines: list[LinearSpline], title_note: s
 
 def run(quick: bool = False, output: str = "results") -> dict:
     """Plot and summarise the learned splines; quick mode: spline-sigma15 only, ``-quick`` files."""
-    from lipden.data import list_images, load_grayscale
+    from lipden.train.data import list_images, load_grayscale
 
     started = time.perf_counter()
     shipped = set(list_denoisers())

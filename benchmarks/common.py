@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lipden.imageio import deferred_signals
+from lipden.io import deferred_signals
 
 
 def machine() -> dict:

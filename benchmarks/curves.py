@@ -14,7 +14,7 @@ import csv
 import json
 from pathlib import Path
 
-from lipden.checkpoint import load_tensors
+from lipden.models.checkpoint import load_tensors
 
 from .common import table_cell, write_results
 

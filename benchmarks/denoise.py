@@ -2,8 +2,8 @@
 
 Measured, with the standard protocol of ``../shared/data/README.md`` (noise of standard
 deviation sigma/255 drawn with seed 0 per image in sorted order, metrics on the output
-clipped to [0, 1]; the protocol functions of :mod:`lipden.training` that
-:func:`lipden.publish.evaluate_folder` uses for the model cards):
+clipped to [0, 1]; the protocol functions of :mod:`lipden.train.loop` that
+:func:`lipden.train.publish.evaluate_folder` uses for the model cards):
 
 - PSNR (dB, data range 1) and SSIM (scikit-image, Gaussian 11x11 window of std 1.5, data
   range 1, as Wang et al. 2004) averaged over the 68 BSD68 images at sigma 5, 15, 25;
@@ -34,12 +34,12 @@ import torch
 from skimage.metrics import structural_similarity
 from torch import Tensor
 
-from lipden.certify import CertificationError, lipschitz_upper_bound
-from lipden.checkpoint import WeightsError, load_denoiser_file, sha256_of
-from lipden.data import list_images, load_grayscale
-from lipden.pretrained import denoiser_card, list_denoisers, weights_dir
-from lipden.publish import evaluate_folder
-from lipden.training import DEFAULT_DATA, noisy_versions, psnr
+from lipden.certify.bounds import CertificationError, lipschitz_upper_bound
+from lipden.models.checkpoint import WeightsError, load_denoiser_file, sha256_of
+from lipden.models.pretrained import denoiser_card, list_denoisers, weights_dir
+from lipden.train.data import list_images, load_grayscale
+from lipden.train.loop import DEFAULT_DATA, noisy_versions, psnr
+from lipden.train.publish import evaluate_folder
 
 from .common import interleaved_medians, machine, write_results
 
@@ -269,7 +269,7 @@ def run(quick: bool = False, output: str = "results") -> dict:
             "note": "unconstrained CNN (conv='free'): no Lipschitz guarantee" if free else "",
         }
         add_row(row, partial(model, sigma=sigma / 255), sigma)
-        # The protocol must agree with lipden.publish.evaluate_folder, which wrote the cards:
+        # The protocol must agree with lipden.train.publish.evaluate_folder, which wrote the cards:
         # full mode compares with the card, quick mode reruns it on the same images once.
         if not quick and row["card_bsd68_psnr"] is not None:
             reference = float(row["card_bsd68_psnr"])

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lipden import BjorckLinear, lipschitz_upper_bound, make_activation
-from lipden.orthogonal import bjorck_orthonormalize
+from lipden.nn.orthogonal import bjorck_orthonormalize
 
 from .common import machine, write_results
 

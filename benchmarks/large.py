@@ -31,7 +31,7 @@ def _load(name: str, mode: str):
 def _denoise_job(side: int, mode: str) -> dict:
     import torch
 
-    from lipden.tiling import denoise_tiled
+    from lipden.models.tiling import denoise_tiled
 
     torch.set_num_threads(1)
     model, tile = _load("spline-sigma15", mode)

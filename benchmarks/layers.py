@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from lipden import LinearSpline, OrthoConv2d
-from lipden.denoiser import PRESETS, LipschitzDenoiser
-from lipden.splines import set_spline_backend
+from lipden.models.denoiser import PRESETS, LipschitzDenoiser
+from lipden.nn.splines import set_spline_backend
 
 from .common import interleaved_medians, machine, write_results
 

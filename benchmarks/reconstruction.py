@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lipden.baselines import TV_INNER_ITERATIONS, TV_INNER_TOL, tv_reconstruct
-from lipden.denoise_cli import _ssim
-from lipden.imageio import read_image, write_image
-from lipden.pretrained import denoiser_card, list_denoisers, load_denoiser
-from lipden.reconstruction import psnr_per_image, reconstruct
-from lipden.solvers import default_parameters, fbs_fast_relaxation
-from lipden.splines import set_spline_backend
-from lipden.tuning import TRIAL_MAX_ITER, TRIAL_TOL, _batches, defaults_key, tune
+from lipden.cli.denoise import _ssim
+from lipden.io import read_image, write_image
+from lipden.models.pretrained import denoiser_card, list_denoisers, load_denoiser
+from lipden.nn.splines import set_spline_backend
+from lipden.optim.base import default_parameters, fbs_fast_relaxation
+from lipden.optim.baselines import TV_INNER_ITERATIONS, TV_INNER_TOL, tv_reconstruct
+from lipden.optim.reconstruct import psnr_per_image, reconstruct
+from lipden.optim.tuning import TRIAL_MAX_ITER, TRIAL_TOL, _batches, defaults_key, tune
 from problems import dev_set, problem_from_name
 
 from .common import WRITTEN, device_name, machine, table_cell, write_results, write_text_atomic

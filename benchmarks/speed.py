@@ -16,7 +16,7 @@
     certification of the denoiser at the image size) is reported apart;
 (f) the allocator: eval forward on a batch of images whose activations exceed glibc's mmap
     threshold, in two fresh processes, with glibc's defaults vs
-    :func:`lipden.allocator.keep_freed_memory` (which the command line applies; so (a)-(e)
+    :func:`lipden._memory.keep_freed_memory` (which the command line applies; so (a)-(e)
     run with it), the forward in one pass (``cpu_pass_bytes = None``);
 (g) bounded CPU passes: the eval forward of a batch of 256x256 images and of one large
     image in one pass vs in the passes ``LipschitzDenoiser`` makes on a CPU when the process
@@ -41,10 +41,10 @@ import torch
 from torch import Tensor, nn
 
 from lipden import reconstruct
-from lipden.allocator import freed_memory_kept, keep_freed_memory
-from lipden.denoiser import PRESETS, DenoiserConfig, LipschitzDenoiser
-from lipden.pretrained import list_denoisers, load_denoiser
-from lipden.training import TrainConfig, make_optimizer, training_step
+from lipden._memory import freed_memory_kept, keep_freed_memory
+from lipden.models.denoiser import PRESETS, DenoiserConfig, LipschitzDenoiser
+from lipden.models.pretrained import list_denoisers, load_denoiser
+from lipden.train.loop import TrainConfig, make_optimizer, training_step
 from problems import default_image, problem_from_name
 
 from .common import interleaved_medians, machine, operator_calls, write_results
@@ -282,7 +282,7 @@ def _allocator_lines(r: dict) -> list[str]:
     return [
         f"(f) Allocator (fresh processes, median forward on {shape}: {a['activation_megabytes']:.0f} MiB per "
         f"activation): glibc defaults {a['seconds']['default']:.3f} s, freed blocks kept "
-        f"(`lipden.allocator.keep_freed_memory`) {a['seconds']['kept']:.3f} s: {a['speedup']:.2f}x faster. "
+        f"(`lipden._memory.keep_freed_memory`) {a['seconds']['kept']:.3f} s: {a['speedup']:.2f}x faster. "
         f"(a)-(e) above ran {kept} it.",
         "",
     ]

@@ -1,8 +1,8 @@
 """Training throughput: wall time of an optimizer step of the denoiser presets, the PyTorch
 operator calls the host makes per step, and on a GPU the time its kernels take.
 
-A step is exactly the trainer's: the batch goes to the device (:func:`lipden.training.batch_to_device`)
-and :func:`lipden.training.training_step` runs the forward pass, the loss with its TV2 term,
+A step is exactly the trainer's: the batch goes to the device (:func:`lipden.train.loop.batch_to_device`)
+and :func:`lipden.train.loop.training_step` runs the forward pass, the loss with its TV2 term,
 the backward pass and Adam; the constrained step is timed in float32 and, where the trainer
 uses it by default (a GPU, a CPU with native bf16), with bf16 autocast of the convolutions.
 ``steps`` consecutive steps are timed with one device synchronisation at the end (the
@@ -27,10 +27,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lipden.denoiser import LipschitzDenoiser
-from lipden.precision import default_mixed_precision
-from lipden.training import TrainConfig, make_optimizer
-from lipden.training_step import (
+from lipden.models.denoiser import LipschitzDenoiser
+from lipden.nn.precision import default_mixed_precision
+from lipden.train.loop import TrainConfig, make_optimizer
+from lipden.train.step import (
     GraphedTrainingStep,
     batch_to_device,
     cudnn_autotuning,
@@ -87,7 +87,7 @@ def measure(preset: str, batch: int, conv: str, device: torch.device, steps: int
             cuda_graph: bool = False, mixed_precision: bool | None = None) -> dict:
     """Seconds per step (median over ``repeats`` runs of ``steps`` steps), operator calls and
     kernel time per step of one configuration; ``cuda_graph``: the step replayed as a CUDA
-    graph (:class:`lipden.training_step.GraphedTrainingStep`); ``mixed_precision``: bf16
+    graph (:class:`lipden.train.step.GraphedTrainingStep`); ``mixed_precision``: bf16
     autocast of the convolutions (None: the trainer's default on this device). ``conv="plain"``
     is :func:`plain_network` in float32 with Adam: the reference a constrained step is compared to."""
     config = TrainConfig(output="unused", preset=preset, conv="free" if conv == "plain" else conv, sigma=SIGMA,

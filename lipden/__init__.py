@@ -13,37 +13,37 @@ __version__ = "0.1.0"
 
 #: public name -> the submodule that defines it
 _EXPORTS: dict[str, str] = {
-    "AbsoluteValue": "activations",
-    "ClippedPReLU": "activations",
-    "GroupSort": "activations",
-    "HouseHolder": "activations",
-    "ReLU": "activations",
-    "make_activation": "activations",
-    "Averaged": "averaged",
-    "tv_reconstruct": "baselines",
-    "AveragednessReport": "certify",
-    "CertificationError": "certify",
-    "check_averaged": "certify",
-    "lipschitz_bounds": "certify",
-    "lipschitz_lower_bound": "certify",
-    "lipschitz_upper_bound": "certify",
-    "DenoiserConfig": "denoiser",
-    "LipschitzDenoiser": "denoiser",
-    "BjorckLinear": "layers",
-    "OrthoConv2d": "layers",
-    "SpectralNormConv2d": "layers",
-    "bjorck_orthonormalize": "orthogonal",
-    "denoiser_card": "pretrained",
-    "list_denoisers": "pretrained",
-    "load_denoiser": "pretrained",
-    "ReconstructionResult": "reconstruction",
-    "SolverError": "reconstruction",
-    "reconstruct": "reconstruction",
-    "ConvergenceConditionError": "solvers",
-    "LinearSpline": "splines",
-    "linear_spline": "splines",
-    "TuneResult": "tuning",
-    "tune": "tuning",
+    "AbsoluteValue": "nn.activations",
+    "ClippedPReLU": "nn.activations",
+    "GroupSort": "nn.activations",
+    "HouseHolder": "nn.activations",
+    "ReLU": "nn.activations",
+    "make_activation": "nn.activations",
+    "Averaged": "certify.averaged",
+    "tv_reconstruct": "optim.baselines",
+    "AveragednessReport": "certify.bounds",
+    "CertificationError": "certify.bounds",
+    "check_averaged": "certify.bounds",
+    "lipschitz_bounds": "certify.bounds",
+    "lipschitz_lower_bound": "certify.bounds",
+    "lipschitz_upper_bound": "certify.bounds",
+    "DenoiserConfig": "models.denoiser",
+    "LipschitzDenoiser": "models.denoiser",
+    "BjorckLinear": "nn.layers",
+    "OrthoConv2d": "nn.layers",
+    "SpectralNormConv2d": "nn.layers",
+    "bjorck_orthonormalize": "nn.orthogonal",
+    "denoiser_card": "models.pretrained",
+    "list_denoisers": "models.pretrained",
+    "load_denoiser": "models.pretrained",
+    "ReconstructionResult": "optim.reconstruct",
+    "SolverError": "optim.reconstruct",
+    "reconstruct": "optim.reconstruct",
+    "ConvergenceConditionError": "optim.base",
+    "LinearSpline": "nn.splines",
+    "linear_spline": "nn.splines",
+    "TuneResult": "optim.tuning",
+    "tune": "optim.tuning",
 }
 
 __all__ = [
@@ -81,17 +81,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .activations import (
-        AbsoluteValue,
-        ClippedPReLU,
-        GroupSort,
-        HouseHolder,
-        ReLU,
-        make_activation,
-    )
-    from .averaged import Averaged
-    from .baselines import tv_reconstruct
-    from .certify import (
+    from lipden.certify.averaged import Averaged
+    from lipden.certify.bounds import (
         AveragednessReport,
         CertificationError,
         check_averaged,
@@ -99,14 +90,23 @@ if TYPE_CHECKING:
         lipschitz_lower_bound,
         lipschitz_upper_bound,
     )
-    from .denoiser import DenoiserConfig, LipschitzDenoiser
-    from .layers import BjorckLinear, OrthoConv2d, SpectralNormConv2d
-    from .orthogonal import bjorck_orthonormalize
-    from .pretrained import denoiser_card, list_denoisers, load_denoiser
-    from .reconstruction import ReconstructionResult, SolverError, reconstruct
-    from .solvers import ConvergenceConditionError
-    from .splines import LinearSpline, linear_spline
-    from .tuning import TuneResult, tune
+    from lipden.models.denoiser import DenoiserConfig, LipschitzDenoiser
+    from lipden.models.pretrained import denoiser_card, list_denoisers, load_denoiser
+    from lipden.nn.activations import (
+        AbsoluteValue,
+        ClippedPReLU,
+        GroupSort,
+        HouseHolder,
+        ReLU,
+        make_activation,
+    )
+    from lipden.nn.layers import BjorckLinear, OrthoConv2d, SpectralNormConv2d
+    from lipden.nn.orthogonal import bjorck_orthonormalize
+    from lipden.nn.splines import LinearSpline, linear_spline
+    from lipden.optim.base import ConvergenceConditionError
+    from lipden.optim.baselines import tv_reconstruct
+    from lipden.optim.reconstruct import ReconstructionResult, SolverError, reconstruct
+    from lipden.optim.tuning import TuneResult, tune
 
 
 def __getattr__(name: str) -> Any:

@@ -10,8 +10,8 @@ from skimage import data as skdata
 from skimage.transform import resize
 from torch import Tensor
 
-from lipden.data import list_images, load_grayscale
-from lipden.training import DEFAULT_DATA as SHARED_DATA
+from lipden.train.data import list_images, load_grayscale
+from lipden.train.loop import DEFAULT_DATA as SHARED_DATA
 
 
 def default_image(kind: str = "natural", size: int = 256, color: bool = False) -> Tensor:

@@ -64,7 +64,7 @@ def write_tiny_model(folder: pathlib.Path) -> pathlib.Path:
     import json
 
     import lipden
-    from lipden.checkpoint import save_denoiser, sha256_of
+    from lipden.models.checkpoint import save_denoiser, sha256_of
 
     torch.manual_seed(0)
     model = lipden.LipschitzDenoiser(lipden.DenoiserConfig(channels=4, depth=3, sigma=15 / 255))

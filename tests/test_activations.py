@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lipden import AbsoluteValue, ClippedPReLU, GroupSort, HouseHolder, ReLU, make_activation
-from lipden.activations import ACTIVATIONS
+from lipden.nn.activations import ACTIVATIONS
 
 
 def jacobian_singular_values(f, x):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import problems as P
-from lipden.anderson import AndersonAccelerator
-from lipden.reconstruction import reconstruct
+from lipden.optim.anderson import AndersonAccelerator
+from lipden.optim.reconstruct import reconstruct
 
 
 def _linear_averaged_map(dimension: int, seed: int):
@@ -66,7 +66,7 @@ def test_safeguard_rejects_a_proposal_that_raises_the_residual():
 
 
 def _fbs_map(x, y, physics, denoiser, step, strength, relaxation):
-    """PnP-FBS map written out here, independently of ``lipden.solvers.make_step``."""
+    """PnP-FBS map written out here, independently of ``lipden.optim.base.make_step``."""
     v = x - step * physics.A_adjoint(physics.A(x) - y)
     d = ((1 - strength) * v + strength * denoiser(v)).clamp(0, 1)
     return x + relaxation * (d - x)
@@ -133,7 +133,7 @@ def test_proposals_are_projected_onto_the_given_set():
 
 
 def test_fixed_point_projection_is_the_box_of_box_constrained_methods():
-    from lipden.solvers import fixed_point_projection
+    from lipden.optim.base import fixed_point_projection
 
     v = torch.tensor([-1.0, 0.5, 2.0])
     for method in ("pnp-fbs", "red"):
@@ -149,7 +149,7 @@ def test_projecting_proposals_onto_the_box_saves_evaluations(mri_case, small_den
     # Box-constrained, weak prior (strength 0.01): the MRI background sits at the bound 0 and an
     # unprojected extrapolation pushes it below, failing the safeguard (measured: 48 evaluations
     # projected, 164 unprojected, 268 plain).
-    import lipden.reconstruction as reconstruction
+    import lipden.optim.reconstruct as reconstruction
 
     _, x, y, physics = mri_case
     params = dict(step=1.0, strength=0.01, relaxation=1.4, lower=0.0, upper=1.0, max_iter=4000, tol=1e-5)
@@ -170,7 +170,7 @@ def test_accelerated_drs_at_a_large_step_keeps_its_residual_non_increasing():
     their difference to round-off (measured before the fix: a 10% residual rise, not converged
     in 400 passes on this 48x48 phantom) breaks the averaged-map guarantee.
     """
-    from lipden.pretrained import load_denoiser
+    from lipden.models.pretrained import load_denoiser
 
     problem = P.problem_from_name("mri-random-x8-cf0.04-noise0.002")
     x = P.default_image("mri", 48)

@@ -24,7 +24,7 @@ from PIL import Image
 import lipden
 import problems as P
 from lipden.cli import main
-from lipden.imageio import ImageError, read_image, write_image
+from lipden.io import ImageError, read_image, write_image
 
 from .conftest import ROOT, write_tiny_model
 
@@ -400,7 +400,7 @@ def _wait_for_outputs(folder: Path, count: int, process: subprocess.Popen, timeo
 
 
 def test_signals_during_a_write_are_delivered_after_it():
-    from lipden.imageio import deferred_signals
+    from lipden.io import deferred_signals
 
     events = []
 

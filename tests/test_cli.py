@@ -45,10 +45,10 @@ def test_every_command_has_help_with_examples():
 
 
 def test_readme_cli_reference_matches_the_help_texts():
-    from lipden.cli_reference import cli_reference, replace_block
+    from lipden.cli.reference import cli_reference, replace_block
 
     text = (ROOT / "docs" / "reference.md").read_text()
-    assert replace_block(text, cli_reference()) == text, "run: python -m lipden.cli_reference README.md"
+    assert replace_block(text, cli_reference()) == text, "run: python -m lipden.cli.reference README.md"
 
 
 def test_benchmark_json_prints_only_one_object_listing_its_files(tmp_path):

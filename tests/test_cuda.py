@@ -11,12 +11,12 @@ import torch
 
 import problems as P
 from lipden import DenoiserConfig, LinearSpline, LipschitzDenoiser, OrthoConv2d, load_denoiser
-from lipden.certify import lipschitz_lower_bound
-from lipden.checkpoint import load_denoiser_file
-from lipden.conv_ops import circular_conv_singular_values
-from lipden.reconstruction import reconstruct
-from lipden.splines import get_spline_backend, set_spline_backend
-from lipden.training import TrainConfig, train
+from lipden.certify.bounds import lipschitz_lower_bound
+from lipden.models.checkpoint import load_denoiser_file
+from lipden.nn.conv_ops import circular_conv_singular_values
+from lipden.nn.splines import get_spline_backend, set_spline_backend
+from lipden.optim.reconstruct import reconstruct
+from lipden.train.loop import TrainConfig, train
 
 from .conftest import write_smooth_images
 
@@ -119,7 +119,7 @@ def test_mri_measurement_on_cuda_keeps_the_cuda_operator_on_cuda():
 
 
 def test_tuning_on_cuda_matches_the_cpu():
-    from lipden.tuning import evaluate_parameters
+    from lipden.optim.tuning import evaluate_parameters
 
     problem = P.MRIProblem("random", 4)
     images = [P.default_image("mri", 48)]
@@ -157,7 +157,7 @@ def test_a_training_step_on_cuda_never_waits_for_the_device(tmp_path):
     """Host-device synchronisations stall a GPU step (the host cannot queue the next kernels
     while it waits); the data transfer, forward, loss, backward and fused Adam step must
     have none. The loss is read only every LOSS_CHECK_EVERY steps by the trainer."""
-    from lipden.training import batch_to_device, make_optimizer, training_step
+    from lipden.train.loop import batch_to_device, make_optimizer, training_step
 
     config = TrainConfig(output=str(tmp_path), preset="paper").resolved()
     model = LipschitzDenoiser(config.model_config()).to("cuda").train()
@@ -187,8 +187,8 @@ def test_training_benchmark_measures_the_gpu_kernels():
 
 
 def test_a_cuda_graph_step_trains_like_the_eager_step_and_follows_learning_rate_changes():
-    from lipden.training import make_optimizer, set_learning_rate
-    from lipden.training_step import GraphedTrainingStep, training_step
+    from lipden.train.loop import make_optimizer, set_learning_rate
+    from lipden.train.step import GraphedTrainingStep, training_step
 
     config = TrainConfig(output="unused", preset="cpu").resolved()
 

@@ -3,7 +3,7 @@
 import json
 
 from benchmarks import curves
-from lipden.training import TrainConfig, train
+from lipden.train.loop import TrainConfig, train
 
 from .conftest import write_smooth_images
 

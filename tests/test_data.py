@@ -6,7 +6,7 @@ import pytest
 import torch
 from skimage import io
 
-from lipden.data import PatchSampler
+from lipden.train.data import PatchSampler
 
 
 @pytest.fixture

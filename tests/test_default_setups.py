@@ -10,7 +10,7 @@ import pytest
 import lipden
 import problems as P
 from lipden.cli import main
-from lipden.training import psnr
+from lipden.train.loop import psnr
 from problems.tuned import DEFAULT_ACCELERATE, DEFAULT_MAX_ITER, TUNED_DEFAULTS_FILE, tuned_setup
 
 from .conftest import ROOT

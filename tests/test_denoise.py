@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import lipden
-from lipden.checkpoint import WeightsError
+from lipden.models.checkpoint import WeightsError
 
 from .conftest import ROOT, write_tiny_model
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lipden import BjorckLinear, LinearSpline, OrthoConv2d, SpectralNormConv2d
-from lipden.conv_ops import (
+from lipden.nn.conv_ops import (
     circular_conv_norm,
     circular_conv_singular_values,
     conv2d_same,
@@ -201,7 +201,7 @@ def test_wrong_input_shape_is_a_clear_error(cls):
 
 @pytest.mark.parametrize("size,pads", [((5, 7), (1, 1)), ((3, 4), (2, 1)), ((6, 6), (0, 2)), ((1, 1), (1, 1))])
 def test_circular_pad_matches_torch_and_passes_gradcheck(size, pads):
-    from lipden.conv_ops import circular_pad
+    from lipden.nn.conv_ops import circular_pad
 
     x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
     ph, pw = pads
@@ -212,7 +212,7 @@ def test_circular_pad_matches_torch_and_passes_gradcheck(size, pads):
 
 
 def test_batched_parametrisation_equals_the_per_layer_one_with_its_gradients():
-    from lipden.layers import batched_training_weights
+    from lipden.nn.layers import batched_training_weights
 
     torch.manual_seed(0)
     layers = [OrthoConv2d(1, 8), OrthoConv2d(8, 8), OrthoConv2d(8, 8, kernel_size=5), OrthoConv2d(8, 1),

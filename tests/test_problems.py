@@ -151,7 +151,7 @@ def test_stored_tuned_defaults_are_valid_and_within_the_theorems():
     import json
 
     import lipden
-    from lipden.solvers import canonical_method, conditions, default_parameters
+    from lipden.optim.base import canonical_method, conditions, default_parameters
     from problems.base import TUNED_DEFAULTS_FILE
 
     table = json.loads(TUNED_DEFAULTS_FILE.read_text())

@@ -8,8 +8,8 @@ from skimage import io
 
 import problems as P
 from lipden.cli import main
-from lipden.solvers import averagedness, conditions
-from lipden.tuning import tune
+from lipden.optim.base import averagedness, conditions
+from lipden.optim.tuning import tune
 
 FAST = ["--max-iter", "30", "--tol", "1e-3", "--quiet"]
 
@@ -144,7 +144,7 @@ def _fake_evaluation(score, converged=lambda s: True):
 
 
 def test_tune_grid_tries_the_grid_then_extends_past_an_edge_optimum(monkeypatch):
-    import lipden.tuning as T
+    import lipden.optim.tuning as T
 
     evaluate, calls = _fake_evaluation(lambda s: -((s - 0.55) ** 2))
     monkeypatch.setattr(T, "_evaluate", evaluate)
@@ -176,7 +176,7 @@ def test_tune_grid_tries_the_grid_then_extends_past_an_edge_optimum(monkeypatch)
 
 
 def _store_many(path: str, worker: int, count: int, start) -> None:
-    from lipden.tuning import TuneResult, store_tuned
+    from lipden.optim.tuning import TuneResult, store_tuned
     start.wait()
     for k in range(count):
         store_tuned(TuneResult("problem", "tv", {"weight": worker + k / 100}, 20.0, [{}]), path,
@@ -202,7 +202,7 @@ def test_store_tuned_keeps_every_entry_when_processes_write_at_once(tmp_path):
 
 
 def test_tune_prefers_trials_that_converged(monkeypatch):
-    import lipden.tuning as T
+    import lipden.optim.tuning as T
 
     evaluate, _ = _fake_evaluation(lambda s: s, converged=lambda s: s < 0.2)
     monkeypatch.setattr(T, "_evaluate", evaluate)
@@ -299,7 +299,7 @@ def test_benchmark_tunes_a_new_row_with_the_test_stop_rule(monkeypatch):
 
     def fake_tune(problem, images, models, method, **kwargs):
         seen.update(kwargs)
-        from lipden.tuning import TuneResult
+        from lipden.optim.tuning import TuneResult
 
         return TuneResult(problem.name, method, {"weight": 0.01}, 20.0, [{}])
 
@@ -313,8 +313,8 @@ def test_benchmark_tunes_a_new_row_with_the_test_stop_rule(monkeypatch):
 
 
 def test_tune_grid_without_a_step_uses_reconstructs_default_step(monkeypatch):
-    import lipden.tuning as T
-    from lipden.solvers import default_parameters, fbs_fast_relaxation
+    import lipden.optim.tuning as T
+    from lipden.optim.base import default_parameters, fbs_fast_relaxation
 
     evaluate, calls = _fake_evaluation(lambda s: s)
     monkeypatch.setattr(T, "_evaluate", evaluate)
@@ -328,7 +328,7 @@ def test_tune_grid_without_a_step_uses_reconstructs_default_step(monkeypatch):
 
 def test_tune_extension_stops_at_the_methods_limit(monkeypatch):
     """PnP-DRS needs strength <= 1/2: an increasing score extends 0.4 to the limit 0.5, not past it."""
-    import lipden.tuning as T
+    import lipden.optim.tuning as T
 
     evaluate, calls = _fake_evaluation(lambda s: s)
     monkeypatch.setattr(T, "_evaluate", evaluate)
@@ -339,7 +339,7 @@ def test_tune_extension_stops_at_the_methods_limit(monkeypatch):
 
 
 def test_tune_best_ignores_a_nan_score():
-    from lipden.tuning import _best
+    from lipden.optim.tuning import _best
 
     trials = [{"psnr": float("nan"), "converged": False}, {"psnr": 20.0, "converged": False}]
     assert _best(trials)["psnr"] == 20.0

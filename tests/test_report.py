@@ -23,7 +23,7 @@ def test_summary_of_a_quick_run_has_denoising_and_reconstruction_tables(quick_be
     assert "Denoising, BSD68" in text and "QUICK subset" in text
     assert "| deblur-gaussian1.6-noise0.01 | PnP-FBS, spline prior |" in text
     assert "| mri-random-x4-cf0.08-noise0.002 |" in text
-    assert "![reconstructions](results/" in text
+    assert "![reconstructions](../results/" in text
     page = (quick_benchmarks / "README.md").read_text()
     assert "## Time of the quick run" in page and "not recorded" not in page  # every benchmark records its time
 

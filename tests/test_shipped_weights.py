@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import lipden
-from lipden.checkpoint import sha256_of
-from lipden.pretrained import weights_dir
+from lipden.models.checkpoint import sha256_of
+from lipden.models.pretrained import weights_dir
 
 from .conftest import DATA
 
@@ -52,14 +52,14 @@ def test_card_matches_file_and_model_is_certified(name):
 
 
 def _first_bsd68(count=3):
-    from lipden.data import list_images, load_grayscale
+    from lipden.train.data import list_images, load_grayscale
 
     return [load_grayscale(p) for p in list_images(DATA / "bsd68")[:count]]
 
 
 def _bsd68_psnr(name: str, count: int) -> float:
     """Mean PSNR of a shipped model on the first ``count`` BSD68 images (the standard protocol)."""
-    from lipden.training import evaluate, noisy_versions
+    from lipden.train.loop import evaluate, noisy_versions
 
     model = lipden.load_denoiser(name)
     clean = _first_bsd68(count)
@@ -107,8 +107,8 @@ def test_unconstrained_model_is_refused_by_the_solvers_unless_the_guarantee_is_w
     if "free-sigma15" not in SHIPPED:
         pytest.skip("free-sigma15 not shipped")
     import problems
-    from lipden.certify import CertificationError
-    from lipden.reconstruction import GuaranteeWarning
+    from lipden.certify.bounds import CertificationError
+    from lipden.optim.reconstruct import GuaranteeWarning
 
     problem = problems.DeblurProblem("gaussian", blur_sigma=1.6, noise=0.01)
     x = problems.default_image("natural", 32)

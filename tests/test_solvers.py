@@ -7,9 +7,9 @@ import torch
 
 import problems as P
 from lipden import CertificationError, DenoiserConfig, LipschitzDenoiser, load_denoiser
-from lipden.baselines import tv_reconstruct
-from lipden.reconstruction import GuaranteeWarning, SolverError, reconstruct
-from lipden.solvers import ConvergenceConditionError, averagedness, conditions, make_step
+from lipden.optim.base import ConvergenceConditionError, averagedness, conditions, make_step
+from lipden.optim.baselines import tv_reconstruct
+from lipden.optim.reconstruct import GuaranteeWarning, SolverError, reconstruct
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import torch
 from torch.autograd import gradcheck
 
 from lipden import LinearSpline, linear_spline
-from lipden.splines import SPLINE_INITS, clip_spline_slopes
+from lipden.nn.splines import SPLINE_INITS, clip_spline_slopes
 
 
 def random_spline(channels=6, knots=21, x_range=0.5, dtype=torch.float64, **kwargs):
@@ -209,7 +209,7 @@ def test_wrong_channel_count_is_a_clear_error():
 
 
 def test_compiled_forward_matches_eager():
-    from lipden.splines import get_spline_backend, set_spline_backend
+    from lipden.nn.splines import get_spline_backend, set_spline_backend
 
     spline = random_spline(channels=4, knots=11, x_range=0.5, dtype=torch.float32)
     x = torch.randn(2, 4, 9, 7, requires_grad=True)
@@ -239,7 +239,7 @@ def _spline_stack(count=3, channels=5, knots=13):
 
 
 def test_shared_weight_give_each_spline_its_own_values_and_gradients():
-    from lipden.splines import shared_spline_tables
+    from lipden.nn.splines import shared_spline_tables
 
     body = _spline_stack()
     x = torch.randn(4, 5, 6, 6, dtype=torch.float64)
@@ -264,7 +264,7 @@ def test_shared_weight_give_each_spline_its_own_values_and_gradients():
 
 
 def test_shared_weight_are_cleared_when_the_block_fails():
-    from lipden.splines import shared_spline_tables
+    from lipden.nn.splines import shared_spline_tables
 
     body = _spline_stack()
     with pytest.raises(RuntimeError, match="inside"), shared_spline_tables(body):
@@ -273,7 +273,7 @@ def test_shared_weight_are_cleared_when_the_block_fails():
 
 
 def test_total_tv2_matches_the_sum_over_splines_of_any_shapes():
-    from lipden.splines import total_tv2
+    from lipden.nn.splines import total_tv2
 
     splines = list(_spline_stack(count=3)) + list(_spline_stack(count=2, channels=3, knots=7))
     expected = sum(s.tv2() for s in splines)

@@ -1,4 +1,4 @@
-"""Tiled denoising (``lipden.tiling``): exactly the untiled result, any size, in bounded memory."""
+"""Tiled denoising (``lipden.models.tiling``): exactly the untiled result, any size, in bounded memory."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from torch import nn
 
 import lipden
 from lipden.cli import main
-from lipden.tiling import denoise_tiled, pass_tiles, receptive_field
+from lipden.models.tiling import denoise_tiled, pass_tiles, receptive_field
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def _count_body_calls(model):
 @pytest.fixture
 def default_allocator(monkeypatch):
     """The library's view of a process that keeps glibc's defaults (a CLI run in this process may not)."""
-    monkeypatch.setattr(lipden.denoiser, "freed_memory_kept", lambda: False)
+    monkeypatch.setattr(lipden.models.denoiser, "freed_memory_kept", lambda: False)
 
 
 @pytest.mark.parametrize("shape", [(5, 1, 20, 20), (1, 3, 61, 45), (2, 1, 90, 33)])
@@ -176,11 +176,11 @@ def test_cpu_passes_are_off_for_autograd_training_and_a_kept_allocator(small, mo
             small(x.detach())
         assert len(calls) == 2
         small.eval()
-        monkeypatch.setattr(lipden.denoiser, "freed_memory_kept", lambda: True)
+        monkeypatch.setattr(lipden.models.denoiser, "freed_memory_kept", lambda: True)
         with torch.no_grad():
             small(x.detach())
         assert len(calls) == 3  # freed blocks are reused anyway: one pass
-        monkeypatch.setattr(lipden.denoiser, "freed_memory_kept", lambda: False)
+        monkeypatch.setattr(lipden.models.denoiser, "freed_memory_kept", lambda: False)
         with torch.no_grad():
             small(x.detach())
         assert len(calls) > 4

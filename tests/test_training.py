@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
-from lipden.checkpoint import WeightsError, load_denoiser_file, load_tensors
-from lipden.denoiser import LipschitzDenoiser
-from lipden.training import TrainConfig, train
+from lipden.models.checkpoint import WeightsError, load_denoiser_file, load_tensors
+from lipden.models.denoiser import LipschitzDenoiser
+from lipden.train.loop import TrainConfig, train
 
 from .conftest import ROOT, write_smooth_images
 
@@ -84,7 +84,7 @@ def test_torchrun_two_cpu_ranks_end_with_identical_weights(image_folders, tmp_pa
 
 @pytest.mark.slow
 def test_torchrun_ranks_all_stop_in_one_line_when_the_folder_is_held(image_folders, tmp_path):
-    from lipden.training import run_lock
+    from lipden.train.loop import run_lock
 
     train_dir, val_dir = image_folders
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -111,7 +111,7 @@ def test_mixed_precision_keeps_the_constraint_in_float32(image_folders, tmp_path
         weight = conv.constrained_weight()
         activated = spline(conv(torch.rand(2, 4, 8, 8)))
     assert weight.dtype == torch.float32 and activated.dtype == torch.float32
-    from lipden.conv_ops import circular_conv_singular_values
+    from lipden.nn.conv_ops import circular_conv_singular_values
 
     values = circular_conv_singular_values(weight, (8, 8))
     assert float((values - 1).abs().max()) < 1e-4  # orthogonal to float32 accuracy, not bf16's 1e-2
@@ -122,7 +122,7 @@ def test_mixed_precision_keeps_the_constraint_in_float32(image_folders, tmp_path
 
 
 def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(image_folders, tmp_path):
-    from lipden.training import TrainingDiverged
+    from lipden.train.loop import TrainingDiverged
 
     train(tiny_config(image_folders, tmp_path, steps=4), progress=False)
     state = tmp_path / "train_state.safetensors"
@@ -141,7 +141,7 @@ import sys
 import torch
 torch.set_num_threads({threads})
 sys.path.insert(0, {root!r})
-from lipden.training import TrainConfig, train
+from lipden.train.loop import TrainConfig, train
 train(TrainConfig(output={output!r}, train_dir={train!r}, val_dir={val!r}, channels=4, depth=3, batch_size=4,
                   patch_size=16, steps={steps}, validate_every=1), progress=False)
 """
@@ -187,7 +187,7 @@ def test_a_time_budget_also_schedules_the_learning_rate_decay(image_folders, tmp
     run stops at the budget: simulated clock, 10 s per reading."""
     import types
 
-    from lipden import training
+    from lipden.train import loop as training
 
     clock = {"t": 0.0}
 
@@ -221,7 +221,7 @@ def test_a_training_step_never_reads_a_value_back_from_the_device(preset):
     (``.item()``, ``bool(tensor)``, a NaN scan, ``bincount``'s index range) fails there. A whole
     step running on it is the CPU-side check that a GPU step never makes the host wait
     (tests/test_cuda.py checks the same on a GPU with torch.cuda.set_sync_debug_mode)."""
-    from lipden.training import make_optimizer, training_step
+    from lipden.train.loop import make_optimizer, training_step
 
     config = TrainConfig(output="unused", preset=preset).resolved()
     model = LipschitzDenoiser(config.model_config()).to("meta").train()
@@ -237,7 +237,7 @@ def test_a_time_due_checkpoint_between_validations_resumes_exactly(image_folders
     and a run resumed from such a state ends with the uninterrupted run's weights."""
     import shutil
 
-    import lipden.training as training
+    import lipden.train.loop as training
 
     saved_at: list[int] = []
     original = training.save_tensors_atomic
@@ -269,7 +269,7 @@ def test_a_time_due_checkpoint_between_validations_resumes_exactly(image_folders
 
 def test_a_second_trainer_is_refused_while_the_first_holds_the_folder(image_folders, tmp_path, capsys):
     from lipden.cli import main
-    from lipden.training import RunLocked, run_lock
+    from lipden.train.loop import RunLocked, run_lock
 
     with run_lock(tmp_path):
         with pytest.raises(RunLocked, match=f"is being trained by pid {os.getpid()}"):
@@ -285,7 +285,7 @@ def test_the_lock_of_a_killed_trainer_is_taken_over(image_folders, tmp_path):
     import signal
 
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import pathlib, sys, time; from lipden.training import run_lock\n"
+        "import pathlib, sys, time; from lipden.train.loop import run_lock\n"
         f"with run_lock(pathlib.Path({str(tmp_path)!r})):\n    print('held', flush=True); time.sleep(60)")],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

@@ -3,7 +3,7 @@
 Batches (a folder, or several inputs) are resumable: every output is written atomically
 (complete or absent), an interrupt (Ctrl-C, SIGTERM) keeps the finished ones, and a rerun
 skips the outputs that exist (``--force`` redoes them). Images above ``AUTO_TILE_PIXELS``
-are denoised tile by tile (:mod:`lipden.tiling`): the same result in bounded memory.
+are denoised tile by tile (:mod:`lipden.models.tiling`): the same result in bounded memory.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .imageio import READABLE, deferred_signals, read_image, write_image
-from .pretrained import list_denoisers, load_denoiser
-from .training import psnr
+from lipden.io import READABLE, deferred_signals, read_image, write_image
+from lipden.models.pretrained import list_denoisers, load_denoiser
+from lipden.train.loop import psnr
 
 #: Images with more pixels than this are tiled unless ``--tile`` says otherwise.
 AUTO_TILE_PIXELS = 1024 * 1024
@@ -274,7 +274,7 @@ def _denoise_one(args, job: _Job, index: int, model, model_name: str, device: to
         if used_tile is None:
             out = model(noisy[None].to(device), sigma=sigma)[0].cpu()
         else:
-            from .tiling import denoise_tiled
+            from lipden.models.tiling import denoise_tiled
 
             out = denoise_tiled(model, noisy[None], sigma, tile=used_tile, device=device)[0].cpu()
     seconds = time.perf_counter() - start

@@ -19,13 +19,13 @@ import deepinv
 import torch
 from torch import Tensor, nn
 
-from .activations import ACTIVATION_ALIASES, ACTIVATIONS, make_activation
-from .allocator import freed_memory_kept
-from .averaged import Averaged
-from .certify import lipschitz_upper_bound
-from .layers import OrthoConv2d, SpectralNormConv2d, shared_training_weights
-from .splines import LinearSpline, shared_spline_tables, total_tv2
-from .tiling import run_in_bounded_passes
+from lipden._memory import freed_memory_kept
+from lipden.certify.averaged import Averaged
+from lipden.certify.bounds import lipschitz_upper_bound
+from lipden.models.tiling import run_in_bounded_passes
+from lipden.nn.activations import ACTIVATION_ALIASES, ACTIVATIONS, make_activation
+from lipden.nn.layers import OrthoConv2d, SpectralNormConv2d, shared_training_weights
+from lipden.nn.splines import LinearSpline, shared_spline_tables, total_tv2
 
 CONV_TYPES = ("ortho", "spectral", "free")
 
@@ -119,11 +119,11 @@ class LipschitzDenoiser(deepinv.models.Denoiser):
     mode; in training mode that scan is skipped (it would stall every GPU step on a device
     read-back) and the trainer checks the loss instead.
 
-    On a CPU, in a process that has not applied :func:`lipden.allocator.keep_freed_memory`
+    On a CPU, in a process that has not applied :func:`lipden._memory.keep_freed_memory`
     (the command line applies it; a Python program using the library usually has not), an
     eval-mode call under ``torch.no_grad()`` (as in the solvers) runs the network in passes
     whose widest activation takes at most ``cpu_pass_bytes`` (several small images per pass,
-    a large image in exact tiles; :func:`lipden.tiling.run_in_bounded_passes`). Same
+    a large image in exact tiles; :func:`lipden.models.tiling.run_in_bounded_passes`). Same
     result; glibc then serves the activations from reused heap memory instead of fresh
     page-faulting ``mmap`` blocks, which made a forward on eight 256x256 images 1.75-2.4x
     faster on 2 CPU cores (``benchmarks/speed.py`` (g)). ``cpu_pass_bytes = None`` turns this off.

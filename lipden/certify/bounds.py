@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .activations import ACTIVATIONS
-from .averaged import Averaged
-from .conv_ops import conv_operator_norm_bound
-from .layers import _LipschitzConv2d
+from lipden.certify.averaged import Averaged
+from lipden.nn.activations import ACTIVATIONS
+from lipden.nn.conv_ops import conv_operator_norm_bound
+from lipden.nn.layers import _LipschitzConv2d
 
 
 class CertificationError(ValueError):
@@ -226,7 +226,7 @@ def check_averaged(
     T is alpha-averaged iff ``R = (T - (1 - alpha) Id) / alpha`` is nonexpansive. R's
     Lipschitz constant is bounded from below by search (falsifies the claim when > 1);
     if ``nonexpansive_part`` (the module R) is given, or ``operator`` is an
-    :class:`~lipden.averaged.Averaged` with the same alpha, R's certified upper bound proves it.
+    :class:`~lipden.certify.averaged.Averaged` with the same alpha, R's certified upper bound proves it.
     """
     if not 0 < alpha <= 1:
         raise ValueError(f"alpha must be in (0, 1], got {alpha}")

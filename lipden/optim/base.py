@@ -84,7 +84,7 @@ def fixed_point_projection(method: str, params: dict) -> Callable[[Tensor], Tens
 
     With box bounds (pnp-fbs, red) every fixed point is the output of the box projection,
     hence lies in the box C, and P_C moves no point farther from any of them
-    (``||P_C v - p|| <= ||v - p||`` for p in C): ``lipden.anderson`` uses it on its
+    (``||P_C v - p|| <= ||v - p||`` for p in C): ``lipden.optim.anderson`` uses it on its
     extrapolations. Without bounds, or for pnp-drs (whose iterate is not an image), None.
     """
     bounds = box_bounds(params)

@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .denoiser import DenoiserConfig, LipschitzDenoiser
+from lipden.models.denoiser import DenoiserConfig, LipschitzDenoiser
 
 METADATA_KEY = "lipden"
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from .denoise_cli import _ssim, check_device, check_writable_folder, same_file, tile_for
-from .imageio import READABLE, deferred_signals, read_image, write_image
-from .pretrained import load_denoiser
-from .reconstruction import reconstruct
-from .training import psnr
+from lipden.cli.denoise import _ssim, check_device, check_writable_folder, same_file, tile_for
+from lipden.io import READABLE, deferred_signals, read_image, write_image
+from lipden.models.pretrained import load_denoiser
+from lipden.optim.reconstruct import reconstruct
+from lipden.train.loop import psnr
 
 
 def build_problem(args: argparse.Namespace, image_size: tuple[int, int] | None = None):
@@ -149,7 +149,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
                  if getattr(args, k) is not None}}
     max_iter = setup.max_iter if args.max_iter is None else args.max_iter
     accelerate = setup.accelerate if args.accelerate is None else args.accelerate
-    from .solvers import box_bounds, canonical_method, fbs_fast_relaxation, parameter_names
+    from lipden.optim.base import box_bounds, canonical_method, fbs_fast_relaxation, parameter_names
 
     method = canonical_method(args.method)
     if (args.lower is not None or args.upper is not None) and "lower" not in parameter_names(method):

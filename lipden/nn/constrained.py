@@ -7,7 +7,7 @@ from typing import Generic, TypeVar
 import torch
 from torch import nn
 
-from .precision import autocast_disabled
+from lipden.nn.precision import autocast_disabled
 
 #: what a layer computes from its raw parameters: a kernel tensor, or a spline's lookup tables
 WeightT = TypeVar("WeightT")

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .splines import LinearSpline
+from lipden.nn.splines import LinearSpline
 
 
 def _check_channels(x: Tensor, num_channels: int, name: str) -> None:

@@ -67,7 +67,7 @@ def receptive_field(denoiser: nn.Module) -> tuple[tuple[int, int], str]:
     transposed convolutions, pooling, global normalization, mixed padding modes, no
     convolution at all): pass ``overlap=`` and ``padding_mode=`` to :func:`denoise_tiled`.
     """
-    from .layers import _LipschitzConv2d
+    from lipden.nn.layers import _LipschitzConv2d
 
     radius_h = radius_w = 0
     modes: set[str] = set()
@@ -248,7 +248,7 @@ def run_in_bounded_passes(network: nn.Module, x: Tensor, max_pixels: int) -> Ten
     so a network whose activations are that large (``B x channels x H x W`` floats: 64 MiB
     for 8 images of 256 x 256 at 32 channels) pays the page faults at every layer; measured
     for the shipped 32-channel denoisers on 2 cores, 2.4x longer per image than one image
-    at a time. Passes of a few MiB reuse heap memory (:mod:`lipden.allocator` is the other
+    at a time. Passes of a few MiB reuse heap memory (:mod:`lipden._memory` is the other
     remedy, for a whole process).
     """
     planes = x.shape[0]

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .constrained import ConstrainedLayer
-from .precision import autocast_disabled
+from lipden.nn.constrained import ConstrainedLayer
+from lipden.nn.precision import autocast_disabled
 
 SPLINE_INITS = ("identity", "relu", "absolute_value", "maxmin", "zero")
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_denoiser_file, load_tensors, save_denoiser, sha256_of
-from .data import list_images, load_grayscale
-from .pretrained import CERTIFY_SHAPE, weights_dir
-from .training import DEFAULT_DATA, evaluate, noisy_versions
+from lipden.models.checkpoint import load_denoiser_file, load_tensors, save_denoiser, sha256_of
+from lipden.models.pretrained import CERTIFY_SHAPE, weights_dir
+from lipden.train.data import list_images, load_grayscale
+from lipden.train.loop import DEFAULT_DATA, evaluate, noisy_versions
 
 
 def evaluate_folder(model: torch.nn.Module, folder: str | Path, sigma: float, limit: int | None = None) -> float:

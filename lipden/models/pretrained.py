@@ -11,15 +11,15 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import WeightsError, load_denoiser_file, sha256_of
-from .denoiser import LipschitzDenoiser
+from lipden.models.checkpoint import WeightsError, load_denoiser_file, sha256_of
+from lipden.models.denoiser import LipschitzDenoiser
 
 CERTIFY_SHAPE = (1, 1, 40, 40)
 
 
 def weights_dir() -> Path:
     """The folder of shipped weights: ``weights/`` of the source tree or the installed package."""
-    source = Path(__file__).resolve().parents[1] / "weights"
+    source = Path(__file__).resolve().parents[2] / "weights"
     if source.is_dir():
         return source
     try:

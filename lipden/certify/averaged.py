@@ -26,6 +26,6 @@ class Averaged(nn.Module):
 
     def lipschitz_certificate(self, input_shape: tuple[int, ...]) -> float:
         """Certified Lipschitz bound ``(1 - alpha) + alpha Lip(R)``."""
-        from .certify import lipschitz_upper_bound
+        from lipden.certify.bounds import lipschitz_upper_bound
 
         return (1 - self.alpha) + self.alpha * lipschitz_upper_bound(self.inner, input_shape)

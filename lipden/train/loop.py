@@ -28,12 +28,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checkpoint import load_tensors, save_denoiser, save_tensors_atomic
-from .data import PatchSampler, default_data_root, list_images, load_grayscale
-from .denoiser import PRESETS, DenoiserConfig, LipschitzDenoiser
-from .precision import default_mixed_precision
-from .splines import LinearSpline, set_spline_backend
-from .training_step import GraphedTrainingStep, batch_to_device, cudnn_autotuning, training_step
+from lipden.models.checkpoint import load_tensors, save_denoiser, save_tensors_atomic
+from lipden.models.denoiser import PRESETS, DenoiserConfig, LipschitzDenoiser
+from lipden.nn.precision import default_mixed_precision
+from lipden.nn.splines import LinearSpline, set_spline_backend
+from lipden.train.data import PatchSampler, default_data_root, list_images, load_grayscale
+from lipden.train.step import GraphedTrainingStep, batch_to_device, cudnn_autotuning, training_step
 
 DEFAULT_DATA = default_data_root()  # $LIPDEN_DATA, else ../shared/data
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .paths import DATA_ENV, default_data_root  # noqa: F401  (re-exported)
+from lipden.paths import DATA_ENV, default_data_root  # noqa: F401  (re-exported)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .constrained import ConstrainedLayer
-from .conv_ops import (
+from lipden.nn.constrained import ConstrainedLayer
+from lipden.nn.conv_ops import (
     EXACT_NORM_MAX_PIXELS,
     PaddingMode,
     check_padding_mode,
@@ -31,8 +31,8 @@ from .conv_ops import (
     conv2d_same_adjoint,
     conv_operator_norm_bound,
 )
-from .orthogonal import bjorck_orthonormalize
-from .precision import autocast_disabled
+from lipden.nn.orthogonal import bjorck_orthonormalize
+from lipden.nn.precision import autocast_disabled
 
 
 class _Factory(TypedDict):

@@ -73,9 +73,9 @@ class UserError(Exception):
 def _certify(args: argparse.Namespace) -> int:
     import torch
 
-    from .certify import lipschitz_bounds
-    from .denoiser import PRESETS, DenoiserConfig, LipschitzDenoiser
-    from .pretrained import load_denoiser
+    from lipden.certify.bounds import lipschitz_bounds
+    from lipden.models.denoiser import PRESETS, DenoiserConfig, LipschitzDenoiser
+    from lipden.models.pretrained import load_denoiser
 
     torch.manual_seed(args.seed)
     if args.model:
@@ -113,7 +113,7 @@ def _certify(args: argparse.Namespace) -> int:
 
 
 def _denoise(args: argparse.Namespace) -> int:
-    from .denoise_cli import run_denoise
+    from lipden.cli.denoise import run_denoise
 
     return run_denoise(args)
 
@@ -121,7 +121,7 @@ def _denoise(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from .training import TrainConfig, train
+    from lipden.train.loop import TrainConfig, train
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = TrainConfig(
@@ -141,7 +141,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from .publish import publish
+    from lipden.train.publish import publish
 
     card = publish(args.run, args.name, force=args.force)
     if args.json:
@@ -158,7 +158,7 @@ def _bound_text(bound: float | None) -> str:
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
-    from .reconstruct_cli import run_reconstruct
+    from lipden.cli.reconstruct import run_reconstruct
 
     return run_reconstruct(args)
 
@@ -182,10 +182,16 @@ def _assignments(items: list[str] | None, option: str, many: bool) -> dict:
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from lipden.optim.tuning import (
+        TRIAL_MAX_ITER,
+        TRIAL_TOL,
+        check_grid,
+        defaults_key,
+        store_tuned,
+        tune,
+    )
     from problems import dev_set, load_ground_truths, problem_from_name
     from problems.base import TUNED_DEFAULTS_FILE
-
-    from .tuning import TRIAL_MAX_ITER, TRIAL_TOL, check_grid, defaults_key, store_tuned, tune
 
     problem = problem_from_name(args.problem)
     grid = _assignments(args.grid, "--grid", many=True) if args.grid else None
@@ -324,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--json", action="store_true", help="print one JSON object")
     certify.set_defaults(handler=_certify)
 
-    from .paths import default_data_root
+    from lipden.paths import default_data_root
 
     DEFAULT_DATA = default_data_root()
     train = sub.add_parser(
@@ -507,17 +513,17 @@ def _validate(args: argparse.Namespace) -> None:
         if args.accelerate is not None and args.accelerate < 0:
             raise UserError(f"--accelerate is an Anderson memory and must be >= 0, got {args.accelerate}")
     if args.command == "reconstruct" and args.box:
-        from .solvers import BOUND_PARAMETERS, canonical_method, parameter_names
+        from lipden.optim.base import BOUND_PARAMETERS, canonical_method, parameter_names
 
         if BOUND_PARAMETERS[0] not in parameter_names(canonical_method(args.method)):
             raise UserError(f"--box applies to pnp-fbs and red, not {args.method}")
     if args.command == "tune" and args.box:
-        from .solvers import BOUND_PARAMETERS, parameter_names
+        from lipden.optim.base import BOUND_PARAMETERS, parameter_names
 
         if args.method == "tv" or BOUND_PARAMETERS[0] not in parameter_names(args.method):
             raise UserError(f"--box applies to pnp-fbs and red, not {args.method}")
     if args.command in ("tune", "benchmark"):  # denoise and reconstruct check theirs where they place tensors
-        from .denoise_cli import check_device
+        from lipden.cli.denoise import check_device
 
         check_device(args.device)
     if args.command == "benchmark":
@@ -612,13 +618,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code: 0, 1 (training diverged), 2 (bad input, one line on stderr),
     130 (interrupted by Ctrl-C) or 143 (SIGTERM). Outputs are written atomically, so an
     interrupted batch keeps every finished output and leaves no partial file."""
-    from .allocator import keep_freed_memory
+    from lipden._memory import keep_freed_memory
 
     keep_freed_memory()  # large activations reuse freed buffers (about 2x faster on CPU)
     parser = build_parser()
     _one_line_errors(parser)
     args = parser.parse_args(argv)
-    from .reconstruction import SolverError  # imports torch: only once a command runs
+    from lipden.optim.reconstruct import SolverError  # imports torch: only once a command runs
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         _Termination.requested = _Termination.handled = False
@@ -642,7 +648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 143 if terminated else 130
     except (MemoryError, RuntimeError) as error:
-        from .training import TrainingDiverged
+        from lipden.train.loop import TrainingDiverged
 
         if isinstance(error, TrainingDiverged):
             print(f"lipden {args.command}: error: {error}", file=sys.stderr)

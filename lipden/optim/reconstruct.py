@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .anderson import AndersonAccelerator
-from .certify import CertificationError, lipschitz_upper_bound
-from .solvers import (
+from lipden.certify.bounds import CertificationError, lipschitz_upper_bound
+from lipden.optim.anderson import AndersonAccelerator
+from lipden.optim.base import (
     ConvergenceConditionError,
     averagedness,
     canonical_method,
@@ -170,7 +170,7 @@ def reconstruct(
         method: ``pnp-fbs`` (params step, strength, relaxation), ``pnp-drs`` / ``pnp-admm``
             (step, strength, relaxation) or ``red`` (weight, step); ``pnp-fbs`` and ``red``
             also take box bounds ``lower`` / ``upper`` (projection after each step, e.g.
-            ``lower=0, upper=1`` for images in [0, 1]); see ``lipden.solvers.conditions`` for
+            ``lower=0, upper=1`` for images in [0, 1]); see ``lipden.optim.base.conditions`` for
             each theorem and its exact hypotheses.
         x0: warm start (default ``A^T y``: the zero-filled image for MRI).
         x_true: ground truth, for a per-iteration PSNR.
@@ -185,7 +185,7 @@ def reconstruct(
         accelerate: Anderson memory m (0, the default: the plain iteration z_{k+1} = T z_k).
             With m >= 1 each pass proposes an Anderson extrapolation from the last m pairs
             (z, T z), projected onto the box when there is one (it holds every fixed point),
-            and keeps it only if it passes a safeguard (``lipden.anderson``: it lowers
+            and keeps it only if it passes a safeguard (``lipden.optim.anderson``: it lowers
             the residual ||T z - z|| by a fixed fraction and the accepted steps stay within a
             finite length budget), else takes the plain step. Under the method's theorem (T
             averaged) the iterates still converge to a fixed point of T and the residuals are
@@ -253,7 +253,7 @@ def reconstruct(
 
     def denoise(v: Tensor) -> Tensor:
         if tile is not None:
-            from .tiling import denoise_tiled
+            from lipden.models.tiling import denoise_tiled
 
             out = denoise_tiled(denoiser, v, sigma, tile=tile)
         else:

@@ -17,10 +17,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .baselines import tv_reconstruct
-from .pretrained import load_denoiser
-from .reconstruction import psnr_per_image, reconstruct
-from .solvers import (
+from lipden.models.pretrained import load_denoiser
+from lipden.optim.base import (
     box_bounds,
     canonical_method,
     conditions,
@@ -28,6 +26,8 @@ from .solvers import (
     fbs_fast_relaxation,
     parameter_names,
 )
+from lipden.optim.baselines import tv_reconstruct
+from lipden.optim.reconstruct import psnr_per_image, reconstruct
 
 #: Coarse grids; step for pnp-fbs is in units of 1/L (rescaled per problem).
 COARSE_GRIDS: dict[str, list[dict]] = {

@@ -1,0 +1,1 @@
+"""Certified Lipschitz bounds and averagedness of networks."""

@@ -1,0 +1,1 @@
+"""The denoiser, its checkpoints and the pretrained registry."""

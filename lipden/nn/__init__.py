@@ -1,0 +1,1 @@
+"""1-Lipschitz building blocks: splines, activations, constrained convolutions."""

@@ -1,0 +1,1 @@
+"""Provably convergent reconstruction: PnP-FBS, PnP-DRS/ADMM, RED, TV, tuning."""

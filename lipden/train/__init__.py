@@ -1,0 +1,1 @@
+"""Training of denoisers on image patches, and publishing to weights/."""
