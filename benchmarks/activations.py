@@ -159,7 +159,7 @@ def plot_model(path: Path, name: str, splines: list[LinearSpline], title_note: s
 
 def run(quick: bool = False, output: str = "results") -> dict:
     """Plot and summarise the learned splines; quick mode: spline-sigma15 only, ``-quick`` files."""
-    from lipden.train.data import list_images, load_grayscale
+    from lipden.io import list_images, load_grayscale
 
     started = time.perf_counter()
     shipped = set(list_denoisers())

@@ -35,10 +35,11 @@ from skimage.metrics import structural_similarity
 from torch import Tensor
 
 from lipden.certify.bounds import CertificationError, lipschitz_upper_bound
+from lipden.io import list_images, load_grayscale
+from lipden.metrics import psnr
 from lipden.models.checkpoint import WeightsError, load_denoiser_file, sha256_of
 from lipden.models.pretrained import denoiser_card, list_denoisers, weights_dir
-from lipden.train.data import list_images, load_grayscale
-from lipden.train.loop import DEFAULT_DATA, noisy_versions, psnr
+from lipden.train.loop import DEFAULT_DATA, noisy_versions
 from lipden.train.publish import evaluate_folder
 
 from .common import interleaved_medians, machine, write_results

@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lipden.cli.denoise import _ssim
 from lipden.io import read_image, write_image
+from lipden.metrics import psnr_per_image, ssim
 from lipden.models.pretrained import denoiser_card, list_denoisers, load_denoiser
 from lipden.nn.splines import set_spline_backend
 from lipden.optim.base import default_parameters, fbs_fast_relaxation
 from lipden.optim.baselines import TV_INNER_ITERATIONS, TV_INNER_TOL, tv_reconstruct
-from lipden.optim.reconstruct import psnr_per_image, reconstruct
-from lipden.optim.tuning import TRIAL_MAX_ITER, TRIAL_TOL, _batches, defaults_key, tune
+from lipden.optim.reconstruct import reconstruct
+from lipden.optim.tuning import TRIAL_MAX_ITER, TRIAL_TOL, batches_by_shape, defaults_key, tune
 from problems import dev_set, problem_from_name
 
 from .common import WRITTEN, device_name, machine, table_cell, write_results, write_text_atomic
@@ -140,7 +140,7 @@ def _iteration_cap(problem, row: Row, max_iter: int, quick: bool) -> int:
 def _chunks(images: list[Tensor], chunk: int) -> list[tuple[list[int], Tensor]]:
     """Batches of at most ``chunk`` same-shape images (0: one batch per shape), in test order."""
     out = []
-    for indices, batch in _batches(images):
+    for indices, batch in batches_by_shape(images):
         size = chunk or len(indices)
         out += [(indices[s : s + size], batch[s : s + size]) for s in range(0, len(indices), size)]
     return out
@@ -237,7 +237,7 @@ def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_it
                     "relative_residual": [float(v) for v in result.relative_residuals[:own, b]]}
         scores = psnr_per_image(x, truth).tolist()
         for b, i in enumerate(indices):
-            per["psnr"][i], per["ssim"][i] = scores[b], _ssim(x[b].cpu(), truth[b].cpu())
+            per["psnr"][i], per["ssim"][i] = scores[b], ssim(x[b].cpu(), truth[b].cpu())
             per["iterations"][i], per["converged"][i] = its[b], conv[b]
             if i == 0:
                 first = x[b : b + 1].detach().clamp(0, 1).cpu()

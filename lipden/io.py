@@ -1,4 +1,5 @@
-"""Reading and writing images for the CLI: float tensors (C, H, W) in [0, 1], atomic writes."""
+"""Images and files: reading and writing float tensors (C, H, W) or (H, W) in [0, 1], listing
+image folders, the data root, and the one atomic write every output goes through."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import os
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from lipden.paths import DATA_ENV, default_data_root
+
+__all__ = ["DATA_ENV", "default_data_root"]  # and every public name below
 
 READABLE = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
 
@@ -134,6 +139,37 @@ def deferred_signals() -> Iterator[None]:
             signal.raise_signal(received[0])  # the restored handler runs now
 
 
+def atomic_write(path: str | Path, write: Callable[[str], object], *, force: bool = True) -> None:
+    """Write ``path`` all at once: ``write(tmp)`` fills a hidden file in the same folder, which
+    is then renamed over ``path`` (``os.replace``) with SIGINT / SIGTERM held meanwhile.
+
+    ``path`` is never seen half-written and no temporary file is left behind, whatever
+    ``write`` raises. With ``force=False`` an existing ``path`` is refused (FileExistsError).
+    The folder must exist. The file is made readable by all (0o644).
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise FileExistsError(f"output exists: {path} (use --force to overwrite)")
+    with deferred_signals():
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        except OSError as error:
+            raise OSError(f"cannot write to {path.parent}: {error.strerror or error}") from error
+        os.close(fd)
+        try:
+            write(tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str, *, force: bool = True) -> None:
+    """:func:`atomic_write` of a UTF-8 text."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), force=force)
+
+
 def write_image(path: str | Path, image: Tensor, bits: int = 8, force: bool = False) -> None:
     """Write a (C, H, W) tensor in [0, 1] (clipped) atomically; refuse to overwrite without force.
 
@@ -160,34 +196,52 @@ def write_image(path: str | Path, image: Tensor, bits: int = 8, force: bool = Fa
     array = image.detach().cpu().float().permute(1, 2, 0).numpy()
     if array.shape[-1] == 1:
         array = array[..., 0]
-    with deferred_signals():
-        try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        except OSError as error:
-            raise OSError(f"cannot write to {path.parent}: {error.strerror or error}") from error
-        os.close(fd)
-        try:
-            if suffix == ".npy":
-                with open(tmp, "wb") as handle:
-                    np.save(handle, array.astype(np.float32))
-            else:
-                from PIL import Image
 
-                clipped = np.clip(array, 0, 1)
-                grey_tiff = clipped.ndim == 2 and suffix in (".tif", ".tiff")
-                if bits == 32 and grey_tiff:
-                    Image.fromarray(clipped.astype(np.float32)).save(tmp, format="TIFF")
-                elif bits >= 16 and clipped.ndim == 2 and suffix in (".png", ".tif", ".tiff"):
-                    Image.fromarray(np.round(clipped * 65535).astype(np.uint16)).save(tmp, format=_format(suffix))
-                else:
-                    Image.fromarray(np.round(clipped * 255).astype(np.uint8)).save(tmp, format=_format(suffix))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    def write(tmp: str) -> None:
+        if suffix == ".npy":
+            with open(tmp, "wb") as handle:
+                np.save(handle, array.astype(np.float32))
+            return
+        from PIL import Image
+
+        clipped = np.clip(array, 0, 1)
+        grey_tiff = clipped.ndim == 2 and suffix in (".tif", ".tiff")
+        if bits == 32 and grey_tiff:
+            Image.fromarray(clipped.astype(np.float32)).save(tmp, format="TIFF")
+        elif bits >= 16 and clipped.ndim == 2 and suffix in (".png", ".tif", ".tiff"):
+            Image.fromarray(np.round(clipped * 65535).astype(np.uint16)).save(tmp, format=_format(suffix))
+        else:
+            Image.fromarray(np.round(clipped * 255).astype(np.uint8)).save(tmp, format=_format(suffix))
+
+    atomic_write(path, write)
 
 
 def _format(suffix: str) -> str:
     return {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}[suffix]
 
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files of a folder, sorted by name (the order of the evaluation protocol)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files
+
+
+def load_grayscale(path: str | Path) -> Tensor:
+    """Load an image as a (H, W) float32 tensor in [0, 1] (colour is converted to luminance)."""
+    from skimage import color, util
+    from skimage import io as skio
+
+    image = skio.imread(str(path))
+    if image.ndim == 3:
+        if image.shape[-1] == 4:
+            image = color.rgba2rgb(image)
+        image = color.rgb2gray(image)
+    return torch.from_numpy(np.ascontiguousarray(util.img_as_float32(image)))

@@ -10,8 +10,9 @@ from skimage import data as skdata
 from skimage.transform import resize
 from torch import Tensor
 
-from lipden.train.data import list_images, load_grayscale
-from lipden.train.loop import DEFAULT_DATA as SHARED_DATA
+from lipden.io import default_data_root, list_images, load_grayscale
+
+SHARED_DATA = default_data_root()
 
 
 def default_image(kind: str = "natural", size: int = 256, color: bool = False) -> Tensor:

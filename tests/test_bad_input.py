@@ -25,8 +25,7 @@ import lipden
 import problems as P
 from lipden.cli import main
 from lipden.io import ImageError, read_image, write_image
-
-from .conftest import ROOT, write_tiny_model
+from tests.helpers import ROOT, write_tiny_model
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 FAST = ["--max-iter", "3", "--quiet"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmarks import reconstruction
-from tests.conftest import DATA
+from tests.helpers import DATA
 
 pytestmark = pytest.mark.skipif(not (DATA / "mri_colin27").is_dir(), reason="needs ../shared/data")
 

@@ -10,8 +10,7 @@ from lipden import (
     lipschitz_bounds,
     lipschitz_upper_bound,
 )
-
-from .conftest import full_operator
+from tests.helpers import full_operator
 
 
 def lipschitz_stack(activation="spline", channels=8):

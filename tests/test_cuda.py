@@ -17,8 +17,7 @@ from lipden.nn.conv_ops import circular_conv_singular_values
 from lipden.nn.splines import get_spline_backend, set_spline_backend
 from lipden.optim.reconstruct import reconstruct
 from lipden.train.loop import TrainConfig, train
-
-from .conftest import write_smooth_images
+from tests.helpers import write_smooth_images
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

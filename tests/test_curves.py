@@ -4,8 +4,7 @@ import json
 
 from benchmarks import curves
 from lipden.train.loop import TrainConfig, train
-
-from .conftest import write_smooth_images
+from tests.helpers import write_smooth_images
 
 
 def test_curves_follow_the_runs_and_are_not_rewritten_when_unchanged(tmp_path):

@@ -10,10 +10,9 @@ import pytest
 import lipden
 import problems as P
 from lipden.cli import main
-from lipden.train.loop import psnr
+from lipden.metrics import psnr
 from problems.tuned import DEFAULT_ACCELERATE, DEFAULT_MAX_ITER, TUNED_DEFAULTS_FILE, tuned_setup
-
-from .conftest import ROOT
+from tests.helpers import ROOT
 
 TUNED_PROBLEMS = sorted(json.loads(TUNED_DEFAULTS_FILE.read_text()))
 

@@ -10,8 +10,7 @@ from PIL import Image
 
 import lipden
 from lipden.models.checkpoint import WeightsError
-
-from .conftest import ROOT, write_tiny_model
+from tests.helpers import ROOT, write_tiny_model
 
 
 @pytest.fixture(scope="module")

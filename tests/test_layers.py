@@ -13,8 +13,7 @@ from lipden.nn.conv_ops import (
     convolution_norm_bound_any_size,
     trig_grid_factor,
 )
-
-from .conftest import full_operator
+from tests.helpers import full_operator
 
 CONV_CASES = [
     ("ortho-circular", lambda ci, co: OrthoConv2d(ci, co, 3, padding_mode="circular")),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
+from tests.helpers import ROOT
 
 FALLBACK_PACKAGES = ["lipden", "problems", "weights"]  # [tool.setuptools] packages
 BUILD_JUNK = ("build", "dist", "lipden.egg-info")

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import problems as P
-
-from .conftest import full_operator
+from tests.helpers import full_operator
 
 SMALL = [
     "deblur-gaussian1.6-noise0.01",

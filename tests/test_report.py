@@ -7,8 +7,7 @@ import pytest
 
 from benchmarks.common import table_cell
 from benchmarks.report import SUMMARY_END, SUMMARY_START, run, summary, time_of_the_run
-
-from .conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_readme_results_summary_is_built_from_the_committed_results():

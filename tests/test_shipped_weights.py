@@ -9,8 +9,7 @@ import torch
 import lipden
 from lipden.models.checkpoint import sha256_of
 from lipden.models.pretrained import weights_dir
-
-from .conftest import DATA
+from tests.helpers import DATA
 
 # Mean PSNR (dB) floors on the first 3 BSD68 images with the standard protocol.
 PSNR_FLOORS = {
@@ -52,7 +51,7 @@ def test_card_matches_file_and_model_is_certified(name):
 
 
 def _first_bsd68(count=3):
-    from lipden.train.data import list_images, load_grayscale
+    from lipden.io import list_images, load_grayscale
 
     return [load_grayscale(p) for p in list_images(DATA / "bsd68")[:count]]
 

@@ -9,8 +9,7 @@ import torch
 from lipden.models.checkpoint import WeightsError, load_denoiser_file, load_tensors
 from lipden.models.denoiser import LipschitzDenoiser
 from lipden.train.loop import TrainConfig, train
-
-from .conftest import ROOT, write_smooth_images
+from tests.helpers import ROOT, write_smooth_images
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lipden.io import READABLE, deferred_signals, read_image, write_image
+from lipden.metrics import psnr, ssim
 from lipden.models.pretrained import list_denoisers, load_denoiser
-from lipden.train.loop import psnr
 
 #: Images with more pixels than this are tiled unless ``--tile`` says otherwise.
 AUTO_TILE_PIXELS = 1024 * 1024
@@ -32,20 +32,6 @@ AUTO_TILE_PIXELS = 1024 * 1024
 AUTO_TILE = 512
 #: JPEG inputs give PNG outputs (a lossy re-encoding would add artefacts back).
 _LOSSY = (".jpg", ".jpeg")
-
-
-def _ssim(x: torch.Tensor, ref: torch.Tensor) -> float | None:
-    """Mean SSIM over channels of (C, H, W) images; None for images under 3 pixels a side."""
-    from skimage.metrics import structural_similarity
-
-    side = min(x.shape[-2:])
-    if side < 3:
-        return None
-    window = min(7, side if side % 2 else side - 1)
-    a = x.clamp(0, 1).numpy()
-    b = ref.numpy()
-    return float(np.mean([structural_similarity(a[c], b[c], data_range=1.0, win_size=window)
-                          for c in range(a.shape[0])]))
 
 
 def check_device(name: str) -> torch.device:
@@ -282,14 +268,14 @@ def _denoise_one(args, job: _Job, index: int, model, model_name: str, device: to
         with deferred_signals():  # an interrupt during the write is counted after it
             write_image(job.target, out.clamp(0, 1), bits=bits, force=args.force)
             written.append(job.target)
-    ssim = _ssim(out, ref) if ref is not None else None
+    similarity = ssim(out, ref) if ref is not None else None
     record = {
         "input": job.label,
         "output": str(job.target) if job.target else None,
         "model": model_name,
         "psnr_noisy": psnr(noisy, ref) if ref is not None else None,
         "psnr": psnr(out, ref) if ref is not None else None,
-        "ssim": ssim,
+        "ssim": similarity,
         "seconds": seconds,
         "tile": used_tile,
         "skipped": False,
@@ -299,7 +285,7 @@ def _denoise_one(args, job: _Job, index: int, model, model_name: str, device: to
         line += f" ({used_tile}x{used_tile} tiles)"
     if ref is not None:
         line += f"; PSNR {record['psnr_noisy']:.2f} dB -> {record['psnr']:.2f} dB"
-        line += f", SSIM {ssim:.3f}" if ssim is not None else ", SSIM n/a (image under 3 pixels a side)"
+        line += f", SSIM {similarity:.3f}" if similarity is not None else ", SSIM n/a (image under 3 pixels a side)"
     if job.target is not None:
         line += f"; wrote {job.target}"
     _report(args, record, line)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from lipden.cli.denoise import _ssim, check_device, check_writable_folder, same_file, tile_for
+from lipden.cli.denoise import check_device, check_writable_folder, same_file, tile_for
 from lipden.io import READABLE, deferred_signals, read_image, write_image
+from lipden.metrics import psnr, ssim
 from lipden.models.pretrained import load_denoiser
 from lipden.optim.reconstruct import reconstruct
-from lipden.train.loop import psnr
 
 
 def build_problem(args: argparse.Namespace, image_size: tuple[int, int] | None = None):
@@ -183,9 +183,9 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         "model": model_name,
         "parameters": result.parameters,
         "psnr_baseline": psnr(baseline.cpu(), truth_cpu),
-        "ssim_baseline": _ssim(baseline.cpu()[0], truth_cpu[0]),
+        "ssim_baseline": ssim(baseline.cpu()[0], truth_cpu[0]),
         "psnr": psnr(estimate, truth_cpu),
-        "ssim": _ssim(estimate[0], truth_cpu[0]),
+        "ssim": ssim(estimate[0], truth_cpu[0]),
         "iterations": result.iterations,
         "accelerate": accelerate,
         "max_iter": max_iter,

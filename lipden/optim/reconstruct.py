@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lipden.certify.bounds import CertificationError, lipschitz_upper_bound
+from lipden.metrics import psnr_per_image
 from lipden.optim.anderson import AndersonAccelerator
 from lipden.optim.base import (
     ConvergenceConditionError,
@@ -110,12 +111,6 @@ def _lipschitz_sq(physics, x0: Tensor, given: float | None) -> tuple[float, str 
         f"||A^T A|| estimated by power iteration ({estimate:.6g}, used with a 1% margin); "
         "pass lipschitz_sq= for a certified value"
     )
-
-
-def psnr_per_image(x: Tensor, reference: Tensor) -> Tensor:
-    """(B,) PSNR in dB (data range 1) of the clipped estimate, one value per image."""
-    mse = (x.clamp(0, 1) - reference).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1 / mse.clamp_min(1e-20))
 
 
 def _without_tf32(solve: Callable[..., ReconstructionResult]) -> Callable[..., ReconstructionResult]:

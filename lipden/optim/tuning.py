@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lipden.metrics import psnr_per_image
 from lipden.models.pretrained import load_denoiser
 from lipden.optim.base import (
     box_bounds,
@@ -27,7 +28,7 @@ from lipden.optim.base import (
     parameter_names,
 )
 from lipden.optim.baselines import tv_reconstruct
-from lipden.optim.reconstruct import psnr_per_image, reconstruct
+from lipden.optim.reconstruct import reconstruct
 
 #: Coarse grids; step for pnp-fbs is in units of 1/L (rescaled per problem).
 COARSE_GRIDS: dict[str, list[dict]] = {
@@ -56,7 +57,8 @@ class TuneResult:
     trials: list[dict] = field(default_factory=list)
 
 
-def _batches(images: Sequence[Tensor]) -> list[tuple[list[int], Tensor]]:
+def batches_by_shape(images: Sequence[Tensor]) -> list[tuple[list[int], Tensor]]:
+    """Group (1, C, H, W) images of equal shape: a list of (their indices, their (B, C, H, W) batch)."""
     groups: dict[tuple, list[int]] = defaultdict(list)
     for index, image in enumerate(images):
         groups[tuple(image.shape)].append(index)
@@ -94,7 +96,7 @@ def _evaluate(
     if method != "tv" and model_name not in denoisers:
         denoisers[model_name] = load_denoiser(model_name, device=device)
     scores, converged = [], True
-    for indices, cpu_batch in _batches(images):
+    for indices, cpu_batch in batches_by_shape(images):
         batch = cpu_batch.to(device)
         physics = problem.physics(batch.shape, device)
         y = _measure(problem, batch, indices, seed)

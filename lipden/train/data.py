@@ -1,40 +1,14 @@
-"""Image loading and training patches: images are float tensors in [0, 1], shape (H, W) or (C, H, W)."""
+"""Training patches: clean (B, 1, P, P) patches in [0, 1] drawn from a folder of images."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lipden.paths import DATA_ENV, default_data_root  # noqa: F401  (re-exported)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files of a folder, sorted by name (the order of the evaluation protocol)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    return files
-
-
-def load_grayscale(path: str | Path) -> Tensor:
-    """Load an image as a (H, W) float32 tensor in [0, 1] (colour is converted to luminance)."""
-    from skimage import color, io, util
-
-    image = io.imread(str(path))
-    if image.ndim == 3:
-        if image.shape[-1] == 4:
-            image = color.rgba2rgb(image)
-        image = color.rgb2gray(image)
-    return torch.from_numpy(np.ascontiguousarray(util.img_as_float32(image)))
+from lipden.io import list_images, load_grayscale
 
 
 class PatchSampler:

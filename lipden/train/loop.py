@@ -28,11 +28,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from lipden.io import default_data_root, list_images, load_grayscale
+from lipden.metrics import psnr
 from lipden.models.checkpoint import load_tensors, save_denoiser, save_tensors_atomic
 from lipden.models.denoiser import PRESETS, DenoiserConfig, LipschitzDenoiser
 from lipden.nn.precision import default_mixed_precision
 from lipden.nn.splines import LinearSpline, set_spline_backend
-from lipden.train.data import PatchSampler, default_data_root, list_images, load_grayscale
+from lipden.train.data import PatchSampler
 from lipden.train.step import GraphedTrainingStep, batch_to_device, cudnn_autotuning, training_step
 
 DEFAULT_DATA = default_data_root()  # $LIPDEN_DATA, else ../shared/data
@@ -108,12 +110,6 @@ class TrainConfig:
         if self.depth is not None:
             base["depth"] = self.depth
         return DenoiserConfig.from_dict(base)
-
-
-def psnr(estimate: Tensor, reference: Tensor) -> float:
-    """PSNR (dB, data range 1) of the estimate clipped to [0, 1]."""
-    mse = float((estimate.clamp(0, 1) - reference).pow(2).mean())
-    return 10 * math.log10(1 / mse) if mse > 0 else math.inf
 
 
 def noisy_versions(images: list[Tensor], sigma: float) -> list[Tensor]:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
+from lipden.io import list_images, load_grayscale
 from lipden.models.checkpoint import load_denoiser_file, load_tensors, save_denoiser, sha256_of
 from lipden.models.pretrained import CERTIFY_SHAPE, weights_dir
-from lipden.train.data import list_images, load_grayscale
 from lipden.train.loop import DEFAULT_DATA, evaluate, noisy_versions
 
 
