@@ -21,15 +21,15 @@ _EXPORTS: dict[str, str] = {
     "make_activation": "nn.activations",
     "Averaged": "certify.averaged",
     "tv_reconstruct": "optim.baselines",
-    "AveragednessReport": "certify.bounds",
+    "AveragednessReport": "certify.averaged",
     "CertificationError": "certify.bounds",
-    "check_averaged": "certify.bounds",
+    "check_averaged": "certify.averaged",
     "lipschitz_bounds": "certify.bounds",
     "lipschitz_lower_bound": "certify.bounds",
     "lipschitz_upper_bound": "certify.bounds",
     "DenoiserConfig": "models.denoiser",
     "LipschitzDenoiser": "models.denoiser",
-    "BjorckLinear": "nn.layers",
+    "BjorckLinear": "nn.linear",
     "OrthoConv2d": "nn.layers",
     "SpectralNormConv2d": "nn.layers",
     "bjorck_orthonormalize": "nn.orthogonal",
@@ -83,9 +83,7 @@ __all__ = [
 if TYPE_CHECKING:
     from lipden.certify.averaged import Averaged
     from lipden.certify.bounds import (
-        AveragednessReport,
         CertificationError,
-        check_averaged,
         lipschitz_bounds,
         lipschitz_lower_bound,
         lipschitz_upper_bound,
@@ -100,7 +98,8 @@ if TYPE_CHECKING:
         ReLU,
         make_activation,
     )
-    from lipden.nn.layers import BjorckLinear, OrthoConv2d, SpectralNormConv2d
+    from lipden.nn.layers import OrthoConv2d, SpectralNormConv2d
+    from lipden.nn.linear import BjorckLinear
     from lipden.nn.orthogonal import bjorck_orthonormalize
     from lipden.nn.splines import LinearSpline, linear_spline
     from lipden.optim.base import ConvergenceConditionError

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lipden.paths import DATA_ENV, default_data_root
-
-__all__ = ["DATA_ENV", "default_data_root"]  # and every public name below
+from lipden.paths import DATA_ENV as DATA_ENV  # public here
+from lipden.paths import default_data_root as default_data_root
 
 READABLE = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
 

@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from lipden.certify.averaged import Averaged
-from lipden.nn.activations import ACTIVATIONS
 from lipden.nn.conv_ops import conv_operator_norm_bound
-from lipden.nn.layers import _LipschitzConv2d
 
 
 class CertificationError(ValueError):
@@ -83,10 +79,9 @@ def _module_bound(module: nn.Module, shape: tuple[int, ...]) -> float:
 
 
 def _output_shape(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
-    if isinstance(module, tuple(ACTIVATIONS.values())):  # elementwise or channel-mixing, same shape
-        return shape
-    if isinstance(module, _LipschitzConv2d):  # stride-1 'same' convolutions
-        return (shape[0], module.out_channels, *shape[2:])
+    declared = getattr(module, "output_shape", None)  # lipden layers and activations declare it
+    if declared is not None:
+        return tuple(declared(shape))
     reference = next(iter(module.parameters()), None)
     size = (1, *shape[1:])
     # zeros on the parameters' device and dtype (torch's defaults when there are none)
@@ -108,7 +103,7 @@ def lipschitz_upper_bound(model: nn.Module, input_shape: tuple[int, ...]) -> flo
     return _module_bound(model, tuple(input_shape))
 
 
-def _float64_eval_copy(module: nn.Module) -> nn.Module:
+def float64_eval_copy(module: nn.Module) -> nn.Module:
     module = copy.deepcopy(module).double().eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -143,7 +138,7 @@ def lipschitz_lower_bound(
     if isinstance(f, nn.Module):
         reference = next(iter(f.parameters()), None)
         device = reference.device if reference is not None else torch.device("cpu")
-        f = _float64_eval_copy(f)
+        f = float64_eval_copy(f)
         dtype = torch.float64
     else:
         device = torch.device("cpu")
@@ -188,57 +183,3 @@ def lipschitz_bounds(
     upper = lipschitz_upper_bound(model, input_shape)
     lower = lipschitz_lower_bound(model, input_shape, **lower_kwargs)
     return lower, upper
-
-
-@dataclass
-class AveragednessReport:
-    """Whether ``T = (1 - alpha) Id + alpha R`` with R nonexpansive.
-
-    ``lower``: measured lower bound of Lip(R) (a violation if > 1 + tol);
-    ``upper``: certified upper bound of Lip(R) when R's structure is known, else None.
-    ``certified``: upper is known and <= 1 + tol; ``violated``: lower > 1 + tol.
-    """
-
-    alpha: float
-    lower: float
-    upper: float | None
-    tolerance: float
-
-    @property
-    def certified(self) -> bool:
-        return self.upper is not None and self.upper <= 1 + self.tolerance
-
-    @property
-    def violated(self) -> bool:
-        return self.lower > 1 + self.tolerance
-
-
-def check_averaged(
-    operator: Callable[[Tensor], Tensor],
-    input_shape: tuple[int, ...],
-    alpha: float = 0.5,
-    nonexpansive_part: nn.Module | None = None,
-    tolerance: float = 1e-4,
-    **lower_kwargs,
-) -> AveragednessReport:
-    """Check that ``operator`` is alpha-averaged (alpha = 1/2: firmly nonexpansive).
-
-    T is alpha-averaged iff ``R = (T - (1 - alpha) Id) / alpha`` is nonexpansive. R's
-    Lipschitz constant is bounded from below by search (falsifies the claim when > 1);
-    if ``nonexpansive_part`` (the module R) is given, or ``operator`` is an
-    :class:`~lipden.certify.averaged.Averaged` with the same alpha, R's certified upper bound proves it.
-    """
-    if not 0 < alpha <= 1:
-        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
-    if nonexpansive_part is None and isinstance(operator, Averaged) and operator.alpha == alpha:
-        nonexpansive_part = operator.inner
-    op = _float64_eval_copy(operator) if isinstance(operator, nn.Module) else operator
-
-    def residual_map(x: Tensor) -> Tensor:
-        return (op(x) - (1 - alpha) * x) / alpha
-
-    lower = lipschitz_lower_bound(residual_map, input_shape, **lower_kwargs)
-    upper = None
-    if nonexpansive_part is not None:
-        upper = lipschitz_upper_bound(nonexpansive_part, input_shape)
-    return AveragednessReport(alpha=alpha, lower=lower, upper=upper, tolerance=tolerance)

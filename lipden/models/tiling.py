@@ -67,7 +67,7 @@ def receptive_field(denoiser: nn.Module) -> tuple[tuple[int, int], str]:
     transposed convolutions, pooling, global normalization, mixed padding modes, no
     convolution at all): pass ``overlap=`` and ``padding_mode=`` to :func:`denoise_tiled`.
     """
-    from lipden.nn.layers import _LipschitzConv2d
+    from lipden.nn.layers import LipschitzConv2d
 
     radius_h = radius_w = 0
     modes: set[str] = set()
@@ -76,7 +76,7 @@ def receptive_field(denoiser: nn.Module) -> tuple[tuple[int, int], str]:
         label = f"{type(module).__name__} {name!r}"
         if isinstance(module, _NON_LOCAL):
             raise ValueError(f"cannot derive the receptive field of a network with {label}; pass overlap=")
-        if isinstance(module, _LipschitzConv2d):
+        if isinstance(module, LipschitzConv2d):
             k = module.kernel_size
             radius_h += k // 2
             radius_w += k // 2

@@ -4,7 +4,8 @@ Every class here is 1-Lipschitz as a map on (B, C, *spatial) tensors (Euclidean 
 channel-wise ones because each scalar function has slopes in [-1, 1]; GroupSort because
 sorting is a permutation on each region where the order is fixed and is continuous;
 HouseHolder because it is the identity or a reflection on each half-space and continuous.
-``lipschitz_bound()`` returns the exact constant from the current parameters.
+``lipschitz_certificate(input_shape)`` returns the exact constant from the current parameters
+and ``output_shape(input_shape)`` the (unchanged) shape, for :mod:`lipden.certify`.
 """
 
 from __future__ import annotations
@@ -17,50 +18,50 @@ from torch import Tensor, nn
 from lipden.nn.splines import LinearSpline
 
 
-def _check_channels(x: Tensor, num_channels: int, name: str) -> None:
+def _check_channels(x: Tensor, num_channels: int | None, name: str) -> None:
     if x.dim() < 2 or x.shape[1] != num_channels:
         raise ValueError(
             f"{name}: expected input of shape (B, {num_channels}, ...), got {tuple(x.shape)}"
         )
 
 
-class ReLU(nn.Module):
-    """max(x, 0), 1-Lipschitz. ``num_channels`` is accepted for a uniform constructor."""
+class Activation(nn.Module):
+    """Base of the activations below: output shape = input shape, Lipschitz constant 1 unless
+    a subclass says otherwise. ``num_channels`` is accepted by all for a uniform constructor."""
 
     def __init__(self, num_channels: int | None = None) -> None:
         super().__init__()
         self.num_channels = num_channels
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(input_shape)
+
+    def lipschitz_certificate(self, input_shape: tuple[int, ...] | None = None) -> float:
+        return 1.0
+
+
+class ReLU(Activation):
+    """max(x, 0), 1-Lipschitz."""
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.relu(x)
 
-    def lipschitz_certificate(self, input_shape: tuple[int, ...] | None = None) -> float:
-        return 1.0
 
-
-class AbsoluteValue(nn.Module):
+class AbsoluteValue(Activation):
     """|x|, 1-Lipschitz and gradient-norm preserving."""
-
-    def __init__(self, num_channels: int | None = None) -> None:
-        super().__init__()
-        self.num_channels = num_channels
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.abs(x)
 
-    def lipschitz_certificate(self, input_shape: tuple[int, ...] | None = None) -> float:
-        return 1.0
 
-
-class ClippedPReLU(nn.Module):
+class ClippedPReLU(Activation):
     """Per-channel PReLU ``max(x, 0) + a_c min(x, 0)`` with ``a_c`` clipped to [-1, 1].
 
     The clip is applied in every forward pass, so the raw slope parameter is unconstrained.
     """
 
     def __init__(self, num_channels: int, init: float = 0.25) -> None:
-        super().__init__()
-        self.num_channels = num_channels
+        super().__init__(num_channels)
         self.weight = nn.Parameter(torch.full((num_channels,), float(init)))
 
     def negative_slope(self) -> Tensor:
@@ -75,19 +76,18 @@ class ClippedPReLU(nn.Module):
         return max(1.0, float(self.negative_slope().detach().abs().max()))
 
 
-class GroupSort(nn.Module):
+class GroupSort(Activation):
     """Sorts consecutive groups of ``group_size`` channels (descending).
 
     ``group_size=2`` is MaxMin: channels (2i, 2i+1) become (max, min).
     """
 
     def __init__(self, num_channels: int, group_size: int = 2) -> None:
-        super().__init__()
+        super().__init__(num_channels)
         if group_size < 1 or num_channels % group_size != 0:
             raise ValueError(
                 f"GroupSort: num_channels {num_channels} must be a multiple of group_size {group_size}"
             )
-        self.num_channels = num_channels
         self.group_size = group_size
 
     def forward(self, x: Tensor) -> Tensor:
@@ -101,11 +101,8 @@ class GroupSort(nn.Module):
             out = grouped.sort(dim=2, descending=True).values
         return out.reshape(x.shape)
 
-    def lipschitz_certificate(self, input_shape: tuple[int, ...] | None = None) -> float:
-        return 1.0
 
-
-class HouseHolder(nn.Module):
+class HouseHolder(Activation):
     """Order-1 HouseHolder activation (Singla, Singla & Feizi, ICLR 2022).
 
     Channels are paired as (z1, z2) = (first half, second half). With a learned unit vector
@@ -116,10 +113,9 @@ class HouseHolder(nn.Module):
     """
 
     def __init__(self, num_channels: int, init_angle: float = math.pi / 2) -> None:
-        super().__init__()
+        super().__init__(num_channels)
         if num_channels % 2 != 0:
             raise ValueError(f"HouseHolder: num_channels must be even, got {num_channels}")
-        self.num_channels = num_channels
         self.theta = nn.Parameter(torch.full((num_channels // 2,), float(init_angle)))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -131,9 +127,6 @@ class HouseHolder(nn.Module):
         projection = z1 * v1 + z2 * v2
         reflect = (projection < 0).to(x.dtype) * (2 * projection)
         return torch.cat([z1 - reflect * v1, z2 - reflect * v2], dim=1)
-
-    def lipschitz_certificate(self, input_shape: tuple[int, ...] | None = None) -> float:
-        return 1.0
 
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {

@@ -5,9 +5,10 @@
   co-isometry (all singular values 1). With zero padding it is 1-Lipschitz.
 - :class:`SpectralNormConv2d`: a free kernel divided by the norm of the actual convolution
   operator (not of the reshaped kernel), estimated by power iteration.
-- :class:`BjorckLinear`: a fully connected layer with Björck-orthonormalized weight.
+- :func:`make_conv`: the factory that builds one of them (or a plain ``nn.Conv2d``) by name.
 
-All take and return (B, C, H, W) (convolutions, stride 1, 'same' size) or (B, features).
+All take and return (B, C, H, W) (stride 1, 'same' size). The fully connected
+:class:`~lipden.nn.linear.BjorckLinear` is in :mod:`lipden.nn.linear`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypedDict
+from typing import Literal, TypedDict, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipden.nn.constrained import ConstrainedLayer
@@ -26,12 +26,11 @@ from lipden.nn.conv_ops import (
     EXACT_NORM_MAX_PIXELS,
     PaddingMode,
     check_padding_mode,
-    compose_kernels,
     conv2d_same,
     conv2d_same_adjoint,
     conv_operator_norm_bound,
 )
-from lipden.nn.orthogonal import bjorck_orthonormalize
+from lipden.nn.orthogonal import bcop_kernels
 from lipden.nn.precision import autocast_disabled
 
 
@@ -64,8 +63,9 @@ def _check_input(x: Tensor, channels: int, name: str) -> None:
         raise ValueError(f"{name}: expected input of shape (B, {channels}, H, W), got {tuple(x.shape)}")
 
 
-class _LipschitzConv2d(ConstrainedLayer[Tensor]):
-    """Shared plumbing: forward, certificate and export of a constrained 'same' conv."""
+class LipschitzConv2d(ConstrainedLayer[Tensor]):
+    """Base of the 1-Lipschitz convolutions: a stride-1 'same' conv with nn.Conv2d's attribute
+    names, whose weight a subclass constrains; forward, certificate, output shape and export."""
 
     in_channels: int
     out_channels: int
@@ -98,6 +98,10 @@ class _LipschitzConv2d(ConstrainedLayer[Tensor]):
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_channels, type(self).__name__)
         return conv2d_same(x, self.constrained_weight(), self.bias, self.padding_mode)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """(B, out_channels, H, W) for (B, in_channels, H, W): stride 1, 'same' padding."""
+        return (input_shape[0], self.out_channels, *input_shape[2:])
 
     def lipschitz_certificate(self, input_shape: tuple[int, ...]) -> float:
         """Certified upper bound of the layer's Lipschitz constant on (B, C, H, W) inputs.
@@ -143,7 +147,7 @@ class _LipschitzConv2d(ConstrainedLayer[Tensor]):
         )
 
 
-class OrthoConv2d(_LipschitzConv2d):
+class OrthoConv2d(LipschitzConv2d):
     """Orthogonal convolution by block convolution orthogonal parameterization (BCOP).
 
     With ``c = max(C_in, C_out)``, the c x c kernel is
@@ -205,25 +209,6 @@ class OrthoConv2d(_LipschitzConv2d):
         return (self.channels, self.projector_matrices.shape, self.kernel_size, self.bjorck_iters, p.dtype, p.device)
 
 
-def bcop_kernels(orthogonal: Tensor, projectors: Tensor, kernel_size: int, bjorck_iters: int) -> Tensor:
-    """Paraunitary (G, c, c, k, k) kernels from G raw parameter sets (see :class:`OrthoConv2d`).
-
-    orthogonal: (G, c, c); projectors: (G, 2(k-1), c, r). Every matrix product is batched
-    over G, so G layers cost the kernel launches of one.
-    """
-    g, c, k = orthogonal.shape[0], orthogonal.shape[-1], kernel_size
-    kernel = bjorck_orthonormalize(orthogonal, bjorck_iters)[..., None, None]
-    if k > 1:
-        q = bjorck_orthonormalize(projectors, bjorck_iters)
-        symmetric = q @ q.mT  # (G, 2(k-1), c, c) projectors P
-        complements = torch.eye(c, device=q.device, dtype=q.dtype) - symmetric
-        blocks = torch.stack([symmetric, complements], dim=-1)  # (G, 2(k-1), c, c, 2)
-        for index in range(2 * (k - 1)):
-            shape = (g, c, c, 1, 2) if index < k - 1 else (g, c, c, 2, 1)
-            kernel = compose_kernels(kernel, blocks[:, index].reshape(shape))
-    return kernel
-
-
 def batched_training_weights(layers: list[OrthoConv2d]) -> list[Tensor]:
     """``[layer.training_weight() for layer in layers]``, with the layers of equal shape
     (and Björck iterations, dtype, device) computed together: one batched pass per group
@@ -264,7 +249,7 @@ def shared_training_weights(module: nn.Module) -> Iterator[None]:
             layer.shared_weight = None
 
 
-class SpectralNormConv2d(_LipschitzConv2d):
+class SpectralNormConv2d(LipschitzConv2d):
     """Convolution with its kernel divided by the spectral norm of the convolution operator.
 
     The norm ``||A||`` of the actual padded convolution on a ``power_iteration_size`` image
@@ -351,60 +336,22 @@ class SpectralNormConv2d(_LipschitzConv2d):
         return self._normalized(kernel, u)
 
 
-class BjorckLinear(ConstrainedLayer[Tensor]):
-    """Fully connected layer ``y = W x + b`` with W Björck-orthonormalized (rows or columns).
+CONV_KINDS = ("ortho", "spectral", "free")
 
-    Every singular value of W is in [0, 1] at any iteration count, and 1 up to round-off
-    once converged: the layer is 1-Lipschitz, and gradient-norm preserving when square.
 
-    Args mirror ``nn.Linear``. Input (B, in_features), output (B, out_features).
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        bjorck_iters: int = 15,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.bjorck_iters = bjorck_iters
-        factory: _Factory = {"device": device, "dtype": dtype}
-        self.raw_weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
-        self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
-        nn.init.orthogonal_(self.raw_weight)
-
-    def training_weight(self) -> Tensor:
-        return bjorck_orthonormalize(self.raw_weight, self.bjorck_iters)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"BjorckLinear: expected last dimension {self.in_features}, got {tuple(x.shape)}"
-            )
-        return F.linear(x, self.constrained_weight(), self.bias)
-
-    def lipschitz_certificate(self, input_shape: tuple[int, ...] | None = None) -> float:
-        with torch.no_grad():
-            return float(torch.linalg.matrix_norm(self.inference_weight().double(), ord=2))
-
-    def to_linear(self) -> nn.Linear:
-        """A plain ``nn.Linear`` computing the same function (eval-mode weight)."""
-        weight = self.inference_weight().detach()
-        linear = nn.Linear(
-            self.in_features, self.out_features, bias=self.bias is not None,
-            device=weight.device, dtype=weight.dtype,
-        )
-        with torch.no_grad():
-            linear.weight.copy_(weight)
-            if self.bias is not None:
-                assert linear.bias is not None  # built with bias=True
-                linear.bias.copy_(self.bias)
-        return linear
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+def make_conv(
+    kind: str, in_channels: int, out_channels: int, kernel_size: int = 3, bias: bool = True,
+    padding_mode: str = "circular",
+) -> nn.Module:
+    """A stride-1 'same' convolution by kind: ``"ortho"`` (:class:`OrthoConv2d`), ``"spectral"``
+    (:class:`SpectralNormConv2d`), both 1-Lipschitz, or ``"free"`` (a plain, unconstrained
+    ``nn.Conv2d``, for baselines). Raises ValueError for an unknown kind or impossible settings."""
+    if kind == "ortho":
+        return OrthoConv2d(in_channels, out_channels, kernel_size, bias=bias, padding_mode=padding_mode)
+    if kind == "spectral":
+        return SpectralNormConv2d(in_channels, out_channels, kernel_size, bias=bias, padding_mode=padding_mode)
+    if kind != "free":
+        raise ValueError(f"unknown convolution kind {kind!r}; choose from {', '.join(CONV_KINDS)}")
+    # nn.Conv2d validates padding_mode itself (any of its four modes is allowed here)
+    mode = cast(Literal["zeros", "reflect", "replicate", "circular"], padding_mode)
+    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias, padding_mode=mode)

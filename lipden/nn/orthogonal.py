@@ -1,9 +1,12 @@
-"""Björck orthonormalization: a differentiable map from any matrix to an (almost) orthonormal one."""
+"""Orthogonal parametrizations: Björck orthonormalization (any matrix to an almost orthonormal
+one), BCOP paraunitary kernels built from it, and a certified spectral-norm bound."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from lipden.nn.conv_ops import compose_kernels
 
 
 def gram_spectral_bound(weight: Tensor, squarings: int = 3) -> Tensor:
@@ -43,3 +46,22 @@ def bjorck_orthonormalize(weight: Tensor, iters: int = 15) -> Tensor:
     for _ in range(iters):
         w = 1.5 * w - 0.5 * (w @ (w.mT @ w))
     return w.mT if transpose else w
+
+
+def bcop_kernels(orthogonal: Tensor, projectors: Tensor, kernel_size: int, bjorck_iters: int) -> Tensor:
+    """Paraunitary (G, c, c, k, k) kernels from G raw parameter sets (see :class:`OrthoConv2d`).
+
+    orthogonal: (G, c, c); projectors: (G, 2(k-1), c, r). Every matrix product is batched
+    over G, so G layers cost the kernel launches of one.
+    """
+    g, c, k = orthogonal.shape[0], orthogonal.shape[-1], kernel_size
+    kernel = bjorck_orthonormalize(orthogonal, bjorck_iters)[..., None, None]
+    if k > 1:
+        q = bjorck_orthonormalize(projectors, bjorck_iters)
+        symmetric = q @ q.mT  # (G, 2(k-1), c, c) projectors P
+        complements = torch.eye(c, device=q.device, dtype=q.dtype) - symmetric
+        blocks = torch.stack([symmetric, complements], dim=-1)  # (G, 2(k-1), c, c, 2)
+        for index in range(2 * (k - 1)):
+            shape = (g, c, c, 1, 2) if index < k - 1 else (g, c, c, 2, 1)
+            kernel = compose_kernels(kernel, blocks[:, index].reshape(shape))
+    return kernel
