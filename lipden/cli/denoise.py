@@ -1,4 +1,4 @@
-"""``python cli.py denoise``: denoise image files (or an embedded default) with a shipped model.
+"""``lipden denoise``: denoise image files (or an embedded default) with a shipped model.
 
 Batches (a folder, or several inputs) are resumable: every output is written atomically
 (complete or absent), an interrupt (Ctrl-C, SIGTERM) keeps the finished ones, and a rerun
@@ -11,65 +11,75 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from tqdm.auto import tqdm
+from lipden.cli._common import (
+    UserError,
+    add_command_parser,
+    add_run_options,
+    check_device,
+    check_tile,
+    check_writable_folder,
+    same_file,
+    tile_for,
+)
 
-from lipden.io import READABLE, deferred_signals, read_image, write_image
-from lipden.metrics import psnr, ssim
-from lipden.models.pretrained import list_denoisers, load_denoiser
+if TYPE_CHECKING:
+    import torch
 
-#: Images with more pixels than this are tiled unless ``--tile`` says otherwise.
-AUTO_TILE_PIXELS = 1024 * 1024
-#: Tile size used for such images: activations of about 0.1 GB for the shipped models.
-AUTO_TILE = 512
+    from lipden.models.denoiser import LipschitzDenoiser
+
+EXAMPLES = """examples:
+  python cli.py denoise                                   # embedded image, noise 15/255 added
+  python cli.py denoise photo.png -o clean.png --sigma 25
+  python cli.py denoise scans/ -o out/ --model relu-sigma15 --json
+  python cli.py denoise clean.png --add-noise 15 --seed 1 -o restored.png
+  python cli.py denoise huge.tif -o clean.tif --tile 512    # bounded memory, same result
+  python cli.py denoise scans/ -o out/    # rerun after Ctrl-C / SIGTERM: finished outputs are skipped
+"""
+
+#: Added to "out of memory" by :func:`lipden.cli.main`.
+OUT_OF_MEMORY_HINT = "; try --tile 256"
+#: Noise level (0-255 scale) assumed when neither --sigma nor --add-noise gives one.
+DEFAULT_SIGMA = 15.0
 #: JPEG inputs give PNG outputs (a lossy re-encoding would add artefacts back).
 _LOSSY = (".jpg", ".jpeg")
 
 
-def check_device(name: str) -> torch.device:
-    """``torch.device(name)`` if it exists on this machine, else a ``ValueError`` saying why."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {name}: MPS is not available on this machine")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device {name}: only cpu, cuda and mps are supported")
-    return device
-
-
-def check_writable_folder(folder: Path) -> None:
-    """A ``FileNotFoundError`` / ``PermissionError`` unless outputs can be created in ``folder``."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {folder}")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"output folder is not writable: {folder}")
-
-
-def same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name the same file (through links, case-insensitive file systems, ...)."""
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """The ``denoise`` parser and its options."""
+    parser = add_command_parser(subparsers, "denoise", "denoise images with a shipped 1-Lipschitz denoiser",
+                                EXAMPLES)
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders (PNG/JPEG/TIFF/NPY)")
+    parser.add_argument("-o", "--output", help="output file, or folder for several inputs")
+    parser.add_argument("--sigma", type=float,
+                        help="noise level of the inputs, 0-255 scale (default: --add-noise, else 15); without "
+                             "--model it picks the shipped spline model closest to it")
+    parser.add_argument("--model", help="shipped model name (e.g. relu-sigma15) or a .safetensors path")
+    parser.add_argument("--add-noise", type=float, metavar="SIGMA",
+                        help="add Gaussian noise (0-255 scale) first; without --model or --sigma the shipped "
+                             "spline model closest to SIGMA denoises it")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the added noise")
+    parser.add_argument("--reference", help="clean image to report PSNR/SSIM against")
+    parser.add_argument(
+        "--tile", type=int, metavar="N",
+        help="denoise in N x N tiles with exact context (same result, activations bounded by about "
+             "3 x channels x (N + 16)^2 x 4 bytes per colour channel: 0.1 GB at N=512 for the shipped "
+             "models); default: 512 above 1024 x 1024 pixels; 0: never tile",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (shown for several inputs)")
+    add_run_options(parser, "one JSON object per image")
 
 
 def _inputs(paths: list[str]) -> list[tuple[Path, bool]]:
     """(file, found in a folder) for each input; folders give their visible image files."""
+    from lipden.io import READABLE
+
     files: list[tuple[Path, bool]] = []
     for raw in paths:
         path = Path(raw)
@@ -99,6 +109,13 @@ class _Job:
     derived: bool  # target named by us (batch mode: skipped when it exists) or by the user
 
 
+def _check_output_type(path: Path) -> None:
+    from lipden.io import READABLE
+
+    if path.suffix.lower() not in READABLE:
+        raise ValueError(f"{path}: unsupported output type {path.suffix!r} (use {', '.join(READABLE)})")
+
+
 def _plan(args: argparse.Namespace) -> list[_Job]:
     """Inputs and outputs, checked before any work: collisions, folders, suffixes."""
     output = Path(args.output) if args.output else None
@@ -106,8 +123,7 @@ def _plan(args: argparse.Namespace) -> list[_Job]:
         if output is not None:
             if output.is_dir():
                 output = output / "camera_denoised.png"
-            if output.suffix.lower() not in READABLE:
-                raise ValueError(f"{output}: unsupported output type {output.suffix!r} (use {', '.join(READABLE)})")
+            _check_output_type(output)
             check_writable_folder(output.parent)
         return [_Job("skimage.data.camera", None, output, False)]
     found = _inputs(args.inputs)
@@ -126,12 +142,19 @@ def _plan(args: argparse.Namespace) -> list[_Job]:
     targets = {job.target.resolve() for job in jobs if job.target is not None}
     jobs = [job for job, (path, in_folder) in zip(jobs, found, strict=True)
             if not (in_folder and path.resolve() in targets)]
+    _check_collisions(jobs)
+    for folder in {job.target.parent for job in jobs if job.target is not None}:
+        check_writable_folder(folder)
+    return jobs
+
+
+def _check_collisions(jobs: list[_Job]) -> None:
+    """Refuse an output type that cannot be written, an output that is an input, two inputs to one output."""
     seen: dict[Path, str] = {}
     sources = [job.source for job in jobs if job.source is not None]
     for job in jobs:
         assert job.target is not None and job.source is not None
-        if job.target.suffix.lower() not in READABLE:
-            raise ValueError(f"{job.target}: unsupported output type {job.target.suffix!r} (use {', '.join(READABLE)})")
+        _check_output_type(job.target)
         for source in sources:
             if same_file(job.target, source):
                 raise ValueError(f"output {job.target} would overwrite the input {source}")
@@ -139,27 +162,13 @@ def _plan(args: argparse.Namespace) -> list[_Job]:
         if key in seen:
             raise ValueError(f"{seen[key]} and {job.label} would both be written to {job.target}")
         seen[key] = job.label
-    for folder in {job.target.parent for job in jobs if job.target is not None}:
-        check_writable_folder(folder)
-    return jobs
-
-
-def tile_for(tile: int | None, shape: torch.Size) -> int | None:
-    """The tile size to use: ``tile`` (0: never), else 512 above 1024 x 1024 pixels."""
-    if tile == 0:
-        return None
-    if tile is not None:
-        return tile
-    return AUTO_TILE if shape[-2] * shape[-1] > AUTO_TILE_PIXELS else None
-
-
-#: Noise level (0-255 scale) assumed when neither --sigma nor --add-noise gives one.
-DEFAULT_SIGMA = 15.0
 
 
 def closest_spline_model(sigma: float) -> str:
     """The shipped ``spline-sigma<N>`` model whose N is closest to ``sigma`` (0-255 scale;
     a tie goes to the lower N, the gentler denoiser)."""
+    from lipden.models.pretrained import list_denoisers
+
     levels = {}
     for name in list_denoisers():
         match = re.fullmatch(r"spline-sigma(\d+(?:\.\d+)?)", name)
@@ -170,7 +179,29 @@ def closest_spline_model(sigma: float) -> str:
     return min(levels, key=lambda name: (abs(levels[name] - sigma), levels[name]))
 
 
-def run_denoise(args: argparse.Namespace) -> int:
+def check(args: argparse.Namespace) -> None:
+    """Refuse a noise level off the 0-255 scale."""
+    if args.sigma is not None and not 0 < args.sigma < 255:
+        raise UserError(f"--sigma is on the 0-255 scale and must be in (0, 255), got {args.sigma:g}")
+
+
+@dataclass
+class _Settings:
+    """What every image of a batch shares."""
+
+    model: LipschitzDenoiser
+    model_name: str
+    device: torch.device
+    add_noise: float | None  # 0-255 scale
+    reference: torch.Tensor | None
+    sigma: float | None  # the model's training noise level on [0, 1], passed to it
+    written: list[Path]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Denoise every input (or the embedded camera image with noise added) and report PSNR/SSIM where a
+    clean image is known; outputs that exist are skipped in a batch, refused for a named output."""
+    check(args)
     device = check_device(args.device)
     add_noise = args.add_noise
     # the embedded demo adds noise: at --sigma, else at the level --model was trained for, else 15
@@ -179,16 +210,35 @@ def run_denoise(args: argparse.Namespace) -> int:
         add_noise = DEFAULT_SIGMA if args.sigma is None else args.sigma
     if add_noise is not None and not 0 < add_noise < 255:
         raise ValueError(f"--add-noise is on the 0-255 scale and must be in (0, 255), got {add_noise:g}")
-    tile = getattr(args, "tile", None)
-    if tile is not None and tile < 0:
-        raise ValueError(f"--tile must be >= 1 (or 0: never tile), got {tile}")
+    check_tile(args.tile)
     jobs = _plan(args)
     noise_level = args.sigma if args.sigma is not None else add_noise  # 0-255, None: unknown
     model_name = args.model or closest_spline_model(DEFAULT_SIGMA if noise_level is None else noise_level)
     if args.model is None:
         told = "" if noise_level is None else f", the shipped spline model closest to sigma {noise_level:g}"
         print(f"lipden denoise: using {model_name}{told}", file=sys.stderr)
-    pending: list[tuple[int, _Job]] = []  # (position in the batch: seeds its added noise, job)
+    pending = _pending(args, jobs)
+    if not pending:
+        return 0
+    from lipden.io import read_image
+    from lipden.models.pretrained import load_denoiser
+
+    reference = read_image(args.reference)[0] if args.reference else None
+    model = load_denoiser(model_name, device=device)
+    trained = model.config.sigma  # on [0, 1]; None: not trained for one noise level
+    if noise_from_model:
+        add_noise = noise_level = DEFAULT_SIGMA if trained is None else round(trained * 255, 6)
+    if noise_level is not None and trained is not None and not math.isclose(noise_level, trained * 255, rel_tol=0.02):
+        print(f"lipden denoise: note: {model_name} was trained for noise sigma {trained * 255:.3g}, the inputs' "
+              f"is {noise_level:g} (the denoiser is not noise-level conditioned)", file=sys.stderr)
+    settings = _Settings(model, model_name, device, add_noise, reference, trained, [])
+    _denoise_all(args, pending, settings, skipped=len(jobs) - len(pending))
+    return 0
+
+
+def _pending(args: argparse.Namespace, jobs: list[_Job]) -> list[tuple[int, _Job]]:
+    """(position in the batch: seeds its added noise, job) of the jobs to do; reports the skipped ones."""
+    pending: list[tuple[int, _Job]] = []
     for position, job in enumerate(jobs):
         if job.target is not None and job.target.exists() and not args.force:
             if not job.derived:
@@ -197,82 +247,90 @@ def run_denoise(args: argparse.Namespace) -> int:
                     f"{job.label}: skipped, {job.target} exists (--force to redo)")
             continue
         pending.append((position, job))
-    if not pending:
-        return 0
-    reference = None
-    if args.reference:
-        reference, _ = read_image(args.reference)
-    model = load_denoiser(model_name, device=device)
-    trained = model.config.sigma  # on [0, 1]; None: not trained for one noise level
-    if noise_from_model:
-        add_noise = noise_level = DEFAULT_SIGMA if trained is None else round(trained * 255, 6)
-    if noise_level is not None and trained is not None and not math.isclose(noise_level, trained * 255, rel_tol=0.02):
-        print(f"lipden denoise: note: {model_name} was trained for noise sigma {trained * 255:.3g}, the inputs' "
-              f"is {noise_level:g} (the denoiser is not noise-level conditioned)", file=sys.stderr)
-    written: list[Path] = []
-    quiet = getattr(args, "quiet", False) or len(pending) < 2
+    return pending
+
+
+def _denoise_all(args: argparse.Namespace, pending: list[tuple[int, _Job]], settings: _Settings,
+                 skipped: int) -> None:
+    """Denoise the pending jobs in turn; an interrupt says how many outputs are complete."""
+    from tqdm.auto import tqdm
+
+    quiet = args.quiet or len(pending) < 2
     try:
         # the bar is shown only on a terminal (disable=None), never in logs or pipes
         for position, job in tqdm(pending, desc="denoise", unit="image", disable=True if quiet else None,
                                   leave=False, file=sys.stderr):
-            _denoise_one(args, job, position, model, model_name, device, add_noise, reference, tile, written,
-                         trained)
+            _denoise_one(args, job, position, settings)
     except KeyboardInterrupt as interrupt:
-        skipped = len(jobs) - len(pending)
         if len(pending) > 1 or skipped:
             raise type(interrupt)(
-                f"{len(written)} of {len(pending)} outputs written"
+                f"{len(settings.written)} of {len(pending)} outputs written"
                 + (f" ({skipped} existed)" if skipped else "")
                 + "; finished outputs are complete, rerun to do the rest"
             ) from None
         raise
-    return 0
 
 
 def _report(args: argparse.Namespace, record: dict, line: str) -> None:
+    from tqdm.auto import tqdm
+
     tqdm.write(json.dumps(record) if args.json else line, file=sys.stdout)  # above the progress bar
     sys.stdout.flush()
 
 
-def _denoise_one(args, job: _Job, index: int, model, model_name: str, device: torch.device,
-                 add_noise: float | None, reference: torch.Tensor | None, tile: int | None,
-                 written: list[Path], sigma: float | None) -> None:
+def _load(job: _Job) -> tuple[torch.Tensor, int]:
+    """The (C, H, W) image of a job and its bit depth (the embedded camera image without a source)."""
+    import numpy as np
+    import torch
+
+    from lipden.io import read_image
+
     if job.source is None:
         from skimage import data
 
-        image, bits = torch.from_numpy(data.camera().astype(np.float32) / 255)[None], 8
-    else:
-        image, info = read_image(job.source)
-        bits = info.bits
+        return torch.from_numpy(data.camera().astype(np.float32) / 255)[None], 8
+    image, info = read_image(job.source)
+    return image, info.bits
+
+
+def _denoise_one(args: argparse.Namespace, job: _Job, index: int, settings: _Settings) -> None:
+    import torch
+
+    from lipden.io import deferred_signals, write_image
+    from lipden.metrics import psnr, ssim
+
+    image, bits = _load(job)
     ref = None
     noisy = image
-    if add_noise is not None:
+    if settings.add_noise is not None:
         generator = torch.Generator().manual_seed(args.seed + index)
-        noisy = image + add_noise / 255 * torch.randn(image.shape, generator=generator)
+        noisy = image + settings.add_noise / 255 * torch.randn(image.shape, generator=generator)
         ref = image
-    elif reference is not None:
-        if reference.shape != image.shape:
-            raise ValueError(f"--reference has shape {tuple(reference.shape)}, {job.label} {tuple(image.shape)}")
-        ref = reference
-    used_tile = tile_for(tile, image.shape)
+    elif settings.reference is not None:
+        if settings.reference.shape != image.shape:
+            raise ValueError(f"--reference has shape {tuple(settings.reference.shape)}, "
+                             f"{job.label} {tuple(image.shape)}")
+        ref = settings.reference
+    used_tile = tile_for(args.tile, image.shape)
     start = time.perf_counter()
     with torch.no_grad():
         if used_tile is None:
-            out = model(noisy[None].to(device), sigma=sigma)[0].cpu()
+            out = settings.model(noisy[None].to(settings.device), sigma=settings.sigma)[0].cpu()
         else:
             from lipden.models.tiling import denoise_tiled
 
-            out = denoise_tiled(model, noisy[None], sigma, tile=used_tile, device=device)[0].cpu()
+            out = denoise_tiled(settings.model, noisy[None], settings.sigma, tile=used_tile,
+                                device=settings.device)[0].cpu()
     seconds = time.perf_counter() - start
     if job.target is not None:
         with deferred_signals():  # an interrupt during the write is counted after it
             write_image(job.target, out.clamp(0, 1), bits=bits, force=args.force)
-            written.append(job.target)
+            settings.written.append(job.target)
     similarity = ssim(out, ref) if ref is not None else None
     record = {
         "input": job.label,
         "output": str(job.target) if job.target else None,
-        "model": model_name,
+        "model": settings.model_name,
         "psnr_noisy": psnr(noisy, ref) if ref is not None else None,
         "psnr": psnr(out, ref) if ref is not None else None,
         "ssim": similarity,
@@ -280,12 +338,17 @@ def _denoise_one(args, job: _Job, index: int, model, model_name: str, device: to
         "tile": used_tile,
         "skipped": False,
     }
-    line = f"{job.label}: denoised with {model_name} in {seconds:.2f} s"
-    if used_tile is not None:
-        line += f" ({used_tile}x{used_tile} tiles)"
-    if ref is not None:
+    _report(args, record, _summary_line(record, job))
+
+
+def _summary_line(record: dict, job: _Job) -> str:
+    line = f"{job.label}: denoised with {record['model']} in {record['seconds']:.2f} s"
+    if record["tile"] is not None:
+        line += f" ({record['tile']}x{record['tile']} tiles)"
+    if record["psnr"] is not None:
         line += f"; PSNR {record['psnr_noisy']:.2f} dB -> {record['psnr']:.2f} dB"
-        line += f", SSIM {similarity:.3f}" if similarity is not None else ", SSIM n/a (image under 3 pixels a side)"
+        line += f", SSIM {record['ssim']:.3f}" if record["ssim"] is not None else \
+            ", SSIM n/a (image under 3 pixels a side)"
     if job.target is not None:
         line += f"; wrote {job.target}"
-    _report(args, record, line)
+    return line

@@ -1,29 +1,99 @@
-"""``python cli.py reconstruct deblur|mri``: simulate a measurement, reconstruct it, report."""
+"""``lipden reconstruct deblur|mri``: simulate a measurement, reconstruct it with PnP or RED, report."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
-import tempfile
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import torch
+from lipden.cli._common import (
+    UserError,
+    add_command_parser,
+    add_run_options,
+    check_box_applies,
+    check_device,
+    check_stop_options,
+    check_tile,
+    check_writable_folder,
+    same_file,
+    tile_for,
+)
 
-from lipden.cli.denoise import check_device, check_writable_folder, same_file, tile_for
-from lipden.io import READABLE, deferred_signals, read_image, write_image
-from lipden.metrics import psnr, ssim
-from lipden.models.pretrained import load_denoiser
-from lipden.optim.reconstruct import reconstruct
+if TYPE_CHECKING:
+    import torch
+
+EXAMPLES = """examples:
+  python cli.py reconstruct mri                           # Shepp-Logan phantom, random mask, x4
+  python cli.py reconstruct deblur photo.png -o sharp.png --kernel motion --noise 0.01
+  python cli.py reconstruct mri slice.png --acceleration 8 --mask equispaced --plot fig.png --json
+  python cli.py reconstruct deblur --method red --weight 0.1 --max-iter 300
+"""
+
+#: Solver options of the command line, passed to ``reconstruct`` when given.
+SOLVER_OPTIONS = ("step", "strength", "relaxation", "weight", "lower", "upper")
 
 
-def build_problem(args: argparse.Namespace, image_size: tuple[int, int] | None = None):
-    """The problem of the command line; with ``image_size``, kernels that cannot fit the image
-    are refused before they are built (a huge kernel would take all the memory)."""
-    from problems import DeblurProblem, MRIProblem
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """The ``reconstruct`` parser and its options."""
+    parser = add_command_parser(
+        subparsers, "reconstruct", "simulate a deblurring or MRI measurement and reconstruct it (PnP / RED)", EXAMPLES)
+    add = parser.add_argument
+    add("problem", choices=["deblur", "mri"], help="the inverse problem")
+    add("input", nargs="?", metavar="INPUT", help="ground-truth image (default: an embedded one)")
+    add("-o", "--output", help="write the reconstruction here")
+    add("--kernel", choices=["gaussian", "uniform", "motion"], default="gaussian", help="deblur: blur kernel")
+    add("--blur-sigma", type=float, default=1.6, help="Gaussian kernel std (pixels)")
+    add("--kernel-size", type=int, help="uniform / motion kernel size (default 9 / 31)")
+    add("--kernel-seed", type=int, default=0, help="seed of the motion kernel")
+    add("--noise", type=float, help="noise std, images in [0, 1] (default 0.01 deblur, 0.002 MRI)")
+    add("--acceleration", type=int, default=4, help="mri: undersampling factor (>= 1)")
+    add("--mask", choices=["random", "gaussian", "equispaced"], default="random", help="mri: k-space line mask")
+    add("--center-fraction", type=float, help="default 0.08 at x4, 0.04 at x8")
+    add("--mask-seed", type=int, default=0, help="mri: seed of the random mask")
+    add("--method", default="pnp-fbs", choices=["pnp-fbs", "pnp-drs", "pnp-admm", "red"],
+        help="solver (default pnp-fbs)")
+    add("--model", help="denoiser name or path (default: the tuned setup's, else spline-sigma15)")
+    add("--step", type=float, help="pnp-fbs: gamma in (0, 2/L]; pnp-drs: prox gamma; red: tau")
+    add("--strength", type=float, help="denoiser strength theta: D = (1 - theta) Id + theta N")
+    add("--relaxation", type=float, help="Krasnosel'skii-Mann relaxation")
+    add("--weight", type=float, help="red: regularisation weight mu")
+    add("--lower", type=float, help="pnp-fbs / red: project onto x >= LOWER (e.g. 0), keeps the guarantee")
+    add("--upper", type=float, help="pnp-fbs / red: project onto x <= UPPER (e.g. 1)")
+    add("--box", action=argparse.BooleanOptionalAction, default=None,
+        help="pnp-fbs / red: constrain the estimate to [0, 1] (keeps the guarantee); default: "
+             "as the problem's best tuned setup")
+    add("--max-iter", type=int, help="iteration cap (default: the tuned setup's, at least 1000)")
+    add("--tol", type=float, default=1e-5, help="relative fixed-point residual to stop at")
+    add("--accelerate", type=int, metavar="M",
+        help="safeguarded Anderson acceleration with memory M, same guarantee (default: the "
+             "tuned setup's, else 3; 0: the plain iteration)")
+    add("--seed", type=int, default=0, help="seed of the measurement noise")
+    add("--no-guarantee", action="store_true", help="run even if the convergence theorem fails")
+    add("--plot", help="save a figure (truth, baseline, result, residual curve)")
+    add("--tile", type=int, metavar="N",
+        help="apply the denoiser in N x N tiles (same iterates, bounded memory); default: 512 "
+             "above 1024 x 1024 pixels; 0: never tile")
+    add("--quiet", action="store_true", help="no progress bar")
+    add_run_options(parser, "print one JSON object")
 
+
+def check(args: argparse.Namespace) -> None:
+    """Refuse stop rules, a box and a noise level that cannot be used, before any work."""
+    check_stop_options(args)
+    if args.box:
+        check_box_applies(args.method)
+    if args.noise is not None and not 0 <= args.noise < 1:
+        raise UserError(f"--noise is the std on [0, 1] images and must be in [0, 1), got {args.noise:g}")
+
+
+def build_problem(args: argparse.Namespace, problems: ModuleType, image_size: tuple[int, int] | None = None):
+    """The problem of the command line (classes from the ``problems`` package); with ``image_size``, kernels
+    that cannot fit the image are refused before they are built (a huge kernel would take all the memory)."""
     if args.problem == "deblur":
         if not (math.isfinite(args.blur_sigma) and args.blur_sigma > 0):
             raise ValueError(f"--blur-sigma must be a positive number of pixels, got {args.blur_sigma:g}")
@@ -35,18 +105,18 @@ def build_problem(args: argparse.Namespace, image_size: tuple[int, int] | None =
             if args.kernel != "gaussian" and args.kernel_size is not None and args.kernel_size > side:
                 raise ValueError(f"--kernel-size {args.kernel_size} does not fit the {shape} image")
         noise = 0.01 if args.noise is None else args.noise
-        return DeblurProblem(args.kernel, blur_sigma=args.blur_sigma, size=args.kernel_size,
-                             noise=noise, seed=args.kernel_seed)
+        return problems.DeblurProblem(args.kernel, blur_sigma=args.blur_sigma, size=args.kernel_size,
+                                      noise=noise, seed=args.kernel_seed)
     noise = 0.002 if args.noise is None else args.noise
-    return MRIProblem(args.mask, args.acceleration, args.center_fraction, noise=noise, seed=args.mask_seed)
+    return problems.MRIProblem(args.mask, args.acceleration, args.center_fraction, noise=noise, seed=args.mask_seed)
 
 
-def _ground_truth(args: argparse.Namespace, kind: str) -> tuple[torch.Tensor, str, int]:
-    from problems import default_image
+def _ground_truth(args: argparse.Namespace, kind: str, problems: ModuleType) -> tuple[torch.Tensor, str, int]:
+    from lipden.io import read_image
 
     if args.input is None:
         label = "skimage.data.shepp_logan_phantom" if kind == "mri" else "skimage.data.camera"
-        return default_image(kind, 256), label, 8
+        return problems.default_image(kind, 256), label, 8
     image, info = read_image(args.input)
     if kind == "mri" and image.shape[0] != 1:
         raise ValueError(f"MRI takes a grayscale (magnitude) image; {args.input} has {image.shape[0]} channels")
@@ -54,10 +124,13 @@ def _ground_truth(args: argparse.Namespace, kind: str) -> tuple[torch.Tensor, st
 
 
 def _save_plot(path: Path, truth, baseline, result, residuals, title: str, force: bool) -> None:
+    """A figure of the truth, the baseline, the result and the residual curve, written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from lipden.io import atomic_write
 
     def show(ax, image, label):
         data = image[0].clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
@@ -75,18 +148,14 @@ def _save_plot(path: Path, truth, baseline, result, residuals, title: str, force
     axes[3].grid(True, which="both", alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+
+    def write(tmp: str) -> None:
+        fig.savefig(tmp, dpi=110, format=path.suffix[1:].lower())
+        if path.exists() and not force:  # appeared while the figure was drawn
+            raise FileExistsError(f"plot exists: {path} (use --force to overwrite)")
+
     try:
-        with deferred_signals():  # the figure is complete or absent, never half-written
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-            os.close(fd)
-            try:
-                fig.savefig(tmp, dpi=110, format=path.suffix[1:].lower())
-                if path.exists() and not force:
-                    raise FileExistsError(f"plot exists: {path} (use --force to overwrite)")
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        atomic_write(path, write)  # the figure is complete or absent, never half-written
     finally:
         plt.close(fig)
 
@@ -97,7 +166,7 @@ def _plot_formats() -> set[str]:
     return {f".{name}" for name in FigureCanvasBase.get_supported_filetypes()}
 
 
-def _check_target(path: Path | None, source: str | None, force: bool, suffixes) -> None:
+def _check_target(path: Path | None, source: str | None, force: bool, suffixes: Collection[str]) -> None:
     if path is None:
         return
     if path.suffix.lower() not in suffixes:
@@ -109,6 +178,19 @@ def _check_target(path: Path | None, source: str | None, force: bool, suffixes) 
         raise ValueError(f"output would overwrite the input {source}")
     if path.exists() and not force:
         raise FileExistsError(f"output exists: {path} (use --force to overwrite)")
+
+
+def _check_targets(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """``-o`` and ``--plot`` as paths, checked before any work."""
+    from lipden.io import READABLE
+
+    output = Path(args.output) if args.output else None
+    plot = Path(args.plot) if args.plot else None
+    _check_target(output, args.input, args.force, READABLE)
+    _check_target(plot, args.input, args.force, _plot_formats() if plot is not None else ())
+    if output is not None and plot is not None and same_file(output, plot):
+        raise ValueError(f"-o and --plot name the same file {output}")
+    return output, plot
 
 
 def _fmt(ssim: float | None) -> str:
@@ -126,16 +208,35 @@ def _cap_advice(max_iter: int, accelerate: int, tol: float, own_parameters: bool
             f"estimate is not the fixed point; {change}")
 
 
-def run_reconstruct(args: argparse.Namespace) -> int:
+def _solver_parameters(args: argparse.Namespace, stored: dict[str, Any], method: str,
+                       lipschitz_sq: Callable[[], float]) -> dict[str, Any]:
+    """The tuned setup's parameters overridden by the command line's, those ``method`` takes; a stored
+    PnP-FBS over-relaxation is capped when a box makes the step less averaged."""
+    from lipden.optim.base import box_bounds, fbs_fast_relaxation, parameter_names
+
+    if (args.lower is not None or args.upper is not None) and "lower" not in parameter_names(method):
+        raise ValueError(f"--lower / --upper apply to pnp-fbs and red, not {method}")
+    given = {k: getattr(args, k) for k in SOLVER_OPTIONS if getattr(args, k) is not None}
+    params = {k: v for k, v in {**stored, **given}.items() if k in parameter_names(method)}
+    if method == "pnp-fbs" and args.relaxation is None and box_bounds(params) and {"step", "strength"} <= set(params):
+        fastest = fbs_fast_relaxation(params["step"], params["strength"], lipschitz_sq(), projected=True)
+        params["relaxation"] = min(params.get("relaxation", 1.0), fastest)
+    return params
+
+
+def run(args: argparse.Namespace) -> int:
+    """Simulate a measurement of the ground truth, reconstruct it with the problem's tuned setup (or the
+    given solver options), print PSNR/SSIM against the baseline and convergence, write ``-o`` / ``--plot``."""
+    check(args)
+    import problems
+    from lipden.models.pretrained import load_denoiser
+    from lipden.optim.base import canonical_method
+    from lipden.optim.reconstruct import reconstruct
+
     device = check_device(args.device)
-    output = Path(args.output) if args.output else None
-    plot = Path(args.plot) if args.plot else None
-    _check_target(output, args.input, args.force, READABLE)
-    _check_target(plot, args.input, args.force, _plot_formats() if plot is not None else ())
-    if output is not None and plot is not None and same_file(output, plot):
-        raise ValueError(f"-o and --plot name the same file {output}")
-    truth, label, bits = _ground_truth(args, "mri" if args.problem == "mri" else "natural")
-    problem = build_problem(args, (truth.shape[-2], truth.shape[-1]))
+    output, plot = _check_targets(args)
+    truth, label, bits = _ground_truth(args, "mri" if args.problem == "mri" else "natural", problems)
+    problem = build_problem(args, problems, (truth.shape[-2], truth.shape[-1]))
     if problem.kind == "mri" and args.acceleration > truth.shape[-1]:
         raise ValueError(f"--acceleration {args.acceleration} exceeds the {truth.shape[-1]} k-space lines "
                          f"of {label}")
@@ -144,24 +245,11 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         raise ValueError("--no-box contradicts --lower / --upper")
     setup = problem.tuned_setup(args.method, box=args.box)
     model_name = args.model or setup.model
-    params = {**setup.parameters,
-              **{k: getattr(args, k) for k in ("step", "strength", "relaxation", "weight", "lower", "upper")
-                 if getattr(args, k) is not None}}
     max_iter = setup.max_iter if args.max_iter is None else args.max_iter
     accelerate = setup.accelerate if args.accelerate is None else args.accelerate
-    from lipden.optim.base import box_bounds, canonical_method, fbs_fast_relaxation, parameter_names
-
     method = canonical_method(args.method)
-    if (args.lower is not None or args.upper is not None) and "lower" not in parameter_names(method):
-        raise ValueError(f"--lower / --upper apply to pnp-fbs and red, not {method}")
-    params = {k: v for k, v in params.items() if k in parameter_names(method)}
-    if method == "pnp-fbs" and args.relaxation is None and box_bounds(params) and {"step", "strength"} <= set(params):
-        # the projection makes the step less averaged: cap a stored over-relaxation accordingly
-        fastest = fbs_fast_relaxation(params["step"], params["strength"], problem.lipschitz_sq(truth.shape),
-                                      projected=True)
-        params["relaxation"] = min(params.get("relaxation", 1.0), fastest)
-    if args.tile is not None and args.tile < 0:
-        raise ValueError(f"--tile must be >= 1 (or 0: never tile), got {args.tile}")
+    params = _solver_parameters(args, setup.parameters, method, lambda: problem.lipschitz_sq(truth.shape))
+    check_tile(args.tile)
     denoiser = load_denoiser(model_name, device=device)
     started = time.perf_counter()
     y = problem.measure(truth, seed=args.seed)
@@ -173,32 +261,13 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         tile=tile_for(args.tile, truth.shape), accelerate=accelerate, **params,
     )
     seconds = time.perf_counter() - started
-    estimate = result.x.clamp(0, 1).cpu()
-    truth_cpu = truth.cpu()
-    record = {
-        "problem": problem.name,
-        "input": label,
-        "output": str(output) if output else None,
-        "method": method,
-        "model": model_name,
-        "parameters": result.parameters,
-        "psnr_baseline": psnr(baseline.cpu(), truth_cpu),
-        "ssim_baseline": ssim(baseline.cpu()[0], truth_cpu[0]),
-        "psnr": psnr(estimate, truth_cpu),
-        "ssim": ssim(estimate[0], truth_cpu[0]),
-        "iterations": result.iterations,
-        "accelerate": accelerate,
-        "max_iter": max_iter,
-        "tuned_entry": setup.key,
-        "evaluations": int(result.evaluations_per_image.max()),
-        "converged": result.converged,
-        "guaranteed": result.guaranteed,
-        "max_residual_increase": result.max_residual_increase,
-        "monotone_residual": result.monotone,
-        "final_relative_residual": float(result.final_relative_residuals.max()),
-        "seconds": seconds,
-    }
+    estimate, truth_cpu = result.x.clamp(0, 1).cpu(), truth.cpu()
+    record = _record(problem, result, estimate, baseline.cpu(), truth_cpu, seconds)
+    record.update(input=label, output=str(output) if output else None, method=method, model=model_name,
+                  accelerate=accelerate, max_iter=max_iter, tuned_entry=setup.key)
     if output is not None:
+        from lipden.io import write_image
+
         write_image(output, estimate[0], bits=bits, force=args.force)
     if plot is not None:
         base_label = "zero-filled" if problem.kind == "mri" else "A^T y"
@@ -210,20 +279,56 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record))
     else:
-        base = "zero-filled" if problem.kind == "mri" else "A^T y"
-        print(f"{problem.name} on {label}")
-        print(f"  {base}: PSNR {record['psnr_baseline']:.2f} dB, SSIM {_fmt(record['ssim_baseline'])}")
-        print(f"  {method} with {model_name}: PSNR {record['psnr']:.2f} dB, SSIM {_fmt(record['ssim'])}")
-        status = "converged" if result.converged else f"NOT converged (cap {max_iter})"
-        passes = f"{result.iterations} iterations" + (
-            f" (Anderson memory {accelerate}, {record['evaluations']} evaluations)" if accelerate else "")
-        print(f"  {passes}, {status}, final relative residual "
-              f"{record['final_relative_residual']:.2e}, residual non-increasing: {result.monotone}; {seconds:.1f} s")
-        if not result.converged:
-            own = any(getattr(args, k) is not None for k in ("step", "strength", "relaxation", "weight"))
-            print(f"  {_cap_advice(max_iter, accelerate, args.tol, own)}")
-        if output is not None:
-            print(f"  wrote {output}")
-        if plot is not None:
-            print(f"  wrote {plot}")
+        _print_summary(args, record, problem.kind, output, plot)
     return 0
+
+
+#: The order of the JSON record's fields.
+RECORD_FIELDS = ("problem", "input", "output", "method", "model", "parameters", "psnr_baseline", "ssim_baseline",
+                 "psnr", "ssim", "iterations", "accelerate", "max_iter", "tuned_entry", "evaluations", "converged",
+                 "guaranteed", "max_residual_increase", "monotone_residual", "final_relative_residual", "seconds")
+
+
+def _record(problem, result, estimate, baseline, truth, seconds: float) -> dict[str, Any]:
+    """The JSON record of a solve, fields in :data:`RECORD_FIELDS` order (the command's own filled in after)."""
+    from lipden.metrics import psnr, ssim
+
+    measured = {
+        "problem": problem.name,
+        "parameters": result.parameters,
+        "psnr_baseline": psnr(baseline, truth),
+        "ssim_baseline": ssim(baseline[0], truth[0]),
+        "psnr": psnr(estimate, truth),
+        "ssim": ssim(estimate[0], truth[0]),
+        "iterations": result.iterations,
+        "evaluations": int(result.evaluations_per_image.max()),
+        "converged": result.converged,
+        "guaranteed": result.guaranteed,
+        "max_residual_increase": result.max_residual_increase,
+        "monotone_residual": result.monotone,
+        "final_relative_residual": float(result.final_relative_residuals.max()),
+        "seconds": seconds,
+    }
+    return {name: measured.get(name) for name in RECORD_FIELDS}
+
+
+def _print_summary(args: argparse.Namespace, record: dict[str, Any], kind: str, output: Path | None,
+                   plot: Path | None) -> None:
+    base = "zero-filled" if kind == "mri" else "A^T y"
+    print(f"{record['problem']} on {record['input']}")
+    print(f"  {base}: PSNR {record['psnr_baseline']:.2f} dB, SSIM {_fmt(record['ssim_baseline'])}")
+    print(f"  {record['method']} with {record['model']}: PSNR {record['psnr']:.2f} dB, SSIM {_fmt(record['ssim'])}")
+    max_iter, accelerate = record["max_iter"], record["accelerate"]
+    status = "converged" if record["converged"] else f"NOT converged (cap {max_iter})"
+    passes = f"{record['iterations']} iterations" + (
+        f" (Anderson memory {accelerate}, {record['evaluations']} evaluations)" if accelerate else "")
+    print(f"  {passes}, {status}, final relative residual "
+          f"{record['final_relative_residual']:.2e}, residual non-increasing: {record['monotone_residual']}; "
+          f"{record['seconds']:.1f} s")
+    if not record["converged"]:
+        own = any(getattr(args, k) is not None for k in ("step", "strength", "relaxation", "weight"))
+        print(f"  {_cap_advice(max_iter, accelerate, args.tol, own)}")
+    if output is not None:
+        print(f"  wrote {output}")
+    if plot is not None:
+        print(f"  wrote {plot}")

@@ -1,0 +1,99 @@
+"""``lipden train``: train a 1-Lipschitz denoiser on image patches (CPU, GPU, torchrun), resumable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lipden.cli._common import ACTIVATION_CHOICES, UserError, add_command_parser
+
+EXAMPLES = """examples:
+  python cli.py train --sigma 15 --output checkpoints/spline-sigma15 --minutes 60
+  python cli.py train --sigma 15 --activation relu --output checkpoints/relu-sigma15
+  python cli.py train --preset paper --device cuda --sigma 15 --output runs/paper15
+  torchrun --nproc_per_node=4 cli.py train --preset paper --device cuda --output runs/ddp
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """The ``train`` parser and its options."""
+    from lipden.paths import default_data_root
+
+    data = default_data_root()
+    parser = add_command_parser(subparsers, "train",
+                                "train a 1-Lipschitz denoiser on image patches (CPU, GPU, torchrun)", EXAMPLES)
+    parser.add_argument("--output", required=True, help="folder for checkpoints, best model and log.csv")
+    parser.add_argument("--sigma", type=float, default=15.0, help="noise level on the 0-255 scale")
+    parser.add_argument("--preset", choices=["paper", "cpu"], default="cpu",
+                        help="paper: 64 channels, batch 128, the paper's learning rates; cpu (default): "
+                             "32 channels, batch 32, 4000 steps")
+    parser.add_argument("--activation", default="spline", choices=ACTIVATION_CHOICES,
+                        help="learned 1-Lipschitz spline (default) or a 1-Lipschitz baseline")
+    parser.add_argument("--conv", choices=["ortho", "spectral", "free"], default="ortho",
+                        help="free = unconstrained convolutions (no guarantee)")
+    parser.add_argument("--train-dir", default=str(data / "train400"),
+                        help="training images (default: ../shared/data/train400)")
+    parser.add_argument("--val-dir", default=str(data / "set12"),
+                        help="validation images (default: ../shared/data/set12)")
+    parser.add_argument("--batch-size", type=int, help="patches per step (default: the preset's)")
+    parser.add_argument("--channels", type=int, help="override the preset's width")
+    parser.add_argument("--depth", type=int, help="override the preset's number of convolutions")
+    parser.add_argument("--steps", type=int, help="total optimizer steps (default: the preset's)")
+    parser.add_argument("--minutes", type=float,
+                        help="stop (and save) after this wall time; the learning rates decay at 75%% of "
+                             "it (or of the steps, whichever comes first)")
+    parser.add_argument("--lr-scale", type=float, default=1.0, help="multiply the preset's learning rates")
+    parser.add_argument("--validate-every", type=int, default=250,
+                        help="steps between validations and checkpoints")
+    parser.add_argument("--checkpoint-minutes", type=float, default=10.0,
+                        help="also save the training state when this much time passed since the last save "
+                             "(default 10)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the init and of the patch sampling")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the spline forward")
+    parser.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast of the convolutions (default: on for CUDA and for a CPU with "
+                             "native bf16, AVX-512 BF16 or AMX); constraints, splines and loss stay float32")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="record the step once as a CUDA graph and replay it (one GPU process; "
+                             "removes the per-kernel host cost)")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+
+def check(args: argparse.Namespace) -> None:
+    """Refuse step counts and intervals that cannot be used."""
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    if args.steps is not None and args.steps < 1:
+        raise UserError("--steps must be >= 1")
+    if args.validate_every < 1:
+        raise UserError("--validate-every must be >= 1")
+    if not args.checkpoint_minutes > 0:
+        raise UserError(f"--checkpoint-minutes must be > 0, got {args.checkpoint_minutes:g}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train (resuming the run in ``--output`` unless ``--no-resume``) and print a summary from rank 0;
+    exit code 1 (from :func:`lipden.cli.main`) when training diverges."""
+    check(args)
+    import torch
+
+    from lipden.train.loop import TrainConfig, train
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    config = TrainConfig(
+        output=args.output, sigma=args.sigma, preset=args.preset, activation=args.activation,
+        conv=args.conv, train_dir=args.train_dir, val_dir=args.val_dir, batch_size=args.batch_size,
+        steps=args.steps, validate_every=args.validate_every, checkpoint_minutes=args.checkpoint_minutes,
+        seed=args.seed, device=device,
+        lr_scale=args.lr_scale, max_minutes=args.minutes, compile_spline=args.compile,
+        mixed_precision=args.mixed_precision, cuda_graph=args.cuda_graph, channels=args.channels, depth=args.depth,
+    )
+    summary = train(config, resume=not args.no_resume, progress=not args.quiet)
+    if summary["rank"] == 0:
+        print(json.dumps(summary) if args.json else
+              f"trained {summary['step']} steps in {summary['elapsed_s'] / 60:.1f} min; "
+              f"best validation PSNR {summary['best_psnr']:.2f} dB; files in {summary['output']}")
+    return 0
