@@ -156,7 +156,7 @@ def test_a_training_step_on_cuda_never_waits_for_the_device(tmp_path):
     """Host-device synchronisations stall a GPU step (the host cannot queue the next kernels
     while it waits); the data transfer, forward, loss, backward and fused Adam step must
     have none. The loss is read only every LOSS_CHECK_EVERY steps by the trainer."""
-    from lipden.train.loop import batch_to_device, make_optimizer, training_step
+    from lipden.train.step import batch_to_device, make_optimizer, training_step
 
     config = TrainConfig(output=str(tmp_path), preset="paper").resolved()
     model = LipschitzDenoiser(config.model_config()).to("cuda").train()
@@ -186,8 +186,12 @@ def test_training_benchmark_measures_the_gpu_kernels():
 
 
 def test_a_cuda_graph_step_trains_like_the_eager_step_and_follows_learning_rate_changes():
-    from lipden.train.loop import make_optimizer, set_learning_rate
-    from lipden.train.step import GraphedTrainingStep, training_step
+    from lipden.train.step import (
+        GraphedTrainingStep,
+        make_optimizer,
+        set_learning_rate,
+        training_step,
+    )
 
     config = TrainConfig(output="unused", preset="cpu").resolved()
 

@@ -69,3 +69,12 @@ class PatchSampler:
                 moved = torch.rot90(patches[chosen], transform % 4, dims=(-2, -1))
                 patches[chosen] = moved.flip(-1) if transform >= 4 else moved
         return patches[:, None].contiguous()
+
+
+def noisy_versions(images: list[Tensor], sigma: float) -> list[Tensor]:
+    """The evaluation protocol: noise from ``torch.manual_seed(0)`` per image, in order."""
+    out = []
+    for image in images:
+        generator = torch.Generator().manual_seed(0)
+        out.append(image + sigma * torch.randn(image.shape, generator=generator))
+    return out

@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from torch.autograd.graph import increment_version
 
 from lipden.models.denoiser import LipschitzDenoiser
+from lipden.nn.splines import LinearSpline
+from lipden.train.config import TrainConfig
 
 
 def batch_to_device(clean: Tensor, noisy: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -132,3 +134,46 @@ class GraphedTrainingStep:
             increment_version(tensor)
         assert self.loss is not None
         return self.loss.clone()
+
+
+def make_optimizer(model: LipschitzDenoiser, config: TrainConfig, capturable: bool = False) -> torch.optim.Adam:
+    """Adam with one learning rate for the convolutions (and any other parameter), one for the
+    spline coefficients and one for the spline scalings.
+
+    On a GPU it is the fused one-kernel Adam. ``capturable=True`` (GPU only) makes it
+    recordable in a CUDA graph: its learning rates are then device tensors, to be changed in
+    place (:func:`set_learning_rate`).
+    """
+    coefficients: list[nn.Parameter] = []
+    scalings: list[nn.Parameter] = []
+    for module in model.modules():
+        if isinstance(module, LinearSpline):
+            coefficients.append(module.coefficients)
+            if module.scaling.requires_grad:
+                scalings.append(module.scaling)
+    special = {id(p) for p in coefficients + scalings}
+    others = [p for p in model.parameters() if id(p) not in special and p.requires_grad]
+    on_gpu = all(p.is_cuda for p in model.parameters())
+    if capturable and not on_gpu:
+        raise ValueError("a capturable optimizer (CUDA graph training) needs the model on a CUDA device")
+    device = next(model.parameters()).device
+
+    def rate(value: float | None) -> float | Tensor:
+        assert value is not None  # resolved configs set every rate
+        return torch.tensor(value, dtype=torch.float32, device=device) if capturable else value
+
+    groups = [{"params": others, "lr": rate(config.lr_conv), "name": "conv"}]
+    if coefficients:
+        groups.append({"params": coefficients, "lr": rate(config.lr_spline), "name": "spline_coefficients"})
+    if scalings:
+        groups.append({"params": scalings, "lr": rate(config.lr_scaling), "name": "spline_scaling"})
+    # on a GPU, the fused implementation updates all parameters in one kernel launch
+    return torch.optim.Adam(groups, fused=True if on_gpu else None, capturable=capturable)
+
+
+def set_learning_rate(group: dict, value: float) -> None:
+    """Set a parameter group's learning rate (in place when it is a device tensor)."""
+    if isinstance(group["lr"], Tensor):
+        group["lr"].fill_(value)
+    else:
+        group["lr"] = value

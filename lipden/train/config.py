@@ -1,0 +1,80 @@
+"""What determines a training run: the presets and :class:`TrainConfig` (stored in every checkpoint)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from lipden.io import default_data_root
+from lipden.models.denoiser import PRESETS, DenoiserConfig
+
+DEFAULT_DATA = default_data_root()  # $LIPDEN_DATA, else ../shared/data
+
+# Paper (GPU): batch 128, lr 4e-5 / 1e-6 / 1e-5. CPU: a quarter of the batch and ~20x the
+# learning rates, which reach good quality within an hour on 2 cores.
+TRAINING_PRESETS = {
+    "paper": {"batch_size": 128, "lr_conv": 4e-5, "lr_spline": 1e-6, "lr_scaling": 1e-5, "steps": 100_000},
+    "cpu": {"batch_size": 32, "lr_conv": 8e-4, "lr_spline": 2e-5, "lr_scaling": 2e-4, "steps": 4_000},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (stored in its checkpoints)."""
+
+    output: str
+    sigma: float = 15.0  # on the 0-255 scale
+    preset: str = "cpu"
+    activation: str = "spline"
+    conv: str = "ortho"
+    train_dir: str = str(DEFAULT_DATA / "train400")
+    val_dir: str | None = str(DEFAULT_DATA / "set12")
+    batch_size: int | None = None
+    patch_size: int = 40
+    steps: int | None = None
+    validate_every: int = 250
+    checkpoint_minutes: float = 10.0  # the training state is also saved when this much time passed since the last save
+    lr_conv: float | None = None
+    lr_spline: float | None = None
+    lr_scaling: float | None = None
+    tv2_weight: float = 1e-6
+    lr_scale: float = 1.0  # multiplies the preset's learning rates (not explicitly given ones)
+    lr_decay_at: float = 0.75  # fraction of the steps (or of max_minutes) after which all learning rates ...
+    lr_decay_factor: float = 0.1  # ... are multiplied by this factor
+    seed: int = 0
+    device: str = "cpu"
+    max_minutes: float | None = None
+    compile_spline: bool = False
+    mixed_precision: bool | None = None  # bf16 autocast of the convolutions; None: on a GPU or a CPU with native bf16
+    cuda_graph: bool = False  # replay each step as a recorded CUDA graph (one GPU process)
+    channels: int | None = None  # override the preset's width
+    depth: int | None = None  # override the preset's number of convolutions
+
+    def resolved(self) -> TrainConfig:
+        """Fill unset values from the preset."""
+        if self.preset not in TRAINING_PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose from {', '.join(TRAINING_PRESETS)}")
+        defaults = TRAINING_PRESETS[self.preset]
+        if not self.lr_scale > 0:
+            raise ValueError(f"lr_scale must be positive, got {self.lr_scale}")
+        values: dict[str, Any] = {
+            k: (defaults[k] if getattr(self, k) is None and k in defaults else getattr(self, k))
+            for k in (f.name for f in dataclasses.fields(self))
+        }
+        for k in ("lr_conv", "lr_spline", "lr_scaling"):  # only the preset's rates are scaled
+            if getattr(self, k) is None:
+                values[k] = defaults[k] * self.lr_scale
+        config = TrainConfig(**values)
+        if not 0 < config.sigma < 255:
+            raise ValueError(f"sigma is on the 0-255 scale and must be in (0, 255), got {config.sigma}")
+        return config
+
+    def model_config(self) -> DenoiserConfig:
+        base = PRESETS[self.preset].to_dict()
+        base.update(activation=self.activation, conv=self.conv, sigma=self.sigma / 255)
+        if self.channels is not None:
+            base["channels"] = self.channels
+        if self.depth is not None:
+            base["depth"] = self.depth
+        return DenoiserConfig.from_dict(base)
