@@ -16,7 +16,7 @@
     certification of the denoiser at the image size) is reported apart;
 (f) the allocator: eval forward on a batch of images whose activations exceed glibc's mmap
     threshold, in two fresh processes, with glibc's defaults vs
-    :func:`lipden._memory.keep_freed_memory` (which the command line applies; so (a)-(e)
+    :func:`lipden.memory.keep_freed_memory` (which the command line applies; so (a)-(e)
     run with it), the forward in one pass (``cpu_pass_bytes = None``);
 (g) bounded CPU passes: the eval forward of a batch of 256x256 images and of one large
     image in one pass vs in the passes ``LipschitzDenoiser`` makes on a CPU when the process
@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from lipden import reconstruct
-from lipden._memory import freed_memory_kept, keep_freed_memory
+from lipden.memory import freed_memory_kept, keep_freed_memory
 from lipden.models.denoiser import PRESETS, DenoiserConfig, LipschitzDenoiser
 from lipden.models.pretrained import list_denoisers, load_denoiser
 from lipden.train.loop import TrainConfig, make_optimizer, training_step
@@ -282,7 +282,7 @@ def _allocator_lines(r: dict) -> list[str]:
     return [
         f"(f) Allocator (fresh processes, median forward on {shape}: {a['activation_megabytes']:.0f} MiB per "
         f"activation): glibc defaults {a['seconds']['default']:.3f} s, freed blocks kept "
-        f"(`lipden._memory.keep_freed_memory`) {a['seconds']['kept']:.3f} s: {a['speedup']:.2f}x faster. "
+        f"(`lipden.memory.keep_freed_memory`) {a['seconds']['kept']:.3f} s: {a['speedup']:.2f}x faster. "
         f"(a)-(e) above ran {kept} it.",
         "",
     ]

@@ -1,4 +1,4 @@
-"""``lipden._memory``: the glibc setting that lets large freed buffers be reused."""
+"""``lipden.memory``: the glibc setting that lets large freed buffers be reused."""
 
 import pathlib
 import platform
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lipden._memory import freed_memory_kept, keep_freed_memory
+from lipden.memory import freed_memory_kept, keep_freed_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -23,7 +23,7 @@ def test_keep_freed_memory_is_idempotent_and_reported():
 def test_the_command_line_applies_it_and_the_library_does_not():
     code = (
         "import lipden, lipden.cli\n"
-        "from lipden._memory import freed_memory_kept\n"
+        "from lipden.memory import freed_memory_kept\n"
         "before = freed_memory_kept()\n"
         "try:\n    lipden.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
         "print(before, freed_memory_kept())\n"

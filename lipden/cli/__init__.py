@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code: 0, 1 (training diverged), 2 (bad input, one line on stderr),
     130 (interrupted by Ctrl-C) or 143 (SIGTERM). Outputs are written atomically, so an
     interrupted batch keeps every finished output and leaves no partial file."""
-    from lipden._memory import keep_freed_memory
+    from lipden.memory import keep_freed_memory
 
     keep_freed_memory()  # large activations reuse freed buffers (about 2x faster on CPU)
     args = _parse(argv)

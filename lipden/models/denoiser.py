@@ -19,7 +19,7 @@ import deepinv
 import torch
 from torch import Tensor, nn
 
-from lipden._memory import freed_memory_kept
+from lipden.memory import freed_memory_kept
 from lipden.certify.averaged import Averaged
 from lipden.certify.bounds import lipschitz_upper_bound
 from lipden.models.tiling import run_in_bounded_passes
@@ -119,7 +119,7 @@ class LipschitzDenoiser(deepinv.models.Denoiser):
     mode; in training mode that scan is skipped (it would stall every GPU step on a device
     read-back) and the trainer checks the loss instead.
 
-    On a CPU, in a process that has not applied :func:`lipden._memory.keep_freed_memory`
+    On a CPU, in a process that has not applied :func:`lipden.memory.keep_freed_memory`
     (the command line applies it; a Python program using the library usually has not), an
     eval-mode call under ``torch.no_grad()`` (as in the solvers) runs the network in passes
     whose widest activation takes at most ``cpu_pass_bytes`` (several small images per pass,

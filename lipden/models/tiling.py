@@ -115,6 +115,28 @@ def _context_indices(start: int, stop: int, size: int, margin: int, circular: bo
     return torch.arange(lo, hi, device=device), start - lo
 
 
+def _margins(denoiser: nn.Module, overlap: int | tuple[int, int] | None,
+             padding_mode: str | None) -> tuple[tuple[int, int], str]:
+    """The context added on each side of a tile and the padding mode (see denoise_tiled)."""
+    radius: tuple[int, int] | None
+    try:
+        radius, mode = receptive_field(denoiser)
+    except ValueError:
+        if overlap is None or padding_mode is None:
+            raise
+        radius, mode = None, padding_mode
+    if overlap is None:
+        assert radius is not None
+        return radius, padding_mode or mode
+    margin_h, margin_w = _pair(overlap)
+    if min(margin_h, margin_w) < 0:
+        raise ValueError(f"overlap must be >= 0, got {overlap}")
+    if radius is not None and (margin_h < radius[0] or margin_w < radius[1]):
+        raise ValueError(f"overlap {overlap} is smaller than the receptive-field radius {radius}: "
+                         "the tiles would not match the untiled result")
+    return (margin_h, margin_w), padding_mode or mode
+
+
 def denoise_tiled(
     denoiser: nn.Module,
     x: Tensor,
@@ -151,24 +173,7 @@ def denoise_tiled(
     tile_h, tile_w = _pair(tile)
     if tile_h < 1 or tile_w < 1:
         raise ValueError(f"tile must be >= 1, got {tile}")
-    radius: tuple[int, int] | None
-    try:
-        radius, mode = receptive_field(denoiser)
-    except ValueError:
-        if overlap is None or padding_mode is None:
-            raise
-        radius, mode = None, padding_mode
-    if overlap is None:
-        assert radius is not None
-        margin_h, margin_w = radius
-    else:
-        margin_h, margin_w = _pair(overlap)
-        if min(margin_h, margin_w) < 0:
-            raise ValueError(f"overlap must be >= 0, got {overlap}")
-        if radius is not None and (margin_h < radius[0] or margin_w < radius[1]):
-            raise ValueError(f"overlap {overlap} is smaller than the receptive-field radius {radius}: "
-                             "the tiles would not match the untiled result")
-    mode = padding_mode or mode
+    (margin_h, margin_w), mode = _margins(denoiser, overlap, padding_mode)
     circular = mode == "circular"
     run_device = torch.device(device) if device is not None else x.device
 
@@ -248,7 +253,7 @@ def run_in_bounded_passes(network: nn.Module, x: Tensor, max_pixels: int) -> Ten
     so a network whose activations are that large (``B x channels x H x W`` floats: 64 MiB
     for 8 images of 256 x 256 at 32 channels) pays the page faults at every layer; measured
     for the shipped 32-channel denoisers on 2 cores, 2.4x longer per image than one image
-    at a time. Passes of a few MiB reuse heap memory (:mod:`lipden._memory` is the other
+    at a time. Passes of a few MiB reuse heap memory (:mod:`lipden.memory` is the other
     remedy, for a whole process).
     """
     planes = x.shape[0]
