@@ -20,8 +20,6 @@ extension dashed), with |x| (the initialisation) in grey for reference.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from torch import Tensor, nn
 from lipden import LinearSpline, list_denoisers, load_denoiser
 from lipden.train.loop import DEFAULT_DATA
 
-from .common import machine, write_results
+from .common import machine, save_figure, write_results
 
 MODELS = ("spline-sigma15", "spline-sigma5", "spline-sigma25")
 CHANNELS_SHOWN = 6
@@ -128,6 +126,7 @@ def plot_model(path: Path, name: str, splines: list[LinearSpline], title_note: s
     rows, cols = len(splines), CHANNELS_SHOWN
     fig = Figure(figsize=(2.3 * cols, 1.9 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
+    plotted: list = []
     for row, spline in enumerate(splines):
         f = spline.learned_functions()
         half_width = spline.x_range / spline.alpha().detach()
@@ -145,16 +144,32 @@ def plot_model(path: Path, name: str, splines: list[LinearSpline], title_note: s
             for side in (x < -a, x > a):
                 ax.plot(x[side], y[side], color="C0", linewidth=1, linestyle="--")
             ax.set_title(f"layer {row + 1} ch {channel}: TV2 {float(f.tv2[channel]):.2f}", fontsize=8)
+            plotted.append([row, channel, a, y.tolist()])
             ax.tick_params(labelsize=6)
     fig.suptitle(
         f"{title_note}{name}: learned splines, channels at TV2 quantiles 0-100 % per layer "
         "(grey: |x|, dashed: linear extension)",
         fontsize=10,
     )
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png.tmp", delete=False) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates it owner-only
-    os.replace(tmp.name, path)
+    save_figure(fig, path, {"figure": "activations", "title": f"{title_note}{name}", "curves": plotted}, dpi=80)
+
+
+def _model_entry(name: str, folder: Path, suffix: str, image: Tensor | None, quick: bool) -> dict:
+    """One model's per-layer statistics (with the input coverage on ``image``) and its figure."""
+    model = load_denoiser(name)
+    splines = spline_layers(model)
+    layers = [layer_stats(s) for s in splines]
+    if image is not None:
+        sigma = model.config.sigma
+        if sigma is None:
+            raise ValueError(f"{name} records no training noise level")
+        for stats, coverage in zip(layers, input_coverage(model, image, sigma), strict=True):
+            stats.update(coverage)
+    figure = folder / f"activations-{name}{suffix}.png"
+    plot_model(figure, name, splines, "QUICK: " if quick else "")
+    first = splines[0]
+    return {"spline": {"num_knots": first.num_knots, "x_range": first.x_range, "init": first.init},
+            "layers": layers, "figure": figure.name}
 
 
 def run(quick: bool = False, output: str = "results") -> dict:
@@ -175,25 +190,7 @@ def run(quick: bool = False, output: str = "results") -> dict:
         if quick:
             image = image[:128, :128]
 
-    models: dict[str, dict] = {}
-    for name in names:
-        model = load_denoiser(name)
-        splines = spline_layers(model)
-        layers = [layer_stats(s) for s in splines]
-        if image is not None:
-            sigma = model.config.sigma
-            if sigma is None:
-                raise ValueError(f"{name} records no training noise level")
-            for stats, coverage in zip(layers, input_coverage(model, image, sigma), strict=True):
-                stats.update(coverage)
-        figure = folder / f"activations-{name}{suffix}.png"
-        plot_model(figure, name, splines, "QUICK: " if quick else "")
-        first = splines[0]
-        models[name] = {
-            "spline": {"num_knots": first.num_knots, "x_range": first.x_range, "init": first.init},
-            "layers": layers,
-            "figure": figure.name,
-        }
+    models = {name: _model_entry(name, folder, suffix, image, quick) for name in names}
 
     results = {
         "quick": quick,

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import math
 import os
 import platform
 import re
 import resource
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from lipden.io import deferred_signals
+from lipden.io import atomic_write, atomic_write_text
 
 
 def machine() -> dict:
@@ -90,17 +94,30 @@ WRITTEN: list[Path] = []
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a synced temporary file in the same folder (mode 0644);
-    an interrupt is held until the rename is done, so the file is complete or untouched."""
+    """Write ``text`` to ``path`` through :func:`lipden.io.atomic_write_text` (the folder is made)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with deferred_signals():
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-            tmp.write(text)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates owner-only files
-        os.replace(tmp.name, path)
+    atomic_write_text(path, text)
     WRITTEN.append(path)
+
+
+#: significant digits kept of every float of a result file (tables show at most 6)
+DIGITS = 7
+
+
+def compact(value: Any, digits: int = DIGITS) -> Any:
+    """``value`` with every float rounded to ``digits`` significant digits (JSON-ready)."""
+    if isinstance(value, float):
+        return value if not math.isfinite(value) or value == 0 else float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {key: compact(item, digits) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [compact(item, digits) for item in value]
+    return value
+
+
+def to_json(value: Any) -> str:
+    """The compact JSON of a result: floats rounded (:func:`compact`), no indentation."""
+    return json.dumps(compact(value), separators=(",", ":")) + "\n"
 
 
 def table_cell(text: str) -> str:
@@ -111,7 +128,7 @@ def table_cell(text: str) -> str:
 def write_results(output: str, name: str, results: dict, markdown: str) -> None:
     """Write ``name.json`` and ``name.md`` atomically under ``output``."""
     folder = Path(output)
-    for suffix, text in ((".json", json.dumps(results, indent=2) + "\n"), (".md", markdown)):
+    for suffix, text in ((".json", to_json(results)), (".md", markdown)):
         write_text_atomic(folder / f"{name}{suffix}", text)
     print(f"wrote {folder / name}.json and {folder / name}.md")
 
@@ -129,3 +146,90 @@ def operator_calls(function: Callable[[], None]) -> int:
         1 for event in profiler.events()
         if event.name.startswith("aten::") and not (event.cpu_parent and event.cpu_parent.name.startswith("aten::"))
     )
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+#: largest width (pixels) and size (bytes) of a committed figure
+FIGURE_WIDTH = 1000
+FIGURE_MAX_BYTES = 200_000
+#: PNG text field holding the fingerprint of the numbers a figure shows
+FINGERPRINT_KEY = "lipden-data"
+
+
+def _digestible(value: Any) -> Any:
+    """Arrays and tensors as the hash of what a figure shows of them (8-bit levels of [0, 1])."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().double().numpy()
+    if isinstance(value, np.ndarray):
+        levels = np.round(np.clip(np.nan_to_num(value.astype(np.float64)), -1e6, 1e6) * 255).astype(np.int64)
+        return {"shape": list(value.shape), "sha256": hashlib.sha256(levels.tobytes()).hexdigest()}
+    raise TypeError(f"cannot fingerprint {type(value).__name__}")
+
+
+def fingerprint(data: Any) -> str:
+    """A digest of the numbers (and labels) a figure is drawn from."""
+    text = json.dumps(compact(data), sort_keys=True, default=_digestible)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def figure_fingerprint(path: Path) -> str | None:
+    """The fingerprint stored in a figure written by :func:`save_figure`, None if none."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.info.get(FINGERPRINT_KEY)
+    except OSError:
+        return None
+
+
+def compress_png(png: bytes, stamp: str | None = None, max_width: int = FIGURE_WIDTH,
+                 max_bytes: int = FIGURE_MAX_BYTES) -> bytes:
+    """A rendered figure as a palette PNG at most ``max_width`` wide and ``max_bytes`` large:
+    grey figures in grey levels, fewer levels (256 to 32) and then fewer pixels until it fits."""
+    from PIL import Image, PngImagePlugin
+
+    with Image.open(io.BytesIO(png)) as opened:
+        image = opened.convert("RGB")
+    channels = np.asarray(image)
+    if (channels[..., 0] == channels[..., 1]).all() and (channels[..., 1] == channels[..., 2]).all():
+        image = image.convert("L")
+    info = PngImagePlugin.PngInfo()
+    if stamp is not None:
+        info.add_text(FINGERPRINT_KEY, stamp)
+    out = b""
+    for scale in (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4):
+        width = min(image.width, round(max_width * scale))
+        resized = image if width == image.width else image.resize(
+            (width, max(1, round(image.height * width / image.width))), Image.Resampling.LANCZOS)
+        for colours in (256, 128, 64, 32):
+            buffer = io.BytesIO()
+            resized.quantize(colours, dither=Image.Dither.NONE).save(buffer, format="PNG", optimize=True, pnginfo=info)
+            out = buffer.getvalue()
+            if len(out) <= max_bytes:
+                return out
+    return out
+
+
+def save_figure(fig, path: Path, data: Any, **savefig: Any) -> bool:
+    """Write a matplotlib figure compressed (:func:`compress_png`), unless ``path`` already holds
+    a figure of the same ``data`` (the numbers it is drawn from, see :func:`fingerprint`):
+    re-running a benchmark then leaves an unchanged figure alone. Closes ``fig``; True if written."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    stamp = fingerprint(data)
+    try:
+        if path.is_file() and figure_fingerprint(path) == stamp:
+            print(f"{path}: same numbers, figure kept")
+            return False
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", **savefig)
+    finally:
+        plt.close(fig)
+    png = compress_png(buffer.getvalue(), stamp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))
+    WRITTEN.append(path)
+    return True

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lipden.models.checkpoint import load_tensors
 
-from .common import table_cell, write_results
+from .common import compact, save_figure, table_cell, write_results
 
 
 def read_run(folder: Path) -> dict | None:
@@ -74,10 +74,9 @@ def _figure(path: Path, runs: list[dict]) -> None:
         row[0].set_ylabel(f"set12 PSNR at sigma {sigma:g} (dB)")
         row[1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_suffix(".png.tmp")
-    fig.savefig(tmp, format="png", dpi=72)
-    plt.close(fig)
-    tmp.replace(path)
+    plotted = [{k: run[k] for k in ("run", "channels", "batch_size", "sigma", "patches", "hours", "val_psnr")}
+               for run in runs]
+    save_figure(fig, path, {"figure": "learning curves", "runs": plotted}, dpi=72)
 
 
 def _markdown(runs: list[dict]) -> str:
@@ -113,7 +112,7 @@ def run(quick: bool = False, output: str = "results", runs: str = "checkpoints")
     current = {run["run"] for run in found}
     kept = [run for run in previous.get("runs", [])
             if run["run"] not in current and not (Path(runs) / run["run"]).is_dir()]
-    results = {"runs": sorted(found + kept, key=lambda run: run["run"])}
+    results = compact({"runs": sorted(found + kept, key=lambda run: run["run"])})
     if previous == results:
         print(f"{target}: unchanged")
         return results

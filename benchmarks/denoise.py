@@ -20,9 +20,6 @@ Quick mode: the first 4 BSD68 images at sigma 15, tuning on 2 set12 images, one 
 
 from __future__ import annotations
 
-import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -42,17 +39,15 @@ from lipden.models.pretrained import denoiser_card, list_denoisers, weights_dir
 from lipden.train.loop import DEFAULT_DATA, noisy_versions
 from lipden.train.publish import evaluate_folder
 
-from .common import interleaved_medians, machine, write_results
+from .common import interleaved_medians, machine, save_figure, write_results
+from .denoise_markdown import FIGURE_IMAGE, FIGURE_SIGMA, SIGMAS, _fmt, _markdown
 
-SIGMAS = (5, 15, 25)
 QUICK_SIGMAS = (15,)
 QUICK_IMAGES = 4
 QUICK_TUNING_IMAGES = 2
 # Log grids of the single parameter, in multiples of sigma (on the [0, 1] scale).
 TV_FACTORS = tuple(0.35 * 2 ** (k / 2) for k in range(4))  # 0.35 ... 0.99
 WAVELET_FACTORS = tuple(0.5 * 2 ** (k / 2) for k in range(6))  # 0.5 ... 2.83
-FIGURE_SIGMA = 15
-FIGURE_IMAGE = 0  # index in sorted BSD68 order
 FIGURE_CROP = (slice(80, 208), slice(120, 248))  # 128 x 128
 PUBLISHED = [  # BSD68 PSNR (dB) at sigma 5 / 15 / 25, from the papers: not measured here
     ("BM3D", {15: 31.07, 25: 28.57}, "Dabov et al. 2007, as reported by Zhang et al. 2017 (DnCNN)"),
@@ -170,7 +165,7 @@ def _load_shipped(name: str, card: dict) -> torch.nn.Module:
 
 
 def _save_figure(path: Path, clean: Tensor, panels: list[tuple[str, Tensor]]) -> None:
-    """Crops side by side, written to a temporary file then moved into place."""
+    """Crops side by side (rewritten only when the crops or their titles change)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,69 +173,39 @@ def _save_figure(path: Path, clean: Tensor, panels: list[tuple[str, Tensor]]) ->
 
     rows, cols = FIGURE_CROP
     items = [("clean", clean)] + panels
+    crops = [(title, image.clamp(0, 1)[rows, cols].numpy()) for title, image in items]
     fig, axes = plt.subplots(1, len(items), figsize=(2.6 * len(items), 3.0))
-    for ax, (title, image) in zip(np.atleast_1d(axes), items, strict=True):
-        ax.imshow(image.clamp(0, 1)[rows, cols].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    for ax, (title, crop) in zip(np.atleast_1d(axes), crops, strict=True):
+        ax.imshow(crop, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(title, fontsize=8)
         ax.axis("off")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_figure(fig, path, {"figure": "denoising crops", "panels": crops}, dpi=120)
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
-
-
-def run(quick: bool = False, output: str = "results") -> dict:
-    """Measure the table (see the module docstring); write denoise[-quick].{json,md,png}."""
-    started = time.perf_counter()
+def _load(quick: bool) -> dict:
+    """Test (BSD68) and tuning (Set12) images, clean and noisy per sigma, and the timing crop."""
     bsd68, set12 = _data_folders()
     torch.manual_seed(0)
     sigmas = QUICK_SIGMAS if quick else SIGMAS
     files = list_images(bsd68)[: QUICK_IMAGES if quick else None]
     clean = [load_grayscale(p) for p in files]
-    noisy = {s: noisy_versions(clean, s / 255) for s in sigmas}
     tune_clean = [load_grayscale(p) for p in list_images(set12)[: QUICK_TUNING_IMAGES if quick else None]]
-    tune_noisy = {s: noisy_versions(tune_clean, s / 255) for s in sigmas}
-    # Timing image: the first BSD68 image (481x321 or 321x481), a 256x256 crop in quick mode.
-    timing_crop = (slice(0, 256), slice(0, 256)) if quick else (slice(None), slice(None))
-    timing_pixels = clean[0][timing_crop].numel()
+    return {
+        "bsd68": bsd68, "sigmas": sigmas, "files": files, "clean": clean,
+        "noisy": {s: noisy_versions(clean, s / 255) for s in sigmas}, "tune_clean": tune_clean,
+        "tune_noisy": {s: noisy_versions(tune_clean, s / 255) for s in sigmas},
+        # Timing image: the first BSD68 image (481x321 or 321x481), a 256x256 crop in quick mode.
+        "timing_crop": (slice(0, 256), slice(0, 256)) if quick else (slice(None), slice(None)),
+    }
 
-    rows: list[dict] = []
-    timers: dict[str, Callable[[], object]] = {}
-    figure: dict[str, Tensor] = {}
 
-    def add_row(row: dict, denoise: Denoise | None, sigma: int) -> None:
-        if denoise is not None:
-            scored = _score(denoise, clean, noisy[sigma])
-            if sigma == FIGURE_SIGMA:
-                figure[row["name"]] = scored.pop("first_output")
-            scored.pop("first_output", None)
-            row.update(scored)
-            timing_input = noisy[sigma][0][timing_crop][None, None].contiguous()
-            if row["kind"] != "input":
-                timers[f"{row['name']} @ {sigma}"] = lambda: denoise(timing_input)
-        rows.append(row)
-        print(f"  {row['name']:<38} sigma {sigma:>2}: PSNR {_fmt(row.get('psnr'))} dB, "
-              f"SSIM {_fmt(row.get('ssim'), 4)}  ({time.perf_counter() - started:.0f} s)", flush=True)
-
-    base = {"psnr": None, "ssim": None, "lipschitz_bound": None, "parameters": None, "tuned": None, "note": ""}
-    for sigma in sigmas:
-        add_row({**base, "name": "noisy input", "kind": "input", "sigma": sigma}, lambda y: y, sigma)
-
-    # Shipped denoisers, each at its own training sigma.
+def _shipped_rows(data: dict, quick: bool, add_row: Callable, base: dict) -> tuple[list[str], list[dict]]:
+    """Rows of every shipped denoiser at its own training sigma; the skipped models and the
+    checks that this protocol agrees with the one that wrote the model cards."""
     skipped: list[str] = []
     protocol_checks: list[dict] = []
+    clean, sigmas = data["clean"], data["sigmas"]
     cards = {name: denoiser_card(name) for name in list_denoisers()}
     for name in sorted(cards, key=lambda n: (cards[n]["activation"] != "spline", n)):
         card = cards[name]
@@ -275,7 +240,7 @@ def run(quick: bool = False, output: str = "results") -> dict:
         if not quick and row["card_bsd68_psnr"] is not None:
             reference = float(row["card_bsd68_psnr"])
         elif quick and not protocol_checks:
-            reference = evaluate_folder(model, bsd68, sigma / 255, limit=len(clean))
+            reference = evaluate_folder(model, data["bsd68"], sigma / 255, limit=len(clean))
         else:
             continue
         agree = abs(reference - row["psnr"]) < 1e-3  # cards are rounded to 4 decimals
@@ -283,21 +248,66 @@ def run(quick: bool = False, output: str = "results") -> dict:
                                 "reference": "evaluate_folder" if quick else "model card", "agree": agree})
         if not agree:
             print(f"  WARNING: protocol mismatch: {protocol_checks[-1]}", flush=True)
+    return skipped, protocol_checks
 
-    # Classical baselines, one parameter tuned per sigma on set12.
+
+def _classical_rows(data: dict, add_row: Callable, base: dict) -> None:
+    """Classical baselines, one parameter tuned per sigma on set12."""
     for name, (apply_param, factors, note) in _classical_methods().items():
-        for sigma in sigmas:
+        for sigma in data["sigmas"]:
             row = {**base, "name": name, "kind": "classical", "sigma": sigma, "guarantee": "-", "note": note}
             if apply_param is None:
                 add_row(row, None, sigma)
                 continue
             if len(factors) > 1:
                 grid = [round(f * sigma / 255, 6) for f in factors]
-                row["tuned"] = _tune(apply_param, grid, tune_clean, tune_noisy[sigma])
+                row["tuned"] = _tune(apply_param, grid, data["tune_clean"], data["tune_noisy"][sigma])
                 value = row["tuned"]["value"]
             else:
                 value = sigma / 255
             add_row(row, _with_parameter(apply_param, value), sigma)
+
+
+def _figure(data: dict, figure: dict[str, Tensor], path: Path) -> None:
+    """Crops at sigma 15 of the first image: noisy, two of our models and TV."""
+    clean, noisy_image = data["clean"][FIGURE_IMAGE], data["noisy"][FIGURE_SIGMA][FIGURE_IMAGE]
+    panels = [(f"noisy sigma={FIGURE_SIGMA} ({psnr(noisy_image, clean):.2f} dB)", noisy_image)]
+    for key, label in (("spline-sigma15", "1-Lip. spline"), ("relu-sigma15", "1-Lip. ReLU"),
+                       ("TV (deepinv TVDenoiser)", "TV")):
+        if key in figure:
+            panels.append((f"{label} ({psnr(figure[key], clean):.2f} dB)", figure[key]))
+    _save_figure(path, clean, panels)
+
+
+def run(quick: bool = False, output: str = "results") -> dict:
+    """Measure the table (see the module docstring); write denoise[-quick].{json,md,png}."""
+    started = time.perf_counter()
+    data = _load(quick)
+    clean, noisy, sigmas, timing_crop = data["clean"], data["noisy"], data["sigmas"], data["timing_crop"]
+    timing_pixels = clean[0][timing_crop].numel()
+    rows: list[dict] = []
+    timers: dict[str, Callable[[], object]] = {}
+    figure: dict[str, Tensor] = {}
+
+    def add_row(row: dict, denoise: Denoise | None, sigma: int) -> None:
+        if denoise is not None:
+            scored = _score(denoise, clean, noisy[sigma])
+            if sigma == FIGURE_SIGMA:
+                figure[row["name"]] = scored.pop("first_output")
+            scored.pop("first_output", None)
+            row.update(scored)
+            timing_input = noisy[sigma][0][timing_crop][None, None].contiguous()
+            if row["kind"] != "input":
+                timers[f"{row['name']} @ {sigma}"] = lambda: denoise(timing_input)
+        rows.append(row)
+        print(f"  {row['name']:<38} sigma {sigma:>2}: PSNR {_fmt(row.get('psnr'))} dB, "
+              f"SSIM {_fmt(row.get('ssim'), 4)}  ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    base = {"psnr": None, "ssim": None, "lipschitz_bound": None, "parameters": None, "tuned": None, "note": ""}
+    for sigma in sigmas:
+        add_row({**base, "name": "noisy input", "kind": "input", "sigma": sigma}, lambda y: y, sigma)
+    skipped, protocol_checks = _shipped_rows(data, quick, add_row, base)
+    _classical_rows(data, add_row, base)
 
     # Time per megapixel: one image, eval mode, no grad, runs interleaved across methods.
     print(f"  timing {len(timers)} methods ...", flush=True)
@@ -307,23 +317,12 @@ def run(quick: bool = False, output: str = "results") -> dict:
         key = f"{row['name']} @ {row['sigma']}"
         row["seconds_per_megapixel"] = times[key] / (timing_pixels / 1e6) if key in times else None
 
-    # Figure: crops at sigma 15 of the first image.
-    figure_path = None
-    if FIGURE_SIGMA in sigmas:
-        noisy_image = noisy[FIGURE_SIGMA][FIGURE_IMAGE]
-        panels = [(f"noisy sigma={FIGURE_SIGMA} ({psnr(noisy_image, clean[FIGURE_IMAGE]):.2f} dB)", noisy_image)]
-        for key, label in (("spline-sigma15", "1-Lip. spline"), ("relu-sigma15", "1-Lip. ReLU"),
-                           ("TV (deepinv TVDenoiser)", "TV")):
-            if key in figure:
-                score = psnr(figure[key], clean[FIGURE_IMAGE])
-                panels.append((f"{label} ({score:.2f} dB)", figure[key]))
-        suffix = "-quick" if quick else ""
-        figure_path = Path(output) / f"denoise{suffix}.png"
-        _save_figure(figure_path, clean[FIGURE_IMAGE], panels)
-
+    figure_path = Path(output) / f"denoise{'-quick' if quick else ''}.png" if FIGURE_SIGMA in sigmas else None
+    if figure_path is not None:
+        _figure(data, figure, figure_path)
     results = {
-        "quick": quick, "machine": machine(), "images": [p.name for p in files], "sigmas": list(sigmas),
-        "tuning_images": len(tune_clean), "protocol": (
+        "quick": quick, "machine": machine(), "images": [p.name for p in data["files"]], "sigmas": list(sigmas),
+        "tuning_images": len(data["tune_clean"]), "protocol": (
             "AWGN sigma/255 on [0,1] images, torch.manual_seed(0) per image in sorted order; "
             "PSNR (data range 1) and SSIM (skimage, gaussian window 1.5, data range 1) of the clipped output"
         ),
@@ -336,73 +335,3 @@ def run(quick: bool = False, output: str = "results") -> dict:
     print(markdown)
     write_results(output, "denoise" + ("-quick" if quick else ""), results, markdown)
     return results
-
-
-def _markdown(results: dict, quick: bool) -> str:
-    m = results["machine"]
-    n = len(results["images"])
-    h, w = results["timing_image_shape"]
-    lines = [
-        f"# Denoising on BSD68{' (QUICK: first 4 images, sigma 15 only)' if quick else ''}",
-        "",
-        f"{n} BSD68 images; {results['protocol']}. Classical parameters tuned on "
-        f"{results['tuning_images']} Set12 images only. Machine: {m['cpu']}, {m['cores']} cores, "
-        f"torch {m['torch']} with {m['torch_threads']} threads; time per megapixel on one {h}x{w} image "
-        "(median of interleaved runs, eval mode, no grad).",
-        "",
-    ]
-    for sigma in results["sigmas"]:
-        lines += [
-            f"## sigma = {sigma}",
-            "",
-            "| method | guarantee | PSNR (dB) | SSIM | certified Lip. bound | parameters | s / megapixel | note |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for row in (r for r in results["rows"] if r["sigma"] == sigma):
-            bound = row["lipschitz_bound"]
-            bound_text = "-" if bound is None else f"{bound:.6f}"
-            if row.get("guarantee") == "no guarantee":
-                bound_text = f"none (layer product {bound:.3g})" if bound is not None else "none"
-            note = row["note"]
-            if row.get("tuned"):
-                tuned = row["tuned"]
-                note += f"; tuned value {tuned['value']:.4g}" + (" (AT GRID EDGE)" if tuned["at_grid_edge"] else "")
-            lines.append(
-                f"| {row['name']} | {row.get('guarantee', '-')} | {_fmt(row['psnr'])} | {_fmt(row['ssim'], 4)} | "
-                f"{bound_text} | {row['parameters'] if row['parameters'] is not None else '-'} | "
-                f"{_fmt(row.get('seconds_per_megapixel'), 3)} | {note.strip('; ')} |"
-            )
-        lines.append("")
-    sizes = {tuple(r["lipschitz_bound_size"]) for r in results["rows"] if r.get("lipschitz_bound_size")}
-    for a, b in sorted(sizes):
-        lines.append(
-            "Certified bounds: the model cards' certificate at 40x40 (quick mode)." if (a, b) == (40, 40) else
-            f"Certified bounds: `lipschitz_upper_bound` at {a}x{b} (above 96x96 pixels this is the "
-            "size-independent bound, valid for every image size)."
-        )
-    if results["skipped_models"]:
-        lines.append(f"Not in this run: {', '.join(results['skipped_models'])}.")
-    if results["figure"]:
-        lines.append(
-            f"Figure `{Path(results['figure']).name}`: 128x128 crop of {results['images'][FIGURE_IMAGE]} at "
-            f"sigma {FIGURE_SIGMA}; PSNRs in the titles are of the whole image."
-        )
-    for check in results["protocol_checks"]:
-        lines.append(
-            f"Protocol check, {check['model']}: {check['reference']} {check['reference_psnr']:.4f} dB vs "
-            f"{check['benchmark_psnr']:.4f} dB here ({'agrees' if check['agree'] else 'DISAGREES'})."
-        )
-    lines += [
-        "",
-        "## Published results (not measured here)",
-        "",
-        "| method | sigma 5 | sigma 15 | sigma 25 | source |",
-        "|---|---|---|---|---|",
-    ]
-    for entry in results["published_not_measured"]:
-        values = entry["bsd68_psnr"]
-        lines.append(
-            f"| {entry['method']} | " + " | ".join(_fmt(values.get(s)) for s in SIGMAS) + f" | {entry['source']} |"
-        )
-    lines += ["", f"Wall time: {results['wall_seconds']:.0f} s.", ""]
-    return "\n".join(lines)

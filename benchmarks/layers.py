@@ -82,6 +82,40 @@ def export_plain(model: LipschitzDenoiser) -> LipschitzDenoiser:
     return plain.eval()
 
 
+def _markdown(results: dict, quick: bool, repeats: int, shape: tuple, image_shape: tuple, variants: list) -> str:
+    m = results["machine"]
+    lines = [
+        f"# Layer benchmark{' (quick)' if quick else ''}",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} threads. "
+        f"Medians of {repeats} interleaved runs.",
+        "",
+        f"Block = OrthoConv2d(64, 64, 3) + activation, forward + backward on {tuple(shape)}:",
+        "",
+        "| activation | block time (s) | activation alone (s) | saved for backward (MiB) | peak RSS increase (MiB) |",
+        "|---|---|---|---|---|",
+    ]
+    block, alone = results["block_forward_backward_s"], results["activation_forward_backward_s"]
+    saved, peaks = results["saved_for_backward_mib"], results["peak_memory_mib"]
+    for name in variants:
+        kind = "spline" if name.startswith("spline") else "relu"
+        lines.append(f"| {name} | {block[name]:.4f} | {alone[name]:.4f} | {saved[kind]:.1f} | {peaks[kind]:.0f} |")
+    lines += [
+        "",
+        f"Spline overhead on the block: {100 * results['block_spline_overhead']:+.1f}% eager, "
+        f"{100 * results['block_spline_compiled_overhead']:+.1f}% with the compiled forward (goal <= +25%).",
+        "",
+        f"Eval-mode forward of the 8-layer 64-channel denoiser on {image_shape}: "
+        f"{results['eval_forward_s']['lipschitz']:.4f} s with cached constrained weights vs "
+        f"{results['eval_forward_s']['plain']:.4f} s "
+        f"with plain nn.Conv2d: ratio {results['eval_ratio_lipschitz_over_plain']:.3f} (goal <= 1.15).",
+        "",
+        f"Wall time: {results['wall_seconds']:.0f} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def run(quick: bool = False, output: str = "results") -> dict:
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -138,37 +172,7 @@ def run(quick: bool = False, output: str = "results") -> dict:
         "eval_ratio_lipschitz_over_plain": eval_times["lipschitz"] / eval_times["plain"],
         "wall_seconds": time.perf_counter() - started,
     }
-    m = results["machine"]
-    lines = [
-        f"# Layer benchmark{' (quick)' if quick else ''}",
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} threads. "
-        f"Medians of {repeats} interleaved runs.",
-        "",
-        f"Block = OrthoConv2d(64, 64, 3) + activation, forward + backward on {tuple(shape)}:",
-        "",
-        "| activation | block time (s) | activation alone (s) | saved for backward (MiB) | peak RSS increase (MiB) |",
-        "|---|---|---|---|---|",
-    ]
-    for name in variants:
-        kind = "spline" if name.startswith("spline") else "relu"
-        lines.append(
-            f"| {name} | {block_times[name]:.4f} | {act_times[name]:.4f} | "
-            f"{saved[kind] / 2**20:.1f} | {peaks[kind]:.0f} |"
-        )
-    lines += [
-        "",
-        f"Spline overhead on the block: {100 * results['block_spline_overhead']:+.1f}% eager, "
-        f"{100 * results['block_spline_compiled_overhead']:+.1f}% with the compiled forward (goal <= +25%).",
-        "",
-        f"Eval-mode forward of the 8-layer 64-channel denoiser on {tuple(image.shape)}: "
-        f"{eval_times['lipschitz']:.4f} s with cached constrained weights vs {eval_times['plain']:.4f} s "
-        f"with plain nn.Conv2d: ratio {results['eval_ratio_lipschitz_over_plain']:.3f} (goal <= 1.15).",
-        "",
-        f"Wall time: {results['wall_seconds']:.0f} s.",
-        "",
-    ]
-    markdown = "\n".join(lines)
+    markdown = _markdown(results, quick, repeats, shape, tuple(image.shape), list(variants))
     print(markdown)
     write_results(output, "layers" + ("-quick" if quick else ""), results, markdown)
     return results
