@@ -7,9 +7,13 @@ line's ``--help`` do not pay for importing torch and deepinv.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+try:
+    __version__ = importlib.metadata.version("lipden")  # pyproject.toml's, once installed
+except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 #: public name -> the submodule that defines it
 _EXPORTS: dict[str, str] = {
