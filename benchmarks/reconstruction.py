@@ -23,16 +23,38 @@ from lipden.io import read_image, write_image
 from lipden.metrics import psnr_per_image, ssim
 from lipden.models.pretrained import denoiser_card, load_denoiser
 from lipden.nn.splines import set_spline_backend
+from lipden.optim.base import default_parameters, fbs_fast_relaxation
 from lipden.optim.baselines import TV_INNER_ITERATIONS, TV_INNER_TOL, tv_reconstruct
 from lipden.optim.reconstruct import reconstruct
-from lipden.optim.tuning import TRIAL_MAX_ITER, TRIAL_TOL, batches_by_shape
+from lipden.optim.tuning import TRIAL_MAX_ITER, TRIAL_TOL, batches_by_shape, tune
 from problems import dev_set, problem_from_name
 
 from .common import WRITTEN, device_name, machine, to_json, write_results, write_text_atomic
 from .reconstruction_figures import header, problem_figures, read_rows, table, write_row_image
-from .reconstruction_setup import QUICK_ROWS, ROWS, SETUPS, Row, _iteration_cap, _parameters
+from .reconstruction_setup import QUICK_ROWS, ROWS, SETUPS, Row, _iteration_cap
 
-__all__ = ["QUICK_ROWS", "ROWS", "SETUPS", "Row", "_iteration_cap", "_parameters", "reconstruct", "run"]
+__all__ = ["QUICK_ROWS", "ROWS", "SETUPS", "Row", "_iteration_cap", "reconstruct", "run", "tune"]
+
+
+def _parameters(problem, row: Row, tuning_images: list[Tensor], max_iter: int, tol: float, quick: bool,
+                device: str = "cpu") -> tuple[dict, str]:
+    """Stored parameters, else tuned now with the test solves' own stop rule (``max_iter``, ``tol``)."""
+    stored = problem.default_parameters(row.defaults_key())
+    if stored and (row.method == "tv" or stored.get("model") in row.models()):
+        return stored, "stored (problems/tuned_defaults.json)"
+    if quick:  # no tuning in quick mode: the solver's safe defaults and the lowest-sigma model
+        L = problem.lipschitz_sq(tuning_images[0].shape)
+        defaults = {"weight": 3e-3} if row.method == "tv" else default_parameters(row.method, L) | row.fixed()
+        if row.bounds is not None and row.method == "pnp-fbs":
+            defaults["relaxation"] = min(defaults["relaxation"], fbs_fast_relaxation(
+                defaults["step"], defaults["strength"], L, projected=True))
+        models = sorted(row.models(), key=lambda m: float(m.split("-sigma")[1]))
+        return ({"model": models[0]} if models else {}) | defaults, "UNTUNED safe defaults (quick mode)"
+    result = tune(problem, tuning_images, row.models(), row.method, max_iter=max_iter, tol=tol, progress=False,
+                  guarantee=row.guarantee, fixed=row.fixed(), device=device)
+    return result.parameters, (f"tuned now ({len(result.trials)} trials, cap {max_iter} iterations, tol {tol:g}, "
+                               f"on {device_name(device)}; "
+                               f"best tuning PSNR {result.psnr:.2f} dB)")
 
 
 def _chunks(images: list[Tensor], chunk: int) -> list[tuple[list[int], Tensor]]:

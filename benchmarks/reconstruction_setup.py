@@ -6,13 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypedDict
 
-from torch import Tensor
-
 from lipden.models.pretrained import list_denoisers
-from lipden.optim.base import default_parameters, fbs_fast_relaxation
-from lipden.optim.tuning import defaults_key, tune
-
-from .common import device_name
+from lipden.optim.tuning import defaults_key
 
 
 class Setup(TypedDict):
@@ -86,27 +81,6 @@ ROWS: dict[str, Row] = {
     "fbs-free": Row("PnP-FBS, unconstrained CNN (NO guarantee)", "pnp-fbs", "free", guarantee=False),
 }
 QUICK_ROWS = ("baseline", "tv", "fbs-spline", "fbs-relu")
-
-
-def _parameters(problem, row: Row, tuning_images: list[Tensor], max_iter: int, tol: float, quick: bool,
-                device: str = "cpu") -> tuple[dict, str]:
-    """Stored parameters, else tuned now with the test solves' own stop rule (``max_iter``, ``tol``)."""
-    stored = problem.default_parameters(row.defaults_key())
-    if stored and (row.method == "tv" or stored.get("model") in row.models()):
-        return stored, "stored (problems/tuned_defaults.json)"
-    if quick:  # no tuning in quick mode: the solver's safe defaults and the lowest-sigma model
-        L = problem.lipschitz_sq(tuning_images[0].shape)
-        defaults = {"weight": 3e-3} if row.method == "tv" else default_parameters(row.method, L) | row.fixed()
-        if row.bounds is not None and row.method == "pnp-fbs":
-            defaults["relaxation"] = min(defaults["relaxation"], fbs_fast_relaxation(
-                defaults["step"], defaults["strength"], L, projected=True))
-        models = sorted(row.models(), key=lambda m: float(m.split("-sigma")[1]))
-        return ({"model": models[0]} if models else {}) | defaults, "UNTUNED safe defaults (quick mode)"
-    result = tune(problem, tuning_images, row.models(), row.method, max_iter=max_iter, tol=tol, progress=False,
-                  guarantee=row.guarantee, fixed=row.fixed(), device=device)
-    return result.parameters, (f"tuned now ({len(result.trials)} trials, cap {max_iter} iterations, tol {tol:g}, "
-                               f"on {device_name(device)}; "
-                               f"best tuning PSNR {result.psnr:.2f} dB)")
 
 
 def _iteration_cap(problem, row: Row, max_iter: int, quick: bool) -> int:
