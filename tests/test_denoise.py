@@ -46,7 +46,8 @@ def test_sigma_mismatch_warns():
 
 def test_load_checks_sha256_and_certifies(model_file, tmp_path):
     model = lipden.load_denoiser(model_file)
-    assert not model.training and model.lipschitz_bound <= 1 + 1e-4
+    from lipden.models.pretrained import CERTIFY_SHAPE
+    assert not model.training and model.lipschitz_certificate(CERTIFY_SHAPE) <= 1 + 1e-4
     tampered = tmp_path / "tiny.safetensors"
     data = bytearray(model_file.read_bytes())
     data[-5] ^= 0xFF

@@ -60,7 +60,8 @@ def load_denoiser(name_or_path: str | Path, device: str | torch.device = "cpu") 
 
     Returns an eval-mode model whose parameters do not require grad. A shipped file must
     match its card's sha256; a path with a sibling ``.json`` card is checked the same way.
-    The certified Lipschitz bound on 40x40 images is stored as ``model.lipschitz_bound``.
+    The model states its certified Lipschitz bound through ``lipschitz_certificate(input_shape)``
+    (``lipden.models.protocol.LipschitzCertified``; ``CERTIFY_SHAPE`` is the size the cards quote).
     """
     name = str(name_or_path)
     if name in list_denoisers():
@@ -80,5 +81,4 @@ def load_denoiser(name_or_path: str | Path, device: str | torch.device = "cpu") 
     model, _ = load_denoiser_file(path, device=device)
     for p in model.parameters():
         p.requires_grad_(False)
-    model.lipschitz_bound = model.lipschitz_certificate(CERTIFY_SHAPE)
     return model

@@ -6,9 +6,9 @@ g_i = T z_i - z_i and their differences dG, dT, it takes the least-squares coeff
 per image, only when it passes the safeguard:
 
 1. ``||g(z_A)|| <= (1 - delta) ||g(z_k)||``: the fixed-point residual decreases (by a fixed
-   fraction, ``delta`` = :data:`SAFEGUARD_DECREASE`);
+   fraction, ``delta`` = ``AndersonConfig.safeguard_decrease``);
 2. the lengths ``||z_A - z_k||`` of all accepted proposals of the image sum to at most
-   ``C ||T z_0||`` (C = :data:`SAFEGUARD_BUDGET`; scaled by the iterate, not by the residual: a
+   ``C ||T z_0||`` (C = ``AndersonConfig.budget``; scaled by the iterate, not by the residual: a
    slowly contracting T has its fixed point many residuals away, which is where the
    extrapolation helps);
 
@@ -34,37 +34,56 @@ uses only tests 1-2, not how the proposal was made.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-#: Safeguard constants of the module docstring: the residual decrease an accepted proposal must
-#: achieve, and the budget of accepted step lengths in units of ||T z_0|| (loose: the proof only
-#: needs them positive and finite; test 1 is what rejects poor proposals in practice).
-SAFEGUARD_DECREASE = 1e-3
-SAFEGUARD_BUDGET = 10.0
-#: After a rejected proposal an image waits 1, 2, 4, ... (at most this many) plain steps before
-#: the next one: each rejection costs an evaluation of T, and where the extrapolation fails (near
-#: kinks of the denoiser or of the box) it tends to fail repeatedly.
-MAX_BACKOFF = 16
-#: Tikhonov weight of the least-squares problem, relative to the trace of its Gram matrix.
-REGULARIZATION = 1e-10
+
+@dataclass(frozen=True)
+class AndersonConfig:
+    """Settings of the safeguarded Anderson acceleration (the module docstring's constants).
+
+    ``memory`` (>= 1): the number of past differences used. ``safeguard_decrease`` (delta of
+    test 1): the fraction by which an accepted proposal must lower the residual.
+    ``budget`` (C of test 2): the total length of accepted steps, in units of ||T z_0|| (loose:
+    the proof only needs delta and C positive and finite; test 1 is what rejects poor proposals
+    in practice). ``max_backoff``: after a rejected proposal an image waits 1, 2, 4, ... (at most
+    this many) plain steps before the next one: each rejection costs an evaluation of T, and
+    where the extrapolation fails (near kinks of the denoiser or of the box) it tends to fail
+    repeatedly. ``regularization``: Tikhonov weight of the least-squares problem, relative to
+    the trace of its Gram matrix.
+    """
+
+    memory: int
+    safeguard_decrease: float = 1e-3
+    budget: float = 10.0
+    max_backoff: int = 16
+    regularization: float = 1e-10
+
+    def __post_init__(self) -> None:
+        if isinstance(self.memory, bool) or not (isinstance(self.memory, int) and self.memory >= 1):
+            raise ValueError(f"the Anderson memory must be an integer >= 1, got {self.memory!r}")
+        if not (0 < self.safeguard_decrease < 1 and 0 < self.budget < math.inf and self.max_backoff >= 1
+                and self.regularization >= 0):
+            raise ValueError(f"need 0 < safeguard_decrease < 1, 0 < budget < inf, max_backoff >= 1 and "
+                             f"regularization >= 0, got {self}")
 
 
 class AndersonAccelerator:
     """History of one batch of iterates and the safeguarded proposal; tensors are (B, ...).
 
-    ``memory`` (>= 1) is the number of past differences used. ``project``: the projection onto
-    a closed convex set containing every fixed point of T, applied to each proposal (None: no
-    projection). Images are independent: each has its own coefficients, count of accepted
-    steps, step budget and back-off.
+    ``config``: memory and safeguard settings. ``project``: the projection onto a closed convex
+    set containing every fixed point of T, applied to each proposal (None: no projection).
+    Images are independent: each has its own coefficients, count of accepted steps, step budget
+    and back-off. ``accepted`` (B,) counts each image's accepted proposals.
     """
 
-    def __init__(self, memory: int, project: Callable[[Tensor], Tensor] | None = None) -> None:
-        if not (isinstance(memory, int) and memory >= 1):
-            raise ValueError(f"the Anderson memory must be an integer >= 1, got {memory!r}")
-        self.memory = memory
+    def __init__(self, config: AndersonConfig, project: Callable[[Tensor], Tensor] | None = None) -> None:
+        self.config = config
+        self.memory = config.memory
         self.project = project
         self._dg: list[Tensor] = []
         self._dt: list[Tensor] = []
@@ -95,7 +114,7 @@ class AndersonAccelerator:
             return None
         dg = torch.stack(self._dg, 1).double()  # (B, m, N)
         gram = dg @ dg.transpose(1, 2)
-        ridge = REGULARIZATION * gram.diagonal(dim1=1, dim2=2).sum(1).clamp_min(1e-300)
+        ridge = self.config.regularization * gram.diagonal(dim1=1, dim2=2).sum(1).clamp_min(1e-300)
         gram = gram + ridge[:, None, None] * torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
         coefficients = torch.linalg.solve(gram, (dg @ g.double()[:, :, None]))  # (B, m, 1)
         # a degenerate history proposes T z_k itself rather than NaN (the denoiser refuses NaN)
@@ -119,12 +138,43 @@ class AndersonAccelerator:
         ok = (
             which
             & torch.isfinite(proposed_residual)
-            & (proposed_residual <= (1 - SAFEGUARD_DECREASE) * residual)
-            & (self._travelled + length <= SAFEGUARD_BUDGET * self._first_norm)
+            & (proposed_residual <= (1 - self.config.safeguard_decrease) * residual)
+            & (self._travelled + length <= self.config.budget * self._first_norm)
         )
         self.accepted += ok.long()
         self._travelled += torch.where(ok, length, torch.zeros_like(length))
         rejected = which & ~ok
-        self._backoff = torch.where(ok, 0, torch.where(rejected, (2 * self._backoff).clamp(1, MAX_BACKOFF), self._backoff))
+        self._backoff = torch.where(ok, 0, torch.where(rejected, (2 * self._backoff).clamp(1, self.config.max_backoff), self._backoff))
         self._wait = torch.where(rejected, self._backoff, self._wait)
         return ok
+
+    def advance(
+        self, z: Tensor, t_z: Tensor, running: Tensor, tol: float, apply_step: Callable[[Tensor, Tensor], Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """One safeguarded pass from z_k, T z_k: returns z_{k+1} and T z_{k+1} (new tensors).
+
+        ``apply_step(v, which)`` evaluates T on the images ``which`` (B,) bool of v. An image
+        whose proposal is accepted moves to it; any other running image takes the plain step
+        ``z_{k+1} = T z_k`` (a rejected proposal falls back to it). Images that stop at z_k
+        (relative residual <= tol) or stopped before keep the plain ``z_{k+1} = T z_k`` (resp.
+        z_k) and get no new evaluation of T.
+        """
+        relative = (t_z - z).flatten(1).norm(dim=1) / t_z.flatten(1).norm(dim=1).clamp_min(1e-12)
+        continuing = running & (relative > tol)
+        proposal = self.propose(z, t_z)
+        trying = continuing & self.ready()  # not waiting after a rejection
+        z_next = torch.where(per_image(running, z), t_z, z)
+        accepted = torch.zeros_like(continuing)
+        t_proposal = z_next
+        if proposal is not None and bool(trying.any()):
+            t_proposal = apply_step(proposal, trying)
+            accepted = self.accept(z, t_z, proposal, t_proposal, trying)
+            z_next = torch.where(per_image(accepted, z), proposal, z_next)
+        plain = continuing & ~accepted
+        t_plain = apply_step(z_next, plain) if bool(plain.any()) else z_next
+        return z_next, torch.where(per_image(accepted, z), t_proposal, t_plain)
+
+
+def per_image(mask: Tensor, like: Tensor) -> Tensor:
+    """A (B,) mask shaped to broadcast over ``like`` (B, ...)."""
+    return mask.view(-1, *[1] * (like.dim() - 1))

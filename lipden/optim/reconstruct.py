@@ -1,9 +1,15 @@
-"""``reconstruct(y, physics, denoiser, method)``: a convergent PnP / RED solve with its evidence."""
+"""``reconstruct(y, physics, denoiser, method)``: a convergent PnP / RED solve with its evidence.
+
+The one-call entry point: it resolves ||A^T A||, certifies the denoiser for the image size
+(through :class:`lipden.models.protocol.LipschitzCertified`), builds the method from
+:data:`METHODS` with typed parameters, refuses a solve outside the method's theorem (unless
+``guarantee=False``), runs :func:`lipden.optim.runner.run` and returns a
+:class:`ReconstructionResult`.
+"""
 
 from __future__ import annotations
 
 import functools
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -11,33 +17,30 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from lipden.certify.bounds import CertificationError, lipschitz_upper_bound
-from lipden.metrics import psnr_per_image
-from lipden.optim.anderson import AndersonAccelerator
+from lipden.models.protocol import ConstrainedDenoiser, LipschitzCertified
+from lipden.models.tiling import denoise_tiled
+from lipden.optim.anderson import AndersonConfig
 from lipden.optim.base import (
+    METHODS,
+    Conditions,
     ConvergenceConditionError,
-    averagedness,
+    GuaranteeWarning,
+    SolverError,
     canonical_method,
-    conditions,
     default_parameters,
-    fixed_point_projection,
-    make_step,
     parameter_names,
 )
+from lipden.optim.data import LeastSquares, Operator
+from lipden.optim.runner import run
+
+__all__ = ["METHODS", "ROUNDOFF_LIPSCHITZ_SLACK", "ConvergenceConditionError", "GuaranteeWarning",
+           "ReconstructionResult", "SolverError", "certified_lipschitz", "reconstruct"]
 
 #: A certified bound up to this much above 1 is Bjorck / float round-off: the solver then
 #: uses N / bound, which is exactly 1-Lipschitz (a relative change of at most 1e-3).
 ROUNDOFF_LIPSCHITZ_SLACK = 1e-3
-
-
-class SolverError(RuntimeError):
-    """The iteration produced NaN/inf or diverged."""
-
-
-class GuaranteeWarning(UserWarning):
-    """The solve runs without the convergence guarantee (``guarantee=False``)."""
 
 
 @dataclass
@@ -88,14 +91,20 @@ class ReconstructionResult:
         return self.relative_residuals.gather(0, last[None]).squeeze(0)
 
 
-def _certified_denoiser_bound(denoiser: nn.Module, shape: tuple[int, ...]) -> float | None:
-    if getattr(denoiser, "is_lipschitz_constrained", True) is False:
+def certified_lipschitz(denoiser: nn.Module, input_shape: tuple[int, ...]) -> float | None:
+    """The certified Lipschitz bound of ``denoiser`` on inputs of ``input_shape``, or None.
+
+    A :class:`LipschitzCertified` denoiser states it (``lipschitz_certificate``); any other module
+    is bounded by :func:`lipschitz_upper_bound` (a walk over supported layers). None when the
+    denoiser declares itself unconstrained (``is_lipschitz_constrained`` False: its bound is not
+    meant to be used) or cannot be certified.
+    """
+    if isinstance(denoiser, ConstrainedDenoiser) and not denoiser.is_lipschitz_constrained:
         return None
-    certificate = getattr(denoiser, "lipschitz_certificate", None)
     try:
-        if certificate is not None:
-            return float(certificate(shape))
-        return lipschitz_upper_bound(denoiser, shape)
+        if isinstance(denoiser, LipschitzCertified):
+            return float(denoiser.lipschitz_certificate(input_shape))
+        return lipschitz_upper_bound(denoiser, input_shape)
     except CertificationError:
         return None
 
@@ -135,22 +144,10 @@ def _without_tf32(solve: Callable[..., ReconstructionResult]) -> Callable[..., R
 
 @_without_tf32
 def reconstruct(
-    y: Tensor,
-    physics,
-    denoiser: nn.Module,
-    method: str = "pnp-fbs",
-    *,
-    x0: Tensor | None = None,
-    x_true: Tensor | None = None,
-    max_iter: int = 500,
-    tol: float = 1e-5,
-    guarantee: bool = True,
-    lipschitz_sq: float | None = None,
-    denoiser_sigma: float | None = None,
-    progress: bool = False,
-    tile: int | None = None,
-    accelerate: int = 0,
-    **params: float,
+    y: Tensor, physics, denoiser: nn.Module, method: str = "pnp-fbs", *, x0: Tensor | None = None,
+    x_true: Tensor | None = None, max_iter: int = 500, tol: float = 1e-5, guarantee: bool = True,
+    lipschitz_sq: float | None = None, denoiser_sigma: float | None = None, progress: bool = False,
+    tile: int | None = None, accelerate: int = 0, **params: float,
 ) -> ReconstructionResult:
     """Solve ``y = A x + n`` by PnP-FBS, PnP-DRS (ADMM) or RED with a 1-Lipschitz denoiser.
 
@@ -160,13 +157,12 @@ def reconstruct(
             (exact ||A^T A||, set by ``problems``) is used, else ``lipschitz_sq``, else a
             power-iteration estimate with a warning.
         denoiser: N, called as ``N(x, sigma)`` on (B, C, H, W); its certified Lipschitz bound
-            is computed for this image size (``lipschitz_certificate`` or
-            ``lipden.lipschitz_upper_bound``).
+            is computed for this image size (:func:`certified_lipschitz`).
         method: ``pnp-fbs`` (params step, strength, relaxation), ``pnp-drs`` / ``pnp-admm``
             (step, strength, relaxation) or ``red`` (weight, step); ``pnp-fbs`` and ``red``
             also take box bounds ``lower`` / ``upper`` (projection after each step, e.g.
-            ``lower=0, upper=1`` for images in [0, 1]); see ``lipden.optim.base.conditions`` for
-            each theorem and its exact hypotheses.
+            ``lower=0, upper=1`` for images in [0, 1]); ``lipden.optim.fbs``, ``drs`` and ``red``
+            state each theorem and its exact hypotheses.
         x0: warm start (default ``A^T y``: the zero-filled image for MRI).
         x_true: ground truth, for a per-iteration PSNR.
         tol: each image stops (and is frozen) at its first iteration with
@@ -179,11 +175,9 @@ def reconstruct(
             x 4 bytes per image, plus a few image-sized buffers (iterate, gradient, measurement).
         accelerate: Anderson memory m (0, the default: the plain iteration z_{k+1} = T z_k).
             With m >= 1 each pass proposes an Anderson extrapolation from the last m pairs
-            (z, T z), projected onto the box when there is one (it holds every fixed point),
-            and keeps it only if it passes a safeguard (``lipden.optim.anderson``: it lowers
-            the residual ||T z - z|| by a fixed fraction and the accepted steps stay within a
-            finite length budget), else takes the plain step. Under the method's theorem (T
-            averaged) the iterates still converge to a fixed point of T and the residuals are
+            (z, T z), projected onto the box when there is one, and keeps it only if it passes a
+            safeguard (``lipden.optim.anderson``), else takes the plain step. Under the method's
+            theorem the iterates still converge to a fixed point of T and the residuals are
             still non-increasing; a pass costs one evaluation of T, two when its proposal is
             rejected (``evaluations_per_image``).
 
@@ -193,6 +187,39 @@ def reconstruct(
     """
     started = time.perf_counter()
     method = canonical_method(method)
+    _check_arguments(y, max_iter, tol, accelerate, method, params)
+    start = _initial_estimate(y, physics, denoiser, x0, x_true)
+    notes: list[str] = []
+    L = _resolve_lipschitz_sq(physics, start, lipschitz_sq, notes)
+    chosen = {**default_parameters(method, L, params), **{k: float(v) for k, v in params.items()}}
+    method_type = METHODS[method]
+    typed = method_type.params_type(**chosen)  # ValueError: a value not finite, or lower >= upper
+    bound, scale = _certify(denoiser, start.shape, notes)
+    check = typed.hypotheses(L, bound)
+    _enforce(check, method, bound, guarantee, notes)
+    if tile is not None and tile < 1:
+        raise ValueError(f"tile must be >= 1, got {tile}")
+    data = LeastSquares(physics.A, physics.A_adjoint, physics.prox_l2, y, L)
+    solver = method_type(typed, data, _denoiser_map(denoiser, denoiser_sigma, tile, scale))
+    record = run(solver, start, max_iter=max_iter, tol=tol, x_true=x_true, progress=progress,
+                 anderson=AndersonConfig(memory=accelerate) if accelerate else None,
+                 split_batches=start.shape[0] > 1 and _acts_per_image(physics, start, y))
+    if check.holds and not record.monotone:
+        notes.append("the residual increased beyond round-off although the theorem says it cannot")
+        warnings.warn(f"{method}: {notes[-1]}", stacklevel=3)
+    return ReconstructionResult(
+        x=record.x, iterations=record.iterations, residuals=record.residuals,
+        relative_residuals=record.relative_residuals, converged=record.converged, method=method,
+        parameters=chosen, guaranteed=check.holds, theorem=check.theorem,
+        denoiser_lipschitz=bound if scale == 1.0 else scale, lipschitz_sq=L,
+        max_residual_increase=record.max_residual_increase, monotone=record.monotone,
+        seconds=time.perf_counter() - started, psnr=record.psnr, averagedness=typed.averagedness(L), notes=notes,
+        iterations_per_image=record.iterations_per_image, evaluations_per_image=record.evaluations_per_image,
+        accelerated=accelerate,
+    )
+
+
+def _check_arguments(y: Tensor, max_iter: int, tol: float, accelerate: int, method: str, params: dict) -> None:
     if not isinstance(y, Tensor) or not torch.isfinite(y).all():
         raise ValueError("y must be a finite tensor")
     if max_iter < 1 or not tol > 0:
@@ -202,6 +229,10 @@ def reconstruct(
     unknown = set(params) - set(parameter_names(method))
     if unknown:
         raise ValueError(f"unknown parameters for {method}: {sorted(unknown)}; valid: {parameter_names(method)}")
+
+
+def _initial_estimate(y: Tensor, physics, denoiser: nn.Module, x0: Tensor | None, x_true: Tensor | None) -> Tensor:
+    """x0, or A^T y: a finite (B, C, H, W) tensor of the denoiser's dtype (ValueError otherwise)."""
     with torch.no_grad():
         start = physics.A_adjoint(y) if x0 is None else x0
     if start.dim() != 4:
@@ -214,174 +245,56 @@ def reconstruct(
                          "convert the measurements (or the denoiser) to one dtype")
     if x_true is not None and x_true.shape != start.shape:
         raise ValueError(f"x_true has shape {tuple(x_true.shape)}, the estimate {tuple(start.shape)}")
-    notes: list[str] = []
-    L, note = _lipschitz_sq(physics, start, lipschitz_sq)
+    return start
+
+
+def _resolve_lipschitz_sq(physics, start: Tensor, given: float | None, notes: list[str]) -> float:
+    L, note = _lipschitz_sq(physics, start, given)
     if note:
         notes.append(note)
-        warnings.warn(note, stacklevel=2)
+        warnings.warn(note, stacklevel=4)
     if not L > 0:
         raise ValueError(f"||A^T A|| must be > 0, got {L}")
-    chosen = {**default_parameters(method, L, params), **{k: float(v) for k, v in params.items()}}
-    if any(not math.isfinite(v) for v in chosen.values()):
-        raise ValueError(f"parameters must be finite numbers, got {chosen}")
+    return L
 
-    bound = _certified_denoiser_bound(denoiser, (1, 1, *start.shape[-2:]))
-    scale = 1.0
+
+def _certify(denoiser: nn.Module, shape: torch.Size, notes: list[str]) -> tuple[float | None, float]:
+    """(bound, scale): the certified bound for single images of ``shape``'s size, and the factor
+    the denoiser's output is divided by (a bound within round-off above 1: N / bound, bound 1)."""
+    bound = certified_lipschitz(denoiser, (1, 1, *shape[-2:]))
     if bound is not None and 1 < bound <= 1 + ROUNDOFF_LIPSCHITZ_SLACK:
-        scale, notes_bound = bound, f"denoiser certified at {bound:.7f}; using N/{bound:.7f}, exactly 1-Lipschitz"
-        notes.append(notes_bound)
-        bound = 1.0
-    check = conditions(method, chosen, L, bound)
-    if not check.holds:
-        message = f"{method}: no convergence guarantee: " + "; ".join(check.violations)
-        if guarantee:
-            raise (CertificationError if bound is None or bound > 1 else ConvergenceConditionError)(
-                message + " (pass guarantee=False to run anyway)"
-            )
-        warnings.warn(message, GuaranteeWarning, stacklevel=2)
-        notes.append(message)
+        notes.append(f"denoiser certified at {bound:.7f}; using N/{bound:.7f}, exactly 1-Lipschitz")
+        return 1.0, bound
+    return bound, 1.0
 
-    sigma = denoiser_sigma if denoiser_sigma is not None else getattr(getattr(denoiser, "config", None), "sigma", None)
 
-    if tile is not None and tile < 1:
-        raise ValueError(f"tile must be >= 1, got {tile}")
+def _enforce(check: Conditions, method: str, bound: float | None, guarantee: bool, notes: list[str]) -> None:
+    """Refuse a solve outside the theorem (CertificationError when the denoiser lacks a bound <= 1,
+    else ConvergenceConditionError), or with ``guarantee=False`` warn (GuaranteeWarning) and note it."""
+    if check.holds:
+        return
+    message = f"{method}: no convergence guarantee: " + "; ".join(check.violations)
+    if guarantee:
+        raise (CertificationError if bound is None or bound > 1 else ConvergenceConditionError)(
+            message + " (pass guarantee=False to run anyway)"
+        )
+    warnings.warn(message, GuaranteeWarning, stacklevel=4)
+    notes.append(message)
+
+
+def _denoiser_map(denoiser: nn.Module, sigma: float | None, tile: int | None, scale: float) -> Operator:
+    """v -> N(v, sigma) / scale (in ``tile`` blocks when given); sigma defaults to the model's."""
+    if sigma is None:
+        sigma = getattr(getattr(denoiser, "config", None), "sigma", None)
 
     def denoise(v: Tensor) -> Tensor:
         if tile is not None:
-            from lipden.models.tiling import denoise_tiled
-
             out = denoise_tiled(denoiser, v, sigma, tile=tile)
         else:
             out = denoiser(v, sigma) if sigma is not None else denoiser(v)
         return out / scale if scale != 1.0 else out
 
-    measured = [y]  # the measurements of the images still iterating
-
-    def gradient(x: Tensor) -> Tensor:
-        return physics.A_adjoint(physics.A(x) - measured[0])
-
-    def prox(z: Tensor, gamma: float) -> Tensor:
-        return physics.prox_l2(z, measured[0], gamma)
-
-    step, estimate, initial = make_step(method, chosen, denoise, gradient, prox)
-    z = initial(start)
-    residuals: list[Tensor] = []
-    relative: list[Tensor] = []
-    psnrs: list[Tensor] = []
-    roundoff = 2e-6 if z.dtype == torch.float32 else 1e-13
-    max_increase, monotone, converged = 0.0, True, False
-    batch = z.shape[0]
-    running = torch.ones(batch, dtype=torch.bool, device=z.device)
-    stopped_at = torch.full((batch,), max_iter, dtype=torch.long)
-    evaluations = torch.zeros(batch, dtype=torch.long)
-    # Iterate only the running images when the physics has no per-image parameters.
-    sub_batches = batch > 1 and _acts_per_image(physics, start, y)
-
-    def apply_step(v: Tensor, which: Tensor) -> Tensor:
-        """T(v) for the images in ``which`` (B,) bool; the other images keep ``v``."""
-        evaluations[which.cpu()] += 1
-        if bool(which.all()):
-            return step(v)
-        if sub_batches:
-            index = which.nonzero().squeeze(1)
-            measured[0] = y[index]
-            out = v.clone()
-            out[index] = step(v[index])
-            measured[0] = y
-            return out
-        return torch.where(_per_image(which, v), step(v), v)
-
-    anderson = AndersonAccelerator(accelerate, fixed_point_projection(method, chosen)) if accelerate else None
-    t_z = apply_step(z, running) if anderson is not None else None
-    bar = tqdm(range(max_iter), desc=method, disable=not progress, leave=False)
-    with torch.no_grad():
-        for k in bar:
-            if anderson is None or t_z is None:
-                z_next = t_z_k = apply_step(z, running)
-            else:
-                t_z_k, (z_next, t_z) = t_z, _anderson_step(anderson, z, t_z, running, tol, apply_step)
-            if not torch.isfinite(z_next).all():
-                raise SolverError(f"{method}: the iterate became NaN/inf after {k + 1} iterations")
-            r = (t_z_k - z).flatten(1).norm(dim=1)
-            norm = t_z_k.flatten(1).norm(dim=1).clamp_min(1e-12)
-            if residuals:
-                previous = residuals[-1]
-                live = running & ~torch.isnan(previous)
-                ratio = float(((r - previous) / previous.clamp_min(1e-30))[live].max())
-                max_increase = max(max_increase, ratio)
-                if bool((r > previous + roundoff * norm)[live].any()):
-                    monotone = False
-                if float((r / residuals[0].clamp_min(1e-30))[live].max()) > 1e4:
-                    raise SolverError(f"{method}: diverging (residual grew 1e4-fold)")
-            nan = torch.full_like(r, float("nan"))
-            residuals.append(torch.where(running, r, nan))
-            relative.append(torch.where(running, r / norm, nan))
-            z = z_next
-            if x_true is not None:
-                psnrs.append(psnr_per_image(estimate(z), x_true))
-            done_now = running & (relative[-1] <= tol)
-            stopped_at[done_now.cpu()] = k + 1
-            running &= ~done_now
-            bar.set_postfix(rel=f"{float(relative[-1].nan_to_num(0.0).max()):.2e}", running=int(running.sum()))
-            if not bool(running.any()):
-                converged = True
-                break
-        x = estimate(z)
-    if check.holds and not monotone:
-        notes.append("the residual increased beyond round-off although the theorem says it cannot")
-        warnings.warn(f"{method}: {notes[-1]}", stacklevel=2)
-    return ReconstructionResult(
-        x=x,
-        iterations=len(residuals),
-        residuals=torch.stack(residuals),
-        relative_residuals=torch.stack(relative),
-        converged=converged,
-        method=method,
-        parameters=chosen,
-        guaranteed=check.holds,
-        theorem=check.theorem,
-        denoiser_lipschitz=bound if scale == 1.0 else scale,
-        lipschitz_sq=L,
-        max_residual_increase=max(max_increase, 0.0),
-        monotone=monotone,
-        seconds=time.perf_counter() - started,
-        psnr=torch.stack(psnrs) if psnrs else None,
-        averagedness=averagedness(method, chosen, L),
-        notes=notes,
-        iterations_per_image=stopped_at.clamp_max(len(residuals)),
-        evaluations_per_image=evaluations,
-        accelerated=accelerate,
-    )
-
-
-def _anderson_step(
-    anderson: AndersonAccelerator, z: Tensor, t_z: Tensor, running: Tensor, tol: float,
-    apply_step: Callable[[Tensor, Tensor], Tensor],
-) -> tuple[Tensor, Tensor]:
-    """One safeguarded Anderson pass from z_k, T z_k: returns z_{k+1} and T z_{k+1}.
-
-    Images that stop at z_k (relative residual <= tol) or stopped before keep the plain
-    ``z_{k+1} = T z_k`` (resp. z_k) and get no new evaluation of T.
-    """
-    relative = (t_z - z).flatten(1).norm(dim=1) / t_z.flatten(1).norm(dim=1).clamp_min(1e-12)
-    continuing = running & (relative > tol)
-    proposal = anderson.propose(z, t_z)
-    trying = continuing & anderson.ready()  # not waiting after a rejection
-    z_next = torch.where(_per_image(running, z), t_z, z)
-    accepted = torch.zeros_like(continuing)
-    t_proposal = z_next
-    if proposal is not None and bool(trying.any()):
-        t_proposal = apply_step(proposal, trying)
-        accepted = anderson.accept(z, t_z, proposal, t_proposal, trying)
-        z_next = torch.where(_per_image(accepted, z), proposal, z_next)
-    plain = continuing & ~accepted
-    t_plain = apply_step(z_next, plain) if bool(plain.any()) else z_next
-    return z_next, torch.where(_per_image(accepted, z), t_proposal, t_plain)
-
-
-def _per_image(mask: Tensor, like: Tensor) -> Tensor:
-    """A (B,) mask shaped to broadcast over ``like`` (B, C, H, W)."""
-    return mask.view(-1, *[1] * (like.dim() - 1))
+    return denoise
 
 
 def _acts_per_image(physics, x: Tensor, y: Tensor) -> bool:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lipden.io import atomic_write_text
 from lipden.metrics import psnr_per_image
 from lipden.models.pretrained import load_denoiser
 from lipden.optim.base import (
@@ -76,7 +76,7 @@ def evaluate_parameters(
 ) -> float:
     """Mean PSNR of ``method`` with ``parameters`` (incl. ``model`` unless TV) over ``images``.
 
-    ``denoisers`` caches loaded models by name (loading verifies and certifies them).
+    ``denoisers`` caches loaded models by name (loading verifies their sha256).
     ``guarantee=False`` lets an uncertified prior run (see ``reconstruct``). The solves run
     on ``device`` (images, measurements and denoisers are moved there); ``accelerate`` is
     ``reconstruct``'s Anderson memory (0: plain iteration).
@@ -177,68 +177,91 @@ def tune(
     names = [None] if method == "tv" else list(denoiser_names or [])
     if not names:
         raise ValueError("give at least one denoiser name")
-    L = problem.lipschitz_sq(images[0].shape)
     fixed = dict(fixed or {})
-    projected = box_bounds(fixed) is not None
     if grid is not None:
         check_grid(method, grid, fixed)
-        points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
-    else:  # the coarse grids give the PnP-FBS step in units of 1/L
-        scale = (lambda p: {**p, "step": p["step"] / L}) if method == "pnp-fbs" else (lambda p: dict(p))
-        points = [scale(g) for g in COARSE_GRIDS[method]]
-    fast_relaxation = method == "pnp-fbs" and "relaxation" not in {*fixed, *(grid or {})}
-    candidates = [{**({"model": n} if n else {}), **g, **fixed} for n in names for g in points]
-    trials: list[dict] = []
-    seen: set[str] = set()
-    denoisers: dict = {}
-    bar = tqdm(desc=f"tune {method}", disable=not progress, leave=False)
-
-    def prepare(candidate: dict) -> dict:
-        if fast_relaxation:  # step / strength left out of the grid take reconstruct's defaults
-            effective = {**default_parameters(method, L), **candidate}
-            candidate["relaxation"] = fbs_fast_relaxation(effective["step"], effective["strength"], L,
-                                                          projected=projected)
-        return candidate
-
-    def valid(candidate: dict) -> bool:
-        return _valid(method, {k: v for k, v in prepare(dict(candidate)).items() if k != "model"}, L)
-
-    def run(candidate: dict) -> bool:
-        candidate = prepare(candidate)
-        key = json.dumps(candidate, sort_keys=True)
-        if key in seen or not valid(candidate):
-            return False
-        seen.add(key)
-        score, converged = _evaluate(problem, images, method, candidate, max_iter=max_iter, tol=tol, seed=seed,
-                                     denoisers=denoisers, guarantee=guarantee, device=device,
-                                     accelerate=0 if method == "tv" else accelerate)
-        trials.append({**candidate, "psnr": score, "converged": converged})
-        bar.update(1)
-        bar.set_postfix(best=f"{_best(trials)['psnr']:.2f}")
-        return True
-
-    for candidate in candidates:
-        run(candidate)
-    if not trials:
+    solve = functools.partial(_evaluate, problem, images, method, max_iter=max_iter, tol=tol, seed=seed,
+                              denoisers={}, guarantee=guarantee, device=device,
+                              accelerate=0 if method == "tv" else accelerate)
+    trials = _Trials(method, problem.lipschitz_sq(images[0].shape), fixed, grid, solve, progress)
+    points = _grid_points(method, grid, trials.lipschitz_sq)
+    for name in names:
+        for point in points:
+            trials.run({**({"model": name} if name else {}), **point, **fixed})
+    if not trials.done:
         raise ValueError(f"no candidate satisfies the convergence conditions of {method}")
     if grid is None:
-        best = _best(trials)
-        searched = [k for k, v in best.items()
-                    if k not in ("model", "psnr", "converged", "relaxation", *fixed) and isinstance(v, float)]
-        for name in searched:
-            for factor in REFINE_FACTORS:
-                candidate = {k: v for k, v in best.items() if k not in ("psnr", "converged")}
-                candidate[name] = candidate[name] * factor
-                if name == "strength" and method == "pnp-fbs":
-                    candidate[name] = min(candidate[name], 1.0)
-                run(candidate)
-            best = _best(trials)
+        _refine(trials, fixed)
     elif len(grid) == 1 and extend > 0:
-        _extend_edges(trials, run, valid, names, grid, extend)
-    bar.close()
-    best = _best(trials)
+        _extend_edges(trials.done, trials.run, trials.valid, names, grid, extend)
+    trials.bar.close()
+    best = _best(trials.done)
     parameters = {k: v for k, v in best.items() if k not in ("psnr", "converged")}
-    return TuneResult(problem.name, method, parameters, best["psnr"], trials)
+    return TuneResult(problem.name, method, parameters, best["psnr"], trials.done)
+
+
+def _grid_points(method: str, grid: Mapping[str, Sequence[float]] | None, lipschitz_sq: float) -> list[dict]:
+    """The points of ``grid`` (its Cartesian product), or the coarse grid of ``method`` (whose
+    PnP-FBS step is in units of 1/L)."""
+    if grid is not None:
+        return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    if method == "pnp-fbs":
+        return [{**p, "step": p["step"] / lipschitz_sq} for p in COARSE_GRIDS[method]]
+    return [dict(p) for p in COARSE_GRIDS[method]]
+
+
+class _Trials:
+    """The trials of one tune: each candidate (a dict of ``model`` and parameters) is completed
+    (PnP-FBS's fast relaxation), checked against the method's theorem, solved once, recorded."""
+
+    def __init__(self, method: str, lipschitz_sq: float, fixed: dict, grid: Mapping | None,
+                 solve: Callable[..., tuple[float, bool]], progress: bool) -> None:
+        self.method, self.lipschitz_sq, self.solve = method, lipschitz_sq, solve
+        self.projected = box_bounds(fixed) is not None
+        self.fast_relaxation = method == "pnp-fbs" and "relaxation" not in {*fixed, *(grid or {})}
+        self.done: list[dict] = []
+        self.seen: set[str] = set()
+        self.bar = tqdm(desc=f"tune {method}", disable=not progress, leave=False)
+
+    def prepare(self, candidate: dict) -> dict:
+        """Add PnP-FBS's fast relaxation (step / strength left out take reconstruct's defaults)."""
+        if self.fast_relaxation:
+            effective = {**default_parameters(self.method, self.lipschitz_sq), **candidate}
+            candidate["relaxation"] = fbs_fast_relaxation(effective["step"], effective["strength"],
+                                                          self.lipschitz_sq, projected=self.projected)
+        return candidate
+
+    def valid(self, candidate: dict) -> bool:
+        prepared = self.prepare(dict(candidate))
+        return _valid(self.method, {k: v for k, v in prepared.items() if k != "model"}, self.lipschitz_sq)
+
+    def run(self, candidate: dict) -> bool:
+        """Solve a new valid candidate and record it; False when it was tried before or is invalid."""
+        candidate = self.prepare(candidate)
+        key = json.dumps(candidate, sort_keys=True)
+        if key in self.seen or not self.valid(candidate):
+            return False
+        self.seen.add(key)
+        score, converged = self.solve(candidate)
+        self.done.append({**candidate, "psnr": score, "converged": converged})
+        self.bar.update(1)
+        self.bar.set_postfix(best=f"{_best(self.done)['psnr']:.2f}")
+        return True
+
+
+def _refine(trials: _Trials, fixed: dict) -> None:
+    """Pass 2: scale each searched float parameter of the best trial by ``REFINE_FACTORS`` in turn."""
+    best = _best(trials.done)
+    searched = [k for k, v in best.items()
+                if k not in ("model", "psnr", "converged", "relaxation", *fixed) and isinstance(v, float)]
+    for name in searched:
+        for factor in REFINE_FACTORS:
+            candidate = {k: v for k, v in best.items() if k not in ("psnr", "converged")}
+            candidate[name] = candidate[name] * factor
+            if name == "strength" and trials.method == "pnp-fbs":
+                candidate[name] = min(candidate[name], 1.0)
+            trials.run(candidate)
+        best = _best(trials.done)
 
 
 def _extend_edges(trials: list[dict], run, valid, names: list, grid: Mapping[str, Sequence[float]],
@@ -337,8 +360,4 @@ def _store_locked(result: TuneResult, path: Path, note: str, key: str | None, ma
     if accelerate:
         entry["accelerate"] = accelerate
     table.setdefault(result.problem, {})[key or result.method] = entry
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuned-")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(table, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(table, indent=2, sort_keys=True) + "\n")

@@ -1,4 +1,5 @@
-"""Solvers: convergence with non-increasing residuals, fixed points, the theorems' conditions enforced."""
+"""``reconstruct`` on deblurring and MRI: convergence with non-increasing residuals, fixed points, the
+theorems' conditions enforced, the denoiser's certificate used."""
 
 import warnings
 
@@ -8,16 +9,7 @@ import torch
 import problems as P
 from lipden import CertificationError, DenoiserConfig, LipschitzDenoiser, load_denoiser
 from lipden.optim.base import ConvergenceConditionError, averagedness, conditions, make_step
-from lipden.optim.baselines import tv_reconstruct
 from lipden.optim.reconstruct import GuaranteeWarning, SolverError, reconstruct
-
-
-@pytest.fixture(scope="module")
-def deblur_case():
-    problem = P.DeblurProblem("gaussian", blur_sigma=1.6, noise=0.01)
-    x = P.default_image("natural", 40)
-    return problem, x, problem.measure(x, seed=0), problem.physics(x.shape)
-
 
 METHOD_PARAMS = [
     ("pnp-fbs", {"step": 1.5, "strength": 0.5}),
@@ -193,44 +185,6 @@ def test_bad_solver_arguments(kwargs, message, deblur_case, small_denoiser):
         reconstruct(y, physics, small_denoiser, max_iter=kwargs.pop("max_iter", 2), **kwargs)
 
 
-def test_tv_baseline_improves_on_the_measurement(deblur_case):
-    problem, x, y, physics = deblur_case
-    estimate, iterations = tv_reconstruct(y, physics, 0.01, max_iter=60, tol=1e-5)
-    before = float(((problem.baseline(y, x.shape) - x) ** 2).mean())
-    after = float(((estimate.clamp(0, 1) - x) ** 2).mean())
-    assert after < 0.8 * before
-
-
-def test_tv_solves_each_image_of_a_batch_on_its_own(deblur_case):
-    problem, x, y, physics = deblur_case
-    other = torch.rot90(x, 1, (-2, -1)).contiguous()
-    batch_y = torch.cat([y, problem.measure(other, seed=1)])
-    together, counts = tv_reconstruct(batch_y, physics, 0.01, max_iter=300, tol=1e-4)
-    assert counts.shape == (2,) and counts.dtype == torch.int64
-    for b in range(2):
-        alone, count = tv_reconstruct(batch_y[b : b + 1], physics, 0.01, max_iter=300, tol=1e-4)
-        assert int(count[0]) == int(counts[b]) < 300
-        torch.testing.assert_close(together[b : b + 1], alone, rtol=0, atol=0)
-
-
-def test_tv_reaches_the_minimiser_on_mri():
-    """FISTA with the inexact TV prox stops at a fixed point of the exact proximal-gradient map
-    (checked with a separate, far more accurate prox); with 50 inner steps stopped at 1e-6 it
-    stalled (relative change never below 1e-6 in 2000 iterations, map residual 2e-5)."""
-    from deepinv.models import TVDenoiser
-
-    problem = P.MRIProblem("random", 4)
-    x = P.default_image("mri", 64)
-    y = problem.measure(x, seed=0)
-    physics = problem.physics(x.shape)
-    weight, step = 0.0035, 1 / physics.lipschitz_sq
-    estimate, iterations = tv_reconstruct(y, physics, weight, max_iter=1000, tol=1e-6)
-    assert int(iterations[0]) < 1000
-    accurate_prox = TVDenoiser(n_it_max=5000, crit=1e-10)
-    mapped = accurate_prox(estimate - step * physics.A_adjoint(physics.A(estimate) - y), ths=step * weight)
-    assert float((mapped - estimate).norm() / estimate.norm()) < 1e-5
-
-
 def test_shipped_spline_prior_reconstructs_mri_better_than_zero_filled():
     problem = P.MRIProblem("random", 4)
     x = P.default_image("mri", 64)
@@ -281,3 +235,41 @@ def test_red_default_step_follows_the_given_weight(weight, deblur_case, small_de
     assert result.parameters["weight"] == weight
     # RED's bound is step < 2 / (L + 2 weight); the default sits at 90 % of it for any weight
     assert result.parameters["step"] == pytest.approx(1.8 / (L + 2 * weight))
+
+
+def test_the_certified_bound_comes_from_the_protocol(deblur_case, small_denoiser):
+    """``reconstruct`` asks a denoiser for ``lipschitz_certificate`` (LipschitzCertified), and treats one
+    that declares itself unconstrained as uncertified."""
+    from lipden.models.protocol import ConstrainedDenoiser, LipschitzCertified
+    from lipden.optim.reconstruct import certified_lipschitz
+
+    assert isinstance(small_denoiser, ConstrainedDenoiser) and isinstance(small_denoiser, LipschitzCertified)
+    bound = certified_lipschitz(small_denoiser, (1, 1, 40, 40))
+    assert bound == small_denoiser.lipschitz_certificate((1, 1, 40, 40)) and bound <= 1 + 1e-4
+    free = LipschitzDenoiser(DenoiserConfig(channels=8, depth=4, conv="free", sigma=None)).eval()
+    assert not free.is_lipschitz_constrained and certified_lipschitz(free, (1, 1, 40, 40)) is None
+
+    plain = torch.nn.Sequential(torch.nn.ReLU())  # no certificate of its own: lipschitz_upper_bound walks it
+    assert not isinstance(plain, LipschitzCertified)
+    _, _, y, physics = deblur_case
+    result = reconstruct(y, physics, plain, "pnp-fbs", max_iter=3)
+    assert result.guaranteed and result.denoiser_lipschitz == pytest.approx(1.0)
+
+
+def test_a_loaded_model_states_its_bound_through_the_protocol_only():
+    from lipden.models.pretrained import CERTIFY_SHAPE
+    from lipden.models.protocol import LipschitzCertified
+
+    model = load_denoiser("spline-sigma15")
+    assert isinstance(model, LipschitzCertified) and model.lipschitz_certificate(CERTIFY_SHAPE) <= 1 + 1e-4
+    assert not hasattr(model, "lipschitz_bound")  # one name for the certified bound
+
+
+@pytest.mark.parametrize("method", ["pnp-fbs", "pnp-drs", "red"])
+def test_reconstruct_writes_nothing_it_was_given(method, deblur_case, small_denoiser):
+    _, x, y, physics = deblur_case
+    x0 = physics.A_adjoint(y)
+    given = (y.clone(), x0.clone(), x.clone())
+    reconstruct(y, physics, small_denoiser, method, x0=x0, x_true=x, max_iter=20, accelerate=2)
+    for before, after in zip(given, (y, x0, x), strict=True):
+        assert torch.equal(before, after)

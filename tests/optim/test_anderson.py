@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import problems as P
-from lipden.optim.anderson import AndersonAccelerator
+from lipden.optim.anderson import AndersonAccelerator, AndersonConfig
+from lipden.optim.fbs import PnPFBS
 from lipden.optim.reconstruct import reconstruct
 
 
@@ -26,7 +27,7 @@ def test_anderson_solves_a_linear_fixed_point_problem_in_few_steps():
     T, fixed_point = _linear_averaged_map(dimension, seed=1)
     # start at the scale of the fixed point (the safeguard bounds steps relative to ||T z_0||)
     z = fixed_point[None] + torch.randn(1, dimension, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 300
-    accelerator = AndersonAccelerator(memory=dimension)
+    accelerator = AndersonAccelerator(AndersonConfig(memory=dimension))
     tz = T(z)
     for _ in range(3 * dimension):
         proposal = accelerator.propose(z, tz)
@@ -48,7 +49,7 @@ def test_anderson_solves_a_linear_fixed_point_problem_in_few_steps():
 
 def test_safeguard_rejects_a_proposal_that_raises_the_residual():
     T, _ = _linear_averaged_map(4, seed=2)
-    accelerator = AndersonAccelerator(memory=2)
+    accelerator = AndersonAccelerator(AndersonConfig(memory=2))
     z0 = torch.zeros(2, 4, dtype=torch.float64)
     accelerator.propose(z0, T(z0))
     z1 = T(z0)
@@ -66,7 +67,7 @@ def test_safeguard_rejects_a_proposal_that_raises_the_residual():
 
 
 def _fbs_map(x, y, physics, denoiser, step, strength, relaxation):
-    """PnP-FBS map written out here, independently of ``lipden.optim.base.make_step``."""
+    """PnP-FBS map written out here, independently of ``lipden.optim.fbs.PnPFBS``."""
     v = x - step * physics.A_adjoint(physics.A(x) - y)
     d = ((1 - strength) * v + strength * denoiser(v)).clamp(0, 1)
     return x + relaxation * (d - x)
@@ -126,10 +127,10 @@ def _proposals(accelerator: AndersonAccelerator, T, steps: int = 6) -> list[torc
 
 def test_proposals_are_projected_onto_the_given_set():
     T, _ = _linear_averaged_map(6, seed=4)
-    proposals = _proposals(AndersonAccelerator(memory=3, project=lambda v: v.clamp(-0.5, 0.5)), T)
+    proposals = _proposals(AndersonAccelerator(AndersonConfig(memory=3), project=lambda v: v.clamp(-0.5, 0.5)), T)
     assert proposals and all(float(p.abs().max()) <= 0.5 for p in proposals)
     # the unprojected extrapolation does leave that box here, so the projection is exercised
-    assert max(float(p.abs().max()) for p in _proposals(AndersonAccelerator(memory=3), T)) > 0.5
+    assert max(float(p.abs().max()) for p in _proposals(AndersonAccelerator(AndersonConfig(memory=3)), T)) > 0.5
 
 
 def test_fixed_point_projection_is_the_box_of_box_constrained_methods():
@@ -149,13 +150,11 @@ def test_projecting_proposals_onto_the_box_saves_evaluations(mri_case, small_den
     # Box-constrained, weak prior (strength 0.01): the MRI background sits at the bound 0 and an
     # unprojected extrapolation pushes it below, failing the safeguard (measured: 48 evaluations
     # projected, 164 unprojected, 268 plain).
-    import lipden.optim.reconstruct as reconstruction
-
     _, x, y, physics = mri_case
     params = dict(step=1.0, strength=0.01, relaxation=1.4, lower=0.0, upper=1.0, max_iter=4000, tol=1e-5)
     plain = reconstruct(y, physics, small_denoiser, "pnp-fbs", **params)
     projected = reconstruct(y, physics, small_denoiser, "pnp-fbs", accelerate=3, **params)
-    monkeypatch.setattr(reconstruction, "fixed_point_projection", lambda method, chosen: None)
+    monkeypatch.setattr(PnPFBS, "fixed_point_projection", lambda self: None)
     unprojected = reconstruct(y, physics, small_denoiser, "pnp-fbs", accelerate=3, **params)
     assert plain.converged and projected.converged and unprojected.converged and projected.monotone
     evaluations = [int(r.evaluations_per_image[0]) for r in (projected, unprojected, plain)]
@@ -178,3 +177,50 @@ def test_accelerated_drs_at_a_large_step_keeps_its_residual_non_increasing():
     result = reconstruct(y, physics, load_denoiser("spline-sigma15"), "pnp-drs", max_iter=400, tol=1e-5,
                          accelerate=3, step=894.4, strength=0.5, relaxation=0.5)
     assert result.converged and result.monotone, result.max_residual_increase
+
+
+def test_a_rejected_proposal_falls_back_to_the_plain_step():
+    """With a step budget no proposal can meet (test 2), every pass is exactly z_{k+1} = T z_k."""
+    T, _ = _linear_averaged_map(4, seed=5)
+    accelerator = AndersonAccelerator(AndersonConfig(memory=2, budget=1e-12))
+    tried = []
+
+    def apply_step(v, which):
+        tried.append(bool(which.any()))
+        return torch.where(which[:, None], T(v), v)
+
+    z = torch.randn(2, 4, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    t_z = T(z)
+    running = torch.ones(2, dtype=torch.bool)
+    for _ in range(6):
+        z_next, t_next = accelerator.advance(z, t_z, running, 1e-14, apply_step)
+        assert torch.equal(z_next, t_z) and torch.equal(t_next, T(z_next))
+        z, t_z = z_next, t_next
+    assert accelerator.accepted is not None and accelerator.accepted.tolist() == [0, 0]
+    assert len(tried) > 6  # proposals were evaluated (and rejected), not only plain steps
+
+
+def test_a_stopped_image_is_neither_moved_nor_evaluated():
+    T, _ = _linear_averaged_map(3, seed=7)
+    accelerator = AndersonAccelerator(AndersonConfig(memory=2))
+    evaluated = torch.zeros(2, dtype=torch.long)
+
+    def apply_step(v, which):
+        evaluated.add_(which.long())
+        return torch.where(which[:, None], T(v), v)
+
+    z = torch.randn(2, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    t_z = T(z)
+    running = torch.tensor([True, False])
+    for _ in range(4):
+        z_next, t_next = accelerator.advance(z, t_z, running, 1e-14, apply_step)
+        assert torch.equal(z_next[1], z[1])
+        z, t_z = z_next, t_next
+    assert int(evaluated[1]) == 0 and int(evaluated[0]) >= 4
+
+
+@pytest.mark.parametrize("settings", [{"memory": 0}, {"memory": 2.0}, {"memory": True}, {"memory": 2, "budget": 0.0},
+                                      {"memory": 2, "safeguard_decrease": 1.0}, {"memory": 2, "max_backoff": 0}])
+def test_anderson_settings_are_checked(settings):
+    with pytest.raises(ValueError):
+        AndersonConfig(**settings)

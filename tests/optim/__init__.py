@@ -1,0 +1,1 @@
+"""Tests of the solvers (lipden/optim): methods, runner, Anderson acceleration, reconstruct, TV."""
