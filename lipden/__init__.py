@@ -41,7 +41,7 @@ _EXPORTS: dict[str, str] = {
     "list_denoisers": "models.pretrained",
     "load_denoiser": "models.pretrained",
     "ReconstructionResult": "optim.reconstruct",
-    "SolverError": "optim.reconstruct",
+    "SolverError": "optim.base",
     "reconstruct": "optim.reconstruct",
     "ConvergenceConditionError": "optim.base",
     "LinearSpline": "nn.splines",
@@ -106,9 +106,9 @@ if TYPE_CHECKING:
     from lipden.nn.linear import BjorckLinear
     from lipden.nn.orthogonal import bjorck_orthonormalize
     from lipden.nn.splines import LinearSpline, linear_spline
-    from lipden.optim.base import ConvergenceConditionError
+    from lipden.optim.base import ConvergenceConditionError, SolverError
     from lipden.optim.baselines import tv_reconstruct
-    from lipden.optim.reconstruct import ReconstructionResult, SolverError, reconstruct
+    from lipden.optim.reconstruct import ReconstructionResult, reconstruct
     from lipden.optim.tuning import TuneResult, tune
 
 
