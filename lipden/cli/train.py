@@ -50,7 +50,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "(default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the init and of the patch sampling")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the spline forward")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the spline forward (where the native kernel is not used)")
+    parser.add_argument("--spline-kernel", choices=("auto", "eager", "compiled", "native"), default="auto",
+                        help="how splines run: auto (default) takes the C++ kernel on a CPU where it builds, "
+                             "else compiled with --compile, else eager; a resumed run keeps its kernel")
     parser.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast of the convolutions (default: on for CUDA and for a CPU with "
                              "native bf16, AVX-512 BF16 or AMX); constraints, splines and loss stay float32")
@@ -89,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps, validate_every=args.validate_every, checkpoint_minutes=args.checkpoint_minutes,
         seed=args.seed, device=device,
         lr_scale=args.lr_scale, max_minutes=args.minutes, compile_spline=args.compile,
+        spline_kernel=args.spline_kernel,
         mixed_precision=args.mixed_precision, cuda_graph=args.cuda_graph, channels=args.channels, depth=args.depth,
     )
     summary = train(config, resume=not args.no_resume, progress=not args.quiet)

@@ -7,6 +7,8 @@ Two backends: eager (default) and ``torch.compile``-fused forward.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -78,18 +80,32 @@ _BACKEND = {"name": "eager"}
 _COMPILED: dict[str, object] = {}
 
 
+SPLINE_BACKENDS = ("eager", "compiled", "native")
+
+
 def set_spline_backend(name: str) -> None:
-    """Choose how spline kernels run: ``"eager"`` (default) or ``"compiled"``.
+    """Choose how spline kernels run: ``"eager"`` (default), ``"compiled"`` or ``"native"``.
 
     ``"compiled"`` fuses the forward pass (index computation and table lookups) with
     ``torch.compile``: one pass over memory instead of several; the first call compiles,
     which takes seconds. The backward pass stays eager: its table reductions
     (``bincount``) beat the compiled scatter-add on CPU.
+    ``"native"`` runs float32/float64 CPU tensors through a hand-written C++ kernel
+    (:mod:`lipden.nn._native`: one pass forward, one backward, table gradients summed in
+    float64), built with the machine's compiler on first use; other tensors, or a machine
+    where it cannot be built, take the eager path. Its forward and input gradient equal the
+    eager ones; its table gradients are the more accurate float64 sums.
     """
-    if name not in ("eager", "compiled"):
-        raise ValueError(f"spline backend must be 'eager' or 'compiled', got {name!r}")
-    if name == "compiled" and not _COMPILED:
+    if name not in SPLINE_BACKENDS:
+        raise ValueError(f"spline backend must be one of {', '.join(SPLINE_BACKENDS)}, got {name!r}")
+    if name == "compiled" and "forward" not in _COMPILED:
         _COMPILED["forward"] = torch.compile(_fused_forward, dynamic=True)
+    if name == "native":
+        from lipden.nn._native import native_kernels
+
+        module = native_kernels()
+        if module is not None:
+            _COMPILED["native"] = module
     _BACKEND["name"] = name
 
 
@@ -97,8 +113,12 @@ def get_spline_backend() -> str:
     return _BACKEND["name"]
 
 
-def _kernels():
-    if _BACKEND["name"] == "compiled":
+def _kernels(x: Tensor):
+    name = _BACKEND["name"]
+    if name == "native" and "native" in _COMPILED and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        module: Any = _COMPILED["native"]
+        return module.spline_forward, module.spline_backward
+    if name == "compiled":
         return _COMPILED["forward"], _eager_backward
     return _eager_forward, _eager_backward
 
@@ -122,14 +142,14 @@ class LinearSplineFunction(torch.autograd.Function):
         x = x.contiguous()
         ctx.save_for_backward(x, index_scale, intercepts, slopes)
         ctx.index_shift = index_shift
-        forward, _ = _kernels()
+        forward, _ = _kernels(x)
         return forward(x, index_scale, index_shift, intercepts, slopes)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         x, index_scale, intercepts, slopes = ctx.saved_tensors
-        _, backward = _kernels()
+        _, backward = _kernels(x)
         grad_x, grad_a, grad_s = backward(
             x, grad_out.contiguous(), index_scale, ctx.index_shift, intercepts, slopes
         )

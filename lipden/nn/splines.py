@@ -28,8 +28,15 @@ from torch import Tensor, nn
 from lipden.nn._autograd import InwardClamp, LinearSplineFunction
 from lipden.nn._autograd import get_spline_backend as get_spline_backend  # public here
 from lipden.nn._autograd import set_spline_backend as set_spline_backend
+from lipden.nn._native import native_kernels
 from lipden.nn.constrained import ConstrainedLayer
 from lipden.nn.precision import autocast_disabled
+
+
+def native_kernel_available() -> bool:
+    """Whether the C++ spline kernel (backend ``"native"``) runs here; builds it on first call."""
+    return native_kernels() is not None
+
 
 SPLINE_INITS = ("identity", "relu", "absolute_value", "maxmin", "zero")
 

@@ -10,6 +10,7 @@ from lipden.io import default_data_root
 from lipden.models.denoiser import PRESETS, DenoiserConfig
 
 DEFAULT_DATA = default_data_root()  # $LIPDEN_DATA, else ../shared/data
+SPLINE_KERNELS = ("auto", "eager", "compiled", "native")
 
 # Paper (GPU): batch 128, lr 4e-5 / 1e-6 / 1e-5. CPU: a quarter of the batch and ~20x the
 # learning rates, which reach good quality within an hour on 2 cores.
@@ -46,6 +47,7 @@ class TrainConfig:
     device: str = "cpu"
     max_minutes: float | None = None
     compile_spline: bool = False
+    spline_kernel: str = "auto"  # auto, eager, compiled or native (see lipden.nn.splines.set_spline_backend)
     mixed_precision: bool | None = None  # bf16 autocast of the convolutions; None: on a GPU or a CPU with native bf16
     cuda_graph: bool = False  # replay each step as a recorded CUDA graph (one GPU process)
     channels: int | None = None  # override the preset's width
@@ -66,6 +68,8 @@ class TrainConfig:
             if getattr(self, k) is None:
                 values[k] = defaults[k] * self.lr_scale
         config = TrainConfig(**values)
+        if config.spline_kernel not in SPLINE_KERNELS:
+            raise ValueError(f"spline_kernel must be one of {', '.join(SPLINE_KERNELS)}, got {config.spline_kernel!r}")
         if not 0 < config.sigma < 255:
             raise ValueError(f"sigma is on the 0-255 scale and must be in (0, 255), got {config.sigma}")
         return config

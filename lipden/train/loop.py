@@ -30,7 +30,7 @@ from lipden.metrics import psnr
 from lipden.models.checkpoint import load_tensors, save_denoiser, save_tensors_atomic
 from lipden.models.denoiser import LipschitzDenoiser
 from lipden.nn.precision import default_mixed_precision
-from lipden.nn.splines import set_spline_backend
+from lipden.nn.splines import get_spline_backend, native_kernel_available, set_spline_backend
 from lipden.train.config import DEFAULT_DATA as DEFAULT_DATA  # public here too
 from lipden.train.config import TrainConfig
 from lipden.train.data import PatchSampler, noisy_versions
@@ -90,6 +90,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     shutdown abort the process (SIGABRT).
     """
     started_group = start_process_group(torch.device(config.device).type)
+    previous_kernel = get_spline_backend()
     try:
         with ExitStack() as held, cudnn_autotuning(config.device.startswith("cuda")):
             summary = _train(config, resume, progress, held)
@@ -100,6 +101,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
         if started_group and (isinstance(error, TrainingDiverged) or dist.get_backend() == "gloo"):
             dist.destroy_process_group()
         raise
+    finally:
+        set_spline_backend(previous_kernel)
     if started_group:
         dist.destroy_process_group()
     return summary
@@ -117,21 +120,21 @@ def _train(config: TrainConfig, resume: bool, progress: bool, held: ExitStack) -
             raise ValueError("--device cuda requested but no GPU is available")
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    if config.compile_spline:
-        set_spline_backend("compiled")
     if config.cuda_graph and (device.type != "cuda" or world > 1):
         raise ValueError("CUDA graph training needs --device cuda and a single process (not torchrun)")
     _hold_lock(held, Path(config.output), rank, world, device)
     run = _Run(config, device, rank, world)
-    resumed_precision = run.resume() if resume and run.state_path.exists() else None
+    recorded = run.resume() if resume and run.state_path.exists() else {}
+    run.spline_kernel = _spline_kernel(config, device, recorded.get("spline_kernel"))
+    set_spline_backend(run.spline_kernel)
     run.wrap_for_ranks()
     run.load_validation_images()
     # bf16 keeps float32's range (no loss scaling); the constrained weights, splines and loss
     # stay float32, so the trained float32 model is exactly what the certificate covers.
     if config.mixed_precision is not None:
         run.use_amp = config.mixed_precision
-    elif resumed_precision is not None:  # a resumed run keeps its precision unless told otherwise
-        run.use_amp = resumed_precision.startswith("bf16")
+    elif "precision" in recorded:  # a resumed run keeps its precision unless told otherwise
+        run.use_amp = recorded["precision"].startswith("bf16")
     else:
         run.use_amp = default_mixed_precision(device.type)
     return _loop(run, progress)
@@ -153,6 +156,18 @@ def _hold_lock(held: ExitStack, output: Path, rank: int, world: int, device: tor
             refused = RunLocked(f"{output} is being trained by another process")
     if refused is not None:
         raise refused
+
+
+def _spline_kernel(config: TrainConfig, device: torch.device, recorded: str | None) -> str:
+    """The spline backend of the run: the one asked for; else the one a resumed run recorded;
+    else the native C++ kernel on a CPU where it builds; else compiled (``--compile``) or eager."""
+    if config.spline_kernel != "auto":
+        return config.spline_kernel
+    if recorded is not None:
+        return recorded
+    if device.type == "cpu" and native_kernel_available():
+        return "native"
+    return "compiled" if config.compile_spline else "eager"
 
 
 def _past_decay_time(config: TrainConfig, elapsed_s: float) -> bool:
@@ -179,13 +194,15 @@ class _Run:
         self.noise_generator = torch.Generator().manual_seed(config.seed + 1 + 1000 * rank)
         self.step, self.best_psnr, self.elapsed = 0, -math.inf, 0.0
         self.use_amp = False
+        self.spline_kernel = "eager"
         self.last_loss = math.nan
         self.pending_loss, self.pending_steps = torch.zeros((), device=device), 0  # summed since the last read
         self.val_clean: list[Tensor] = []
         self.val_noisy: list[Tensor] = []
 
-    def resume(self) -> str:
-        """Load the training state; returns the precision the run was trained with."""
+    def resume(self) -> dict[str, str]:
+        """Load the training state; returns how the run was trained: its ``precision`` and, if
+        recorded, its ``spline_kernel``."""
         config, rank = self.config, self.rank
         tensors, metadata = load_tensors(self.state_path)
         if metadata.get("train_config", {}).get("sigma") != config.sigma:
@@ -202,7 +219,10 @@ class _Run:
             self.noise_generator.manual_seed(config.seed + 1 + 1000 * rank + 7919 * self.step)
         earlier = metadata.get("train_config", {}).get("mixed_precision")  # states that predate "precision"
         earlier_amp = earlier if earlier is not None else self.device.type == "cuda"  # the default back then
-        return metadata.get("precision") or ("bf16" if earlier_amp else "float32")
+        recorded = {"precision": metadata.get("precision") or ("bf16" if earlier_amp else "float32")}
+        if metadata.get("spline_kernel"):
+            recorded["spline_kernel"] = metadata["spline_kernel"]
+        return recorded
 
     def wrap_for_ranks(self) -> None:
         if self.world > 1:
@@ -288,6 +308,7 @@ class _Run:
             "step": self.step, "best_psnr": self.best_psnr, "elapsed_s": self.elapsed, "world_size": self.world,
             "patches_seen": self.step * self.batch_size * self.world,
             "precision": "bf16 convolutions (autocast), float32 weights" if self.use_amp else "float32",
+            "spline_kernel": self.spline_kernel,
         }
         save_tensors_atomic(tensors, self.state_path, metadata)
 

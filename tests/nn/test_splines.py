@@ -228,6 +228,56 @@ def test_compiled_forward_matches_eager():
         set_spline_backend("cuda-magic")
 
 
+@pytest.fixture(scope="module")
+def native_backend():
+    """The C++ kernel, built here (it must build where a C++ compiler and ninja exist)."""
+    import shutil
+
+    from lipden.nn._native import build_error, native_kernels
+
+    if shutil.which("c++") is None or shutil.which("ninja") is None:
+        pytest.skip("no C++ compiler or ninja: the native spline kernel cannot be built here")
+    assert native_kernels() is not None, build_error()
+    from lipden.nn.splines import set_spline_backend
+
+    set_spline_backend("native")
+    yield
+    set_spline_backend("eager")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(3, 4), (2, 4, 9, 7), (2, 4, 3, 2, 5)])
+def test_native_kernel_equals_eager_forward_and_input_gradient(native_backend, shape, dtype):
+    from lipden.nn.splines import set_spline_backend
+
+    spline = random_spline(channels=4, knots=11, x_range=0.5, dtype=dtype)
+    x = (0.6 * torch.randn(shape, dtype=dtype)).requires_grad_(True)  # some entries beyond the grid
+    with torch.no_grad():
+        x.view(-1)[:3] = torch.tensor([float("nan"), 9.0, -9.0], dtype=dtype)
+    native = spline(x)
+    g_native, ga_native = torch.autograd.grad((native.nan_to_num() * 1.7).sum(), (x, spline.coefficients))
+    set_spline_backend("eager")
+    try:
+        eager = spline(x)
+        g_eager, ga_eager = torch.autograd.grad((eager.nan_to_num() * 1.7).sum(), (x, spline.coefficients))
+    finally:
+        set_spline_backend("native")
+    assert torch.equal(native.isnan(), eager.isnan())
+    torch.testing.assert_close(native.nan_to_num(), eager.nan_to_num(), rtol=0, atol=0)
+    torch.testing.assert_close(g_native, g_eager, rtol=0, atol=0)
+    # float64 sums here, float32 bincount there: equal up to float32 round-off of the largest sum
+    scale = float(ga_eager.nan_to_num().abs().max())
+    torch.testing.assert_close(ga_native, ga_eager, equal_nan=True, rtol=0, atol=1e-6 * scale)
+
+
+def test_native_kernel_passes_gradcheck(native_backend):
+    spline = random_spline(channels=4, knots=9, x_range=0.4)
+    x = points_away_from_knots(spline, (2, 4, 3, 3)).requires_grad_(True)
+    coefficients = spline.constrained_coefficients().detach().requires_grad_(True)
+    scaling = spline.alpha().detach().requires_grad_(True)
+    assert gradcheck(lambda x, c, a: linear_spline(x, c, 0.4, a), (x, coefficients, scaling))
+
+
 def _spline_stack(count=3, channels=5, knots=13):
     torch.manual_seed(3)
     body = torch.nn.Sequential(*[LinearSpline(channels, num_knots=knots, x_range=0.5) for _ in range(count)]).double()

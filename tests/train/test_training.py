@@ -294,3 +294,21 @@ def test_the_lock_of_a_killed_trainer_is_taken_over(image_folders, tmp_path):
     holder.wait(timeout=30)
     summary = train(tiny_config(image_folders, tmp_path, steps=2), progress=False)
     assert summary["step"] == 2
+
+
+def test_a_run_records_its_spline_kernel_and_a_resumed_run_keeps_it(image_folders, tmp_path):
+    from lipden.nn.splines import get_spline_backend, native_kernel_available
+
+    train(tiny_config(image_folders, tmp_path, steps=2, validate_every=1, spline_kernel="eager"), progress=False)
+    _, metadata = load_tensors(tmp_path / "train_state.safetensors")
+    assert metadata["spline_kernel"] == "eager"
+    train(tiny_config(image_folders, tmp_path, steps=4, validate_every=1), progress=False)  # "auto"
+    _, metadata = load_tensors(tmp_path / "train_state.safetensors")
+    assert metadata["step"] == 4 and metadata["spline_kernel"] == "eager"
+    fresh = tmp_path / "fresh"
+    train(tiny_config(image_folders, fresh, steps=1, validate_every=1), progress=False)
+    _, metadata = load_tensors(fresh / "train_state.safetensors")
+    assert metadata["spline_kernel"] == ("native" if native_kernel_available() else "eager")
+    assert get_spline_backend() == "eager"  # the process's backend is restored after a run
+    with pytest.raises(ValueError, match="spline_kernel"):
+        TrainConfig(output=str(tmp_path), spline_kernel="fast").resolved()
