@@ -32,17 +32,15 @@ from lipden.optim.base import (
     Splitting,
     composed_averagedness,
     denoiser_violations,
-    fbs_fast_relaxation,
     register,
     relax,
 )
 
-__all__ = ["FBSParams", "PnPFBS", "fbs_averagedness", "fbs_fast_relaxation"]
-
 
 def fbs_averagedness(strength: float, half_step_l: float, projected: bool = False) -> float:
     """Averagedness of [P_C o] D o (Id - gamma grad f), with D = (1 - strength) Id + strength N
-    and ``half_step_l`` = gamma L / 2; P_C (a box projection) is 1/2-averaged."""
+    and ``half_step_l`` = gamma L / 2; P_C (a box projection) is 1/2-averaged. The relaxation
+    near the largest this allows is ``lipden.optim.base.fbs_fast_relaxation``."""
     return composed_averagedness(strength, half_step_l, *((0.5,) if projected else ()))
 
 

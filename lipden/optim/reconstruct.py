@@ -181,9 +181,10 @@ def reconstruct(
             still non-increasing; a pass costs one evaluation of T, two when its proposal is
             rejected (``evaluations_per_image``).
 
-    Returns a :class:`ReconstructionResult`. Raises ``ConvergenceConditionError`` for
-    parameters outside the theorem (with ``guarantee=True``), ``SolverError`` on NaN/inf or
-    divergence, ``ValueError`` on malformed input.
+    Returns a :class:`ReconstructionResult`. Raises (with ``guarantee=True``)
+    ``CertificationError`` when the denoiser has no certified bound <= 1 and
+    ``ConvergenceConditionError`` for parameters outside the theorem; ``SolverError`` on NaN/inf
+    or divergence, ``ValueError`` on malformed input.
     """
     started = time.perf_counter()
     method = canonical_method(method)
