@@ -19,9 +19,9 @@ import deepinv
 import torch
 from torch import Tensor, nn
 
-from lipden.memory import freed_memory_kept
 from lipden.certify.averaged import Averaged
 from lipden.certify.bounds import lipschitz_upper_bound
+from lipden.memory import freed_memory_kept
 from lipden.models.tiling import run_in_bounded_passes
 from lipden.nn.activations import ACTIVATION_ALIASES, ACTIVATIONS, make_activation
 from lipden.nn.layers import OrthoConv2d, SpectralNormConv2d, shared_training_weights

@@ -19,11 +19,25 @@ def test_the_reference_page_links_to_the_cli_reference_instead_of_holding_it():
 
 def test_the_regenerating_command_writes_and_checks_the_file(tmp_path, capsys):
     path = tmp_path / "cli.md"
-    assert reference.main([str(path), "--check"]) == 1  # missing
+    no_readme = ["--readme", str(tmp_path / "absent.md")]  # the checkout's README is not touched
+    assert reference.main([str(path), "--check", *no_readme]) == 1  # missing
     assert "out of date" in capsys.readouterr().err
-    assert reference.main([str(path)]) == 0
+    assert reference.main([str(path), *no_readme]) == 0
     assert path.read_text() == cli_document()
-    assert reference.main([str(path), "--check"]) == 0
+    assert reference.main([str(path), "--check", *no_readme]) == 0
     path.write_text(path.read_text().replace("--max-iter", "--max-iterations"))
-    assert reference.main([str(path), "--check"]) == 1
+    assert reference.main([str(path), "--check", *no_readme]) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["cli.md"]  # no temporary file left
+
+
+def test_the_regenerating_command_rewrites_a_stale_model_table(tmp_path, capsys):
+    cli_md = tmp_path / "cli.md"
+    cli_md.write_text(cli_document())
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{reference.ZOO_START}\n| stale |\n{reference.ZOO_END}\n\nafter\n")
+    assert reference.main([str(cli_md), "--readme", str(readme), "--check"]) == 1
+    assert "model table is out of date" in capsys.readouterr().err
+    assert reference.main([str(cli_md), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "| stale |" not in text and "| `spline-sigma15` | spline | 15 |" in text and text.endswith("after\n")
+    assert reference.main([str(cli_md), "--readme", str(readme), "--check"]) == 0
