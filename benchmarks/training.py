@@ -4,7 +4,8 @@ operator calls the host makes per step, and on a GPU the time its kernels take.
 A step is exactly the trainer's: the batch goes to the device (:func:`lipden.train.loop.batch_to_device`)
 and :func:`lipden.train.loop.training_step` runs the forward pass, the loss with its TV2 term,
 the backward pass and Adam; the constrained step is timed in float32 and, where the trainer
-uses it by default (a GPU, a CPU with native bf16), with bf16 autocast of the convolutions.
+uses it by default (a GPU, a CPU with native bf16), with bf16 autocast of the convolutions,
+with the eager splines and, on a CPU where it builds, the C++ spline kernel the trainer uses.
 ``steps`` consecutive steps are timed with one device synchronisation at the end (the
 trainer reads the loss only every few steps); the figure is the median over ``repeats``.
 Each configuration is measured with constrained (``conv="ortho"``) and unconstrained
@@ -29,6 +30,7 @@ from torch import nn
 
 from lipden.models.denoiser import LipschitzDenoiser
 from lipden.nn.precision import default_mixed_precision
+from lipden.nn.splines import get_spline_backend, native_kernel_available, set_spline_backend
 from lipden.train.loop import TrainConfig, make_optimizer
 from lipden.train.step import (
     GraphedTrainingStep,
@@ -84,7 +86,21 @@ def plain_network(channels: int, depth: int) -> nn.Sequential:
 
 
 def measure(preset: str, batch: int, conv: str, device: torch.device, steps: int, repeats: int,
-            cuda_graph: bool = False, mixed_precision: bool | None = None) -> dict:
+            cuda_graph: bool = False, mixed_precision: bool | None = None, spline_kernel: str = "eager") -> dict:
+    """:func:`_measure` with the splines run by ``spline_kernel`` (see
+    :func:`lipden.nn.splines.set_spline_backend`); the process's backend is restored after."""
+    previous = get_spline_backend()
+    set_spline_backend(spline_kernel)
+    try:
+        row = _measure(preset, batch, conv, device, steps, repeats, cuda_graph, mixed_precision)
+    finally:
+        set_spline_backend(previous)
+    row["spline_kernel"] = spline_kernel if conv != "plain" else "-"
+    return row
+
+
+def _measure(preset: str, batch: int, conv: str, device: torch.device, steps: int, repeats: int,
+             cuda_graph: bool, mixed_precision: bool | None) -> dict:
     """Seconds per step (median over ``repeats`` runs of ``steps`` steps), operator calls and
     kernel time per step of one configuration; ``cuda_graph``: the step replayed as a CUDA
     graph (:class:`lipden.train.step.GraphedTrainingStep`); ``mixed_precision``: bf16
@@ -155,6 +171,9 @@ def run(quick: bool = False, output: str = "results", device: str = "cpu") -> di
             # the constrained step in both precisions, the same net without constraints, plain Conv2d + ReLU
             precisions = (False, True) if default_mixed_precision(target.type) else (False,)
             rows += [measure(preset, batch, "ortho", target, steps, repeats, mixed_precision=p) for p in precisions]
+            if target.type == "cpu" and native_kernel_available():  # the trainer's default kernel on a CPU
+                rows.append(measure(preset, batch, "ortho", target, steps, repeats, mixed_precision=precisions[-1],
+                                    spline_kernel="native"))
             rows += [measure(preset, batch, conv, target, steps, repeats) for conv in ("free", "plain")]
         if target.type == "cuda":  # the constrained step replayed as a CUDA graph (train --cuda-graph)
             rows += [measure(preset, batch, "ortho", target, steps, repeats, cuda_graph=True)
@@ -179,9 +198,9 @@ def _markdown(r: dict) -> str:
         "default on a GPU and on a CPU with native bf16; constraints, splines and loss in float32); "
         f"{r['steps']} consecutive steps per timing, median of {r['repeats']}.",
         "",
-        "| preset | channels | batch | network | bf16 convs | CUDA graph | ms / step | patches / s | "
+        "| preset | channels | batch | network | bf16 convs | spline kernel | CUDA graph | ms / step | patches / s | "
         "vs plain fp32 | operator calls / step | GPU kernel ms / step |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     plain = {(row["preset"], row["batch"]): row["seconds_per_step"] for row in r["rows"] if row["conv"] == "plain"}
     names = {"ortho": "1-Lipschitz (BCOP) + splines", "free": "free convs + splines", "plain": "plain Conv2d + ReLU"}
@@ -191,7 +210,8 @@ def _markdown(r: dict) -> str:
         ratio = f"{row['seconds_per_step'] / reference:.2f}x" if reference else "-"
         lines.append(
             f"| {row['preset']} | {row['channels']} | {row['batch']} | {names.get(row['conv'], row['conv'])} | "
-            f"{'yes' if row.get('bf16') else 'no'} | {'yes' if row.get('cuda_graph') else 'no'} | "
+            f"{'yes' if row.get('bf16') else 'no'} | {row.get('spline_kernel', 'eager')} | "
+            f"{'yes' if row.get('cuda_graph') else 'no'} | "
             f"{row['seconds_per_step'] * 1e3:.1f} | {row['patches_per_second']:.0f} | {ratio} | "
             f"{row['operator_calls']} | {'-' if kernel is None else f'{kernel * 1e3:.1f}'} |"
         )
