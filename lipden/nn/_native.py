@@ -18,17 +18,19 @@ from typing import Any
 _SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
 namespace {
 
 template <typename T>
-inline int64_t interval(T x, T scale, T shift, int64_t intervals) {
+inline int32_t interval(T x, T scale, T shift, T last) {
+  // selects, not branches, so that the loops vectorize; NaN fails u >= 0 and goes to interval 0
   T u = std::floor(x * scale + shift);
-  if (!(u >= T(0))) return 0;  // below the grid, or NaN
-  if (u > T(intervals - 1)) return intervals - 1;
-  return static_cast<int64_t>(u);
+  u = u >= T(0) ? u : T(0);
+  u = u <= last ? u : last;
+  return static_cast<int32_t>(u);
 }
 
 void check(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& a, const at::Tensor& s) {
@@ -55,6 +57,7 @@ at::Tensor spline_forward(at::Tensor x, at::Tensor scale, double shift, at::Tens
     const scalar_t* ps = s.data_ptr<scalar_t>();
     const scalar_t* pscale = scale.data_ptr<scalar_t>();
     const scalar_t sh = static_cast<scalar_t>(shift);
+    const scalar_t last = static_cast<scalar_t>(intervals - 1);
     at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         const int64_t c = p % channels;
@@ -65,7 +68,7 @@ at::Tensor spline_forward(at::Tensor x, at::Tensor scale, double shift, at::Tens
         scalar_t* yi = py + p * plane;
         for (int64_t i = 0; i < plane; ++i) {
           const scalar_t v = xi[i];
-          const int64_t k = interval(v, sc, sh, intervals);
+          const int32_t k = interval(v, sc, sh, last);
           yi[i] = ta[k] + v * ts[k];
         }
       }
@@ -84,7 +87,9 @@ std::vector<at::Tensor> spline_backward(at::Tensor x, at::Tensor g, at::Tensor s
   const int64_t planes = x.numel() ? x.size(0) * channels : 0;
   const int64_t plane = planes ? x.numel() / planes : 0;
   const int64_t threads = at::get_num_threads();
-  std::vector<double> sums(static_cast<size_t>(threads) * 2 * table, 0.0);
+  // per thread: two interleaved copies of (sum g, sum g x), so that consecutive entries of one
+  // interval do not wait on each other's additions
+  std::vector<double> sums(static_cast<size_t>(threads) * 4 * table, 0.0);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spline_backward", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* pg = g.data_ptr<scalar_t>();
@@ -92,23 +97,33 @@ std::vector<at::Tensor> spline_backward(at::Tensor x, at::Tensor g, at::Tensor s
     const scalar_t* ps = s.data_ptr<scalar_t>();
     const scalar_t* pscale = scale.data_ptr<scalar_t>();
     const scalar_t sh = static_cast<scalar_t>(shift);
+    const scalar_t last = static_cast<scalar_t>(intervals - 1);
     at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-      double* mine = sums.data() + static_cast<size_t>(at::get_thread_num()) * 2 * table;
+      double* mine = sums.data() + static_cast<size_t>(at::get_thread_num()) * 4 * table;
       for (int64_t p = begin; p < end; ++p) {
         const int64_t c = p % channels;
         const scalar_t sc = pscale[c];
         const scalar_t* ts = ps + c * intervals;
-        double* ga = mine + c * intervals;
-        double* gs = mine + table + c * intervals;
+        double* ga0 = mine + c * intervals;
+        double* gs0 = mine + table + c * intervals;
+        double* ga1 = mine + 2 * table + c * intervals;
+        double* gs1 = mine + 3 * table + c * intervals;
         const scalar_t* xi = px + p * plane;
         const scalar_t* gi = pg + p * plane;
         scalar_t* gxi = pgx + p * plane;
-        for (int64_t i = 0; i < plane; ++i) {
-          const scalar_t v = xi[i], w = gi[i];
-          const int64_t k = interval(v, sc, sh, intervals);
-          gxi[i] = w * ts[k];
-          ga[k] += static_cast<double>(w);
-          gs[k] += static_cast<double>(w) * static_cast<double>(v);
+        for (int64_t i = 0; i < plane; i += 2) {  // table sums in float64, two interleaved copies
+          const int32_t k0 = interval(xi[i], sc, sh, last);
+          const double w0 = static_cast<double>(gi[i]);
+          gxi[i] = gi[i] * ts[k0];
+          ga0[k0] += w0;
+          gs0[k0] += w0 * static_cast<double>(xi[i]);
+          if (i + 1 < plane) {
+            const int32_t k1 = interval(xi[i + 1], sc, sh, last);
+            const double w1 = static_cast<double>(gi[i + 1]);
+            gxi[i + 1] = gi[i + 1] * ts[k1];
+            ga1[k1] += w1;
+            gs1[k1] += w1 * static_cast<double>(xi[i + 1]);
+          }
         }
       }
     });
@@ -116,8 +131,8 @@ std::vector<at::Tensor> spline_backward(at::Tensor x, at::Tensor g, at::Tensor s
   auto total = at::zeros({2, channels, intervals}, at::kDouble);
   double* pt = total.data_ptr<double>();
   for (int64_t t = 0; t < threads; ++t) {
-    const double* part = sums.data() + static_cast<size_t>(t) * 2 * table;
-    for (int64_t j = 0; j < 2 * table; ++j) pt[j] += part[j];
+    const double* part = sums.data() + static_cast<size_t>(t) * 4 * table;
+    for (int64_t j = 0; j < 2 * table; ++j) pt[j] += part[j] + part[2 * table + j];
   }
   return {grad_x, total[0].to(a.scalar_type()), total[1].to(s.scalar_type())};
 }
@@ -143,7 +158,7 @@ def _build() -> Any | None:
         from torch.utils.cpp_extension import load_inline
 
         return load_inline(
-            name="lipden_spline_v1",
+            name="lipden_spline_v5",
             cpp_sources=[_SOURCE],
             functions=["spline_forward", "spline_backward"],
             extra_cflags=["-O3", "-march=native"],
