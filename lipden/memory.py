@@ -3,10 +3,8 @@
 glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh
 ``mmap`` and unmaps it on free, so each new activation of that size page-faults on first
 touch. A denoiser's activations on a batch of images are larger than that (8 x 32 x 256 x
-256 float32 = 64 MiB), and the page faults then cost more than the arithmetic: measured here
-(one thread), ``x * 2 + 1`` on such a tensor takes 115 ms into fresh memory and 9 ms into a
-reused buffer, and the 32-channel denoiser's forward on 8 MRI slices 3.4 s vs 1.5 s once
-freed blocks are kept (``benchmarks/speed.py`` measures it).
+256 float32 = 64 MiB), and the page faults then cost more than the arithmetic
+(``python cli.py benchmark speed`` measures it; results/speed.md).
 
 ``keep_freed_memory()`` sets ``M_MMAP_MAX = 0`` (large blocks come from the heap, so a freed
 block is reused by the next allocation of that size) and a high ``M_TRIM_THRESHOLD`` (freed

@@ -130,7 +130,7 @@ class LipschitzDenoiser(deepinv.models.Denoiser):
     """
 
     #: Activation bytes per pass on a CPU (16 MiB: 131,072 pixels at 32 channels in float32),
-    #: below glibc's largest mmap threshold (32 MiB); 8, 16 and 24 MiB measured within 15%.
+    #: below glibc's largest mmap threshold (32 MiB).
     cpu_pass_bytes: int | None = 16 * 2**20
 
     def __init__(self, config: DenoiserConfig | None = None) -> None:

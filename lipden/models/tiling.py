@@ -16,8 +16,7 @@ so its intermediate activations are bounded by about
 ``3 * B * C * channels * (tile + 2 radius)^2 * 4`` bytes (float32, no grad; the lipden
 networks run each colour channel through ``channels`` feature maps): 28 MB for the shipped
 32-channel models at tile 256 (radius 8), 0.1 GB at tile 512, whatever the image size,
-against about 6 GB for an untiled 4096 x 4096 grayscale image (measured on CPU, 1024 x 1024
-image: 26 MB of extra peak memory at tile 256, 476 MB untiled). The input and the output
+against about 6 GB for an untiled 4096 x 4096 grayscale image. The input and the output
 image themselves (``B * C * H * W * 4`` bytes each) stay where ``x`` is; pass ``device=`` to
 run the tiles on another device (e.g. the image in CPU memory, the tiles on a GPU).
 Tiling costs time: each tile recomputes its ``radius``-pixel border, a factor
@@ -251,9 +250,8 @@ def run_in_bounded_passes(network: nn.Module, x: Tensor, max_pixels: int) -> Ten
     Why: with glibc's default allocator, a CPU tensor above its mmap threshold (at most
     32 MiB) is a fresh ``mmap`` that page-faults on first touch and is unmapped when freed,
     so a network whose activations are that large (``B x channels x H x W`` floats: 64 MiB
-    for 8 images of 256 x 256 at 32 channels) pays the page faults at every layer; measured
-    for the shipped 32-channel denoisers on 2 cores, 2.4x longer per image than one image
-    at a time. Passes of a few MiB reuse heap memory (:mod:`lipden.memory` is the other
+    for 8 images of 256 x 256 at 32 channels) pays the page faults at every layer (results/speed.md
+    measures it). Passes of a few MiB reuse heap memory (:mod:`lipden.memory` is the other
     remedy, for a whole process).
     """
     planes = x.shape[0]

@@ -126,8 +126,7 @@ def _without_tf32(solve: Callable[..., ReconstructionResult]) -> Callable[..., R
     """Run the solve with float32 (not TF32) CUDA convolutions and matrix products.
 
     TF32 keeps 10 mantissa bits: the denoiser's 1-Lipschitz property, hence the monotone
-    residual, would then hold only to about 1e-3 (measured on an H100: relative residual
-    increases of 4e-3 with TF32, none without).
+    residual, would then hold only to about 1e-3 relative, and the residual could rise.
     """
 
     @functools.wraps(solve)
