@@ -88,4 +88,10 @@ def test_training_quick(quick_benchmarks):
     calls = {conv: row["operator_calls"] for (conv, _), row in rows.items()}
     assert 0 < calls["plain"] < calls["free"] < calls["ortho"]
     text = (quick_benchmarks / "training-quick.md").read_text()
-    assert "| cpu | 32 | 8 | 1-Lipschitz (BCOP) + splines | no | no |" in text and "plain Conv2d + ReLU" in text
+    assert "| cpu | 32 | 8 | 1-Lipschitz (BCOP) + splines | no | eager | no |" in text and "plain Conv2d + ReLU" in text
+    from lipden.nn.splines import native_kernel_available
+
+    if native_kernel_available():  # the trainer's CPU kernel is timed too
+        native = [row for row in results["rows"] if row["spline_kernel"] == "native"]
+        assert len(native) == 1 and native[0]["conv"] == "ortho"
+        assert " | native | no | " in text
