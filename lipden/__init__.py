@@ -85,7 +85,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from lipden.certify.averaged import Averaged
+    from lipden.certify.averaged import Averaged, AveragednessReport, check_averaged
     from lipden.certify.bounds import (
         CertificationError,
         lipschitz_bounds,

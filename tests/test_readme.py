@@ -28,7 +28,7 @@ def test_example_runs(page, index, code):
 
 def test_readme_has_examples_for_what_users_do():
     code = "\n".join(python_blocks(ROOT / "README.md"))
-    for call in ("load_denoiser(", "reconstruct(", "deepinv.physics", "lipschitz_certificate("):
+    for call in ("load_denoiser(", "reconstruct(", "deepinv.physics", "lipschitz_certificate(", "train("):
         assert call in code
 
 
@@ -38,3 +38,12 @@ def test_readme_is_short_and_its_model_table_current():
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 250
     assert readme_with_zoo(text) == text, "run: python -m lipden.cli.reference"
+
+
+def test_readme_headline_results_are_built_from_the_committed_results():
+    from benchmarks.report import HEADLINE_END, HEADLINE_START, headline
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split(HEADLINE_START, 1)[1].split(HEADLINE_END, 1)[0]
+    assert block.strip() == headline(ROOT / "results").strip(), "run: python cli.py benchmark report"
+    assert "| denoising, sigma 15 (BSD68) |" in block and "mri-random-x8" in block

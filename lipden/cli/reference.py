@@ -87,7 +87,7 @@ def model_zoo() -> str:
         rows.append(
             f"| `{name}` | {card.get('activation', config['activation'])}{guarantee} | {card['sigma_255']:g} | "
             f"{config['channels']} x {config['depth']} | {_count(patches)} | {_db(training.get('set12_val_psnr'))} | "
-            f"{_db(card.get('bsd68_psnr'))} | {card['certified_lipschitz_40x40']:.6g} |"
+            f"{_db(card.get('bsd68_psnr'))} | {card['certified_lipschitz_40x40']:.7g} |"
         )
     return "\n".join(rows)
 

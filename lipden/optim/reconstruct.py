@@ -168,7 +168,7 @@ def reconstruct(
             ||z_{k+1} - z_k|| <= tol ||z_{k+1}||; the solve ends when every image has stopped.
         guarantee: if True (default), refuse to run when the hypotheses fail (including an
             uncertified or > 1-Lipschitz denoiser); if False, run anyway with a warning.
-        tile: apply the denoiser in ``tile`` x ``tile`` blocks (``lipden.denoise_tiled``: the
+        tile: apply the denoiser in ``tile`` x ``tile`` blocks (``lipden.models.tiling.denoise_tiled``: the
             same function, so the same iterates and guarantee) to bound the memory of large
             images: about 3 x channels x (tile + 16)^2 x 4 bytes instead of 3 x channels x H x W
             x 4 bytes per image, plus a few image-sized buffers (iterate, gradient, measurement).

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
-from lipden.io import list_images, load_grayscale
+from lipden.io import atomic_write, atomic_write_text, list_images, load_grayscale
 from lipden.models.checkpoint import load_denoiser_file, load_tensors, save_denoiser, sha256_of
 from lipden.models.pretrained import CERTIFY_SHAPE, weights_dir
 from lipden.train.loop import DEFAULT_DATA, evaluate, noisy_versions
@@ -36,21 +37,11 @@ def publish(run_dir: str | Path, name: str, test_dir: str | Path = DEFAULT_DATA 
         raise ValueError(f"{run_dir / 'best.safetensors'}: the model config has no sigma; cannot publish")
     train_config = state["train_config"]
     # measure everything first; the shipped pair is replaced only at the end (weights, then card)
-    fd, staged = tempfile.mkstemp(dir=target.parent, prefix=f".{name}-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        card = _card(model, name, metadata, state, train_config, sigma, test_dir, Path(staged))
-    except BaseException:
-        os.unlink(staged)
-        raise
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(card, handle, indent=2)
-        handle.write("\n")
-    os.chmod(tmp, 0o644)
-    os.chmod(staged, 0o644)
-    os.replace(staged, target)
-    os.replace(tmp, target.with_suffix(".json"))
+    with tempfile.TemporaryDirectory() as scratch:
+        staged = Path(scratch) / target.name
+        card = _card(model, name, metadata, state, train_config, sigma, test_dir, staged)
+        atomic_write(target, lambda tmp: shutil.copyfile(staged, tmp))
+    atomic_write_text(target.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
     return card
 
 
