@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from lipden import LinearSpline, list_denoisers, load_denoiser
-from lipden.train.loop import DEFAULT_DATA
+from lipden.train.config import DEFAULT_DATA
 
 from .common import machine, save_figure, write_results
 

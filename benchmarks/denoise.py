@@ -36,7 +36,8 @@ from lipden.io import list_images, load_grayscale
 from lipden.metrics import psnr
 from lipden.models.checkpoint import WeightsError, load_denoiser_file, sha256_of
 from lipden.models.pretrained import denoiser_card, list_denoisers, weights_dir
-from lipden.train.loop import DEFAULT_DATA, noisy_versions
+from lipden.train.config import DEFAULT_DATA
+from lipden.train.data import noisy_versions
 from lipden.train.publish import evaluate_folder
 
 from .common import interleaved_medians, machine, save_figure, write_results

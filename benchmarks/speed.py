@@ -44,7 +44,8 @@ from lipden import reconstruct
 from lipden.memory import freed_memory_kept, keep_freed_memory
 from lipden.models.denoiser import PRESETS, DenoiserConfig, LipschitzDenoiser
 from lipden.models.pretrained import list_denoisers, load_denoiser
-from lipden.train.loop import TrainConfig, make_optimizer, training_step
+from lipden.train.config import TrainConfig
+from lipden.train.step import make_optimizer, training_step
 from problems import default_image, problem_from_name
 
 from .common import interleaved_medians, machine, operator_calls, write_results

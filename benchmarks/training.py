@@ -31,11 +31,12 @@ from torch import nn
 from lipden.models.denoiser import LipschitzDenoiser
 from lipden.nn.precision import default_mixed_precision
 from lipden.nn.splines import get_spline_backend, native_kernel_available, set_spline_backend
-from lipden.train.loop import TrainConfig, make_optimizer
+from lipden.train.config import TrainConfig
 from lipden.train.step import (
     GraphedTrainingStep,
     batch_to_device,
     cudnn_autotuning,
+    make_optimizer,
     training_step,
 )
 

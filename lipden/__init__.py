@@ -33,6 +33,8 @@ _EXPORTS: dict[str, str] = {
     "lipschitz_upper_bound": "certify.bounds",
     "DenoiserConfig": "models.denoiser",
     "LipschitzDenoiser": "models.denoiser",
+    "ConstrainedDenoiser": "models.protocol",
+    "LipschitzCertified": "models.protocol",
     "BjorckLinear": "nn.linear",
     "OrthoConv2d": "nn.layers",
     "SpectralNormConv2d": "nn.layers",
@@ -57,11 +59,13 @@ __all__ = [
     "BjorckLinear",
     "CertificationError",
     "ClippedPReLU",
+    "ConstrainedDenoiser",
     "ConvergenceConditionError",
     "DenoiserConfig",
     "GroupSort",
     "HouseHolder",
     "LinearSpline",
+    "LipschitzCertified",
     "LipschitzDenoiser",
     "OrthoConv2d",
     "ReLU",
@@ -94,6 +98,7 @@ if TYPE_CHECKING:
     )
     from lipden.models.denoiser import DenoiserConfig, LipschitzDenoiser
     from lipden.models.pretrained import denoiser_card, list_denoisers, load_denoiser
+    from lipden.models.protocol import ConstrainedDenoiser, LipschitzCertified
     from lipden.nn.activations import (
         AbsoluteValue,
         ClippedPReLU,

@@ -31,7 +31,6 @@ from lipden.models.checkpoint import load_tensors, save_denoiser, save_tensors_a
 from lipden.models.denoiser import LipschitzDenoiser
 from lipden.nn.precision import default_mixed_precision
 from lipden.nn.splines import get_spline_backend, native_kernel_available, set_spline_backend
-from lipden.train.config import DEFAULT_DATA as DEFAULT_DATA  # public here too
 from lipden.train.config import TrainConfig
 from lipden.train.data import PatchSampler, noisy_versions
 from lipden.train.distributed import (

@@ -14,7 +14,9 @@ import torch
 from lipden.io import atomic_write, atomic_write_text, list_images, load_grayscale
 from lipden.models.checkpoint import load_denoiser_file, load_tensors, save_denoiser, sha256_of
 from lipden.models.pretrained import CERTIFY_SHAPE, weights_dir
-from lipden.train.loop import DEFAULT_DATA, evaluate, noisy_versions
+from lipden.train.config import DEFAULT_DATA
+from lipden.train.data import noisy_versions
+from lipden.train.loop import evaluate
 
 
 def evaluate_folder(model: torch.nn.Module, folder: str | Path, sigma: float, limit: int | None = None) -> float:

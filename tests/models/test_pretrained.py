@@ -58,7 +58,8 @@ def _first_bsd68(count=3):
 
 def _bsd68_psnr(name: str, count: int) -> float:
     """Mean PSNR of a shipped model on the first ``count`` BSD68 images (the standard protocol)."""
-    from lipden.train.loop import evaluate, noisy_versions
+    from lipden.train.data import noisy_versions
+    from lipden.train.loop import evaluate
 
     model = lipden.load_denoiser(name)
     clean = _first_bsd68(count)
