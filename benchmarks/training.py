@@ -1,8 +1,8 @@
 """Training throughput: wall time of an optimizer step of the denoiser presets, the PyTorch
 operator calls the host makes per step, and on a GPU the time its kernels take.
 
-A step is exactly the trainer's: the batch goes to the device (:func:`lipden.train.loop.batch_to_device`)
-and :func:`lipden.train.loop.training_step` runs the forward pass, the loss with its TV2 term,
+A step is exactly the trainer's: the batch goes to the device (:func:`lipden.train.step.batch_to_device`)
+and :func:`lipden.train.step.training_step` runs the forward pass, the loss with its TV2 term,
 the backward pass and Adam; the constrained step is timed in float32 and, where the trainer
 uses it by default (a GPU, a CPU with native bf16), with bf16 autocast of the convolutions,
 with the eager splines and, on a CPU where it builds, the C++ spline kernel the trainer uses.

@@ -78,7 +78,7 @@ def test_regular_install_runs_the_console_command_with_shipped_weights(tmp_path)
     assert install.returncode == 0, install.stdout + install.stderr
 
     probe = _run([python, "-c", (
-        "import json, lipden, lipden.models.pretrained as p, lipden.train.loop as t, sys; "
+        "import json, lipden, lipden.models.pretrained as p, lipden.train.config as t, sys; "
         "print(json.dumps({'lipden': lipden.__file__, 'weights': str(p.weights_dir()), "
         "'shipped': p.list_denoisers(), 'prefix': sys.prefix, 'data': str(t.DEFAULT_DATA)}))"
     )], work, env)

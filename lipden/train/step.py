@@ -76,7 +76,7 @@ class GraphedTrainingStep:
 
     Needs one process on a CUDA device, the same batch shape at every call, and an optimizer
     from ``make_optimizer`` with ``capturable=True`` (fused Adam whose learning rates are
-    device tensors: change them in place with ``lipden.train.loop.set_learning_rate``; replacing
+    device tensors: change them in place with ``lipden.train.step.set_learning_rate``; replacing
     them, e.g. by ``optimizer.load_state_dict``, after recording is refused). A replay
     updates the parameters behind PyTorch's back, so each call then bumps their version
     counters, which the layers' weight and certificate caches are keyed on.
