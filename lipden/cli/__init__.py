@@ -144,7 +144,8 @@ def _out_of_memory(error: BaseException) -> bool:
 
 
 def _fail(command: str, text: str, code: int = 2) -> int:
-    print(f"lipden {command}: error: {text}", file=sys.stderr)
+    sys.stderr.write(f"lipden {command}: error: {text}\n")  # one write: ranks sharing stderr do not interleave
+    sys.stderr.flush()
     return code
 
 
