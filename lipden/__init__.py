@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "LipschitzDenoiser": "models.denoiser",
     "ConstrainedDenoiser": "models.protocol",
     "LipschitzCertified": "models.protocol",
+    "NoiseLevelTrained": "models.protocol",
     "BjorckLinear": "nn.linear",
     "OrthoConv2d": "nn.layers",
     "SpectralNormConv2d": "nn.layers",
@@ -67,6 +68,7 @@ __all__ = [
     "LinearSpline",
     "LipschitzCertified",
     "LipschitzDenoiser",
+    "NoiseLevelTrained",
     "OrthoConv2d",
     "ReLU",
     "ReconstructionResult",
@@ -98,7 +100,7 @@ if TYPE_CHECKING:
     )
     from lipden.models.denoiser import DenoiserConfig, LipschitzDenoiser
     from lipden.models.pretrained import denoiser_card, list_denoisers, load_denoiser
-    from lipden.models.protocol import ConstrainedDenoiser, LipschitzCertified
+    from lipden.models.protocol import ConstrainedDenoiser, LipschitzCertified, NoiseLevelTrained
     from lipden.nn.activations import (
         AbsoluteValue,
         ClippedPReLU,

@@ -149,6 +149,11 @@ class LipschitzDenoiser(deepinv.models.Denoiser):
     def is_lipschitz_constrained(self) -> bool:
         return self.config.conv != "free"
 
+    @property
+    def trained_sigma(self) -> float | None:
+        """The noise level the model was trained for ([0, 1] scale; None: unknown)."""
+        return self.config.sigma
+
     def _check_sigma(self, sigma: float | Tensor | None) -> None:
         trained = self.config.sigma
         if sigma is None or trained is None:

@@ -39,3 +39,13 @@ class ConstrainedDenoiser(LipschitzCertified, Protocol):
     def is_lipschitz_constrained(self) -> bool:
         """True when every layer is constrained to be 1-Lipschitz by construction."""
         ...
+
+
+@runtime_checkable
+class NoiseLevelTrained(Protocol):
+    """A denoiser trained for one noise level: solvers call it with that sigma by default."""
+
+    @property
+    def trained_sigma(self) -> float | None:
+        """The training noise standard deviation on the [0, 1] scale (None: unknown)."""
+        ...

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from lipden.certify.bounds import CertificationError, lipschitz_upper_bound
-from lipden.models.protocol import ConstrainedDenoiser, LipschitzCertified
+from lipden.models.protocol import ConstrainedDenoiser, LipschitzCertified, NoiseLevelTrained
 from lipden.models.tiling import denoise_tiled
 from lipden.optim.anderson import AndersonConfig
 from lipden.optim.base import (
@@ -284,8 +284,8 @@ def _enforce(check: Conditions, method: str, bound: float | None, guarantee: boo
 
 def _denoiser_map(denoiser: nn.Module, sigma: float | None, tile: int | None, scale: float) -> Operator:
     """v -> N(v, sigma) / scale (in ``tile`` blocks when given); sigma defaults to the model's."""
-    if sigma is None:
-        sigma = getattr(getattr(denoiser, "config", None), "sigma", None)
+    if sigma is None and isinstance(denoiser, NoiseLevelTrained):
+        sigma = denoiser.trained_sigma
 
     def denoise(v: Tensor) -> Tensor:
         if tile is not None:

@@ -98,3 +98,12 @@ def test_cli_rejects_non_images(tmp_path, model_file):
     bogus.write_text("hello")
     result = run_cli("denoise", str(bogus), "--model", str(model_file))
     assert result.returncode != 0 and "not a readable image" in result.stderr
+
+
+def test_a_denoiser_declares_its_training_noise_level_through_the_protocol():
+    from lipden import DenoiserConfig, LipschitzDenoiser, NoiseLevelTrained
+
+    model = LipschitzDenoiser(DenoiserConfig(channels=2, depth=2, sigma=15 / 255))
+    assert isinstance(model, NoiseLevelTrained) and model.trained_sigma == pytest.approx(15 / 255)
+    assert LipschitzDenoiser(DenoiserConfig(channels=2, depth=2)).trained_sigma is None
+    assert not isinstance(torch.nn.Identity(), NoiseLevelTrained)
