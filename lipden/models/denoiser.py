@@ -24,6 +24,7 @@ from lipden.certify.bounds import lipschitz_upper_bound
 from lipden.memory import freed_memory_kept
 from lipden.models.tiling import run_in_bounded_passes
 from lipden.nn.activations import ACTIVATION_ALIASES, ACTIVATIONS, make_activation
+from lipden.nn.fused import fused_chain, fused_chain_applies
 from lipden.nn.layers import OrthoConv2d, SpectralNormConv2d, shared_training_weights
 from lipden.nn.splines import LinearSpline, shared_spline_tables, total_tv2
 
@@ -181,7 +182,9 @@ class LipschitzDenoiser(deepinv.models.Denoiser):
         max_pixels = self._cpu_pass_pixels(x)
         # training: one batched parametrisation pass for all convolutions, one for all splines
         with shared_training_weights(self.body), shared_spline_tables(self.body):
-            if max_pixels is None:
+            if fused_chain_applies(self.body, planes):
+                out = fused_chain(self.body, planes)
+            elif max_pixels is None:
                 out = self.body(planes)
             else:
                 out = run_in_bounded_passes(self.body, planes, max_pixels)

@@ -113,6 +113,11 @@ def get_spline_backend() -> str:
     return _BACKEND["name"]
 
 
+def native_spline_module() -> Any | None:
+    """The built native kernel module while the ``"native"`` backend is selected, else None."""
+    return _COMPILED.get("native") if _BACKEND["name"] == "native" else None
+
+
 def _kernels(x: Tensor):
     name = _BACKEND["name"]
     if name == "native" and "native" in _COMPILED and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from lipden.nn._autograd import InwardClamp, LinearSplineFunction
 from lipden.nn._autograd import get_spline_backend as get_spline_backend  # public here
+from lipden.nn._autograd import native_spline_module as native_spline_module
 from lipden.nn._autograd import set_spline_backend as set_spline_backend
 from lipden.nn._native import native_kernels
 from lipden.nn.constrained import ConstrainedLayer

@@ -228,23 +228,6 @@ def test_compiled_forward_matches_eager():
         set_spline_backend("cuda-magic")
 
 
-@pytest.fixture(scope="module")
-def native_backend():
-    """The C++ kernel, built here (it must build where a C++ compiler and ninja exist)."""
-    import shutil
-
-    from lipden.nn._native import build_error, native_kernels
-
-    if shutil.which("c++") is None or shutil.which("ninja") is None:
-        pytest.skip("no C++ compiler or ninja: the native spline kernel cannot be built here")
-    assert native_kernels() is not None, build_error()
-    from lipden.nn.splines import set_spline_backend
-
-    set_spline_backend("native")
-    yield
-    set_spline_backend("eager")
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(3, 4), (2, 4, 9, 7), (2, 4, 3, 2, 5)])
 def test_native_kernel_equals_eager_forward_and_input_gradient(native_backend, shape, dtype):
