@@ -29,8 +29,15 @@ import torch
 from torch import nn
 
 from lipden.models.denoiser import LipschitzDenoiser
-from lipden.nn.precision import default_mixed_precision
-from lipden.nn.splines import get_spline_backend, native_kernel_available, set_spline_backend
+from lipden.nn.conv_ops import circular_pad
+from lipden.nn.fused import fused_chain_applies, spline_circular_pad
+from lipden.nn.precision import cpu_has_fast_bf16, default_mixed_precision
+from lipden.nn.splines import (
+    LinearSpline,
+    get_spline_backend,
+    native_kernel_available,
+    set_spline_backend,
+)
 from lipden.train.config import TrainConfig
 from lipden.train.step import (
     GraphedTrainingStep,
@@ -40,7 +47,7 @@ from lipden.train.step import (
     training_step,
 )
 
-from .common import device_name, machine, operator_calls, write_results
+from .common import device_name, interleaved_medians, machine, operator_calls, write_results
 
 SIGMA = 15.0  # on the 0-255 scale
 
@@ -97,6 +104,8 @@ def measure(preset: str, batch: int, conv: str, device: torch.device, steps: int
     finally:
         set_spline_backend(previous)
     row["spline_kernel"] = spline_kernel if conv != "plain" else "-"
+    if row.pop("fused_chain", False):
+        row["spline_kernel"] += ", fused chain"
     return row
 
 
@@ -130,6 +139,8 @@ def _measure(preset: str, batch: int, conv: str, device: torch.device, steps: in
             plain_optimizer.step()
     else:
         model = LipschitzDenoiser(model_config).to(device).train()
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=mixed_precision):
+            fused = fused_chain_applies(model.body, noisy.to(device))
         optimizer = make_optimizer(model, config, capturable=cuda_graph)
         graphed = GraphedTrainingStep(model, optimizer, config.tv2_weight, mixed_precision) if cuda_graph else None
 
@@ -156,7 +167,47 @@ def _measure(preset: str, batch: int, conv: str, device: torch.device, steps: in
         "channels": model_config.channels,
         "seconds_per_step": seconds, "patches_per_second": batch / seconds,
         "operator_calls": operator_calls(step), "kernel_seconds_per_step": kernel_seconds(step, device),
+        "fused_chain": conv != "plain" and fused,
     }
+
+
+def block_times(batch: int = 64, channels: int = 64, size: int = 40, repeats: int = 7) -> dict:
+    """Forward + backward of one activation + 3x3 circular convolution block on a bf16 (batch,
+    channels, size, size) activation, as the CPU trainer runs it: the spline through
+    :func:`lipden.nn.fused.spline_circular_pad` (channels-last) and, for reference, ReLU then
+    circular pad in both layouts (the faster is the reference) and the unfused float32 spline;
+    convolutions under bf16 autocast. Median seconds over ``repeats`` interleaved runs."""
+    generator = torch.Generator().manual_seed(0)
+    weight = 0.05 * torch.randn(channels, channels, 3, 3, generator=generator)
+    spline = LinearSpline(channels)
+    start = (0.05 * torch.randn(batch, channels, size, size, generator=generator)).to(torch.bfloat16)
+    grad = torch.randn(batch, channels, size, size, generator=generator).to(torch.bfloat16)
+
+    def block(activate: Callable[[torch.Tensor], torch.Tensor], channels_last: bool) -> Callable[[], None]:
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        x = start.contiguous(memory_format=layout).requires_grad_(True)
+        g = grad.contiguous(memory_format=layout)
+
+        def once() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = torch.nn.functional.conv2d(activate(x), weight)
+            out.backward(g)
+        return once
+
+    functions = {
+        "relu": block(lambda x: circular_pad(torch.relu(x), 1, 1), False),
+        "relu, channels-last": block(lambda x: circular_pad(torch.relu(x), 1, 1), True),
+        "spline, unfused float32": block(lambda x: circular_pad(spline(x.float()), 1, 1).to(torch.bfloat16), False),
+    }
+    previous = get_spline_backend()
+    set_spline_backend("native")
+    try:
+        if native_kernel_available():
+            functions["spline, fused (trainer)"] = block(lambda x: spline_circular_pad(x, spline, 1), True)
+        seconds = interleaved_medians(functions, repeats)
+    finally:
+        set_spline_backend(previous)
+    return {"shape": [batch, channels, size, size], "seconds": seconds}
 
 
 def run(quick: bool = False, output: str = "results", device: str = "cpu") -> dict:
@@ -179,9 +230,10 @@ def run(quick: bool = False, output: str = "results", device: str = "cpu") -> di
         if target.type == "cuda":  # the constrained step replayed as a CUDA graph (train --cuda-graph)
             rows += [measure(preset, batch, "ortho", target, steps, repeats, cuda_graph=True)
                      for preset, batch in _configurations(target, quick)]
+    blocks = block_times(*((8, 16, 24, 3) if quick else ())) if target.type == "cpu" and cpu_has_fast_bf16() else None
     info = machine()
     results = {"quick": quick, "machine": info, "device": device_name(target), "steps": steps, "repeats": repeats,
-               "rows": rows, "wall_seconds": time.perf_counter() - started}
+               "rows": rows, "blocks": blocks, "wall_seconds": time.perf_counter() - started}
     markdown = _markdown(results)
     print(markdown)
     stem = "training" + ("-cuda" if target.type == "cuda" else "") + ("-quick" if quick else "")
@@ -216,6 +268,7 @@ def _markdown(r: dict) -> str:
             f"{row['seconds_per_step'] * 1e3:.1f} | {row['patches_per_second']:.0f} | {ratio} | "
             f"{row['operator_calls']} | {'-' if kernel is None else f'{kernel * 1e3:.1f}'} |"
         )
+    lines += _block_lines(r.get("blocks"))
     lines += [
         "",
         "Operator calls: outermost `aten::` calls of one step, views included; each costs host time, and on a "
@@ -225,3 +278,14 @@ def _markdown(r: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _block_lines(blocks: dict | None) -> list[str]:
+    if not blocks:
+        return []
+    seconds = blocks["seconds"]
+    reference = min(seconds["relu"], seconds["relu, channels-last"])
+    lines = ["", f"Activation + conv block, forward + backward, bf16 {tuple(blocks['shape'])}, circular padding "
+             "(the reference is the faster ReLU layout):", "", "| block | ms | vs ReLU |", "|---|---|---|"]
+    lines += [f"| {name} | {value * 1e3:.1f} | {value / reference:.2f}x |" for name, value in seconds.items()]
+    return lines

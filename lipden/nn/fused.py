@@ -49,6 +49,25 @@ class _SplinePad(torch.autograd.Function):
         return grad_x, None, None, grad_a, grad_s, None, None, None
 
 
+def spline_circular_pad(x: Tensor, spline: LinearSpline, pad: int) -> Tensor:
+    """``circular_pad(spline(x.float()), pad, pad).bfloat16()`` in one native pass, differentiable.
+
+    x: (B, C, H, W) bfloat16 on the CPU (made channels-last), C = ``spline.num_activations``,
+    ``pad <= H, W``; returns (B, C, H + 2 pad, W + 2 pad) bfloat16, channels-last. Needs the
+    native backend (``set_spline_backend("native")``).
+    """
+    module = native_spline_module()
+    if module is None:
+        raise ValueError("spline_circular_pad needs the native spline kernel (set_spline_backend('native'))")
+    if x.dtype != torch.bfloat16 or x.dim() != 4 or x.shape[1] != spline.num_activations:
+        raise ValueError(f"spline_circular_pad: expected a bfloat16 (B, {spline.num_activations}, H, W) activation, "
+                         f"got {x.dtype} {tuple(x.shape)}")
+    with autocast_disabled("cpu"):
+        tables = spline.constrained_weight()
+    return _SplinePad.apply(x, tables.index_scale, tables.index_shift, tables.intercepts, tables.slopes, pad, pad,
+                            module)
+
+
 def _chain(body: nn.Module) -> list[nn.Module] | None:
     """The layers of ``body`` if it is conv, spline, conv, ..., conv with circular convs."""
     layers = list(body.children()) if isinstance(body, nn.Sequential) else []
@@ -80,8 +99,7 @@ def fused_chain(body: nn.Module, x: Tensor) -> Tensor:
     activation, rounding and the next convolution's circular padding in one native pass.
     Returns the last convolution's bfloat16 output, as ``body(x)`` under autocast does."""
     layers = _chain(body)
-    module = native_spline_module()
-    if layers is None or module is None:
+    if layers is None or native_spline_module() is None:
         raise ValueError("fused_chain needs a conv-spline chain of circular convolutions and the native spline kernel")
     first = layers[0]
     assert isinstance(first, LipschitzConv2d)
@@ -91,13 +109,6 @@ def fused_chain(body: nn.Module, x: Tensor) -> Tensor:
                  first.bias)
     for spline, conv in zip(layers[1::2], layers[2::2], strict=True):
         assert isinstance(conv, LipschitzConv2d) and isinstance(spline, LinearSpline)
-        if h.dtype != torch.bfloat16 or h.shape[1] != spline.num_activations:
-            raise ValueError(f"fused_chain: expected a bfloat16 (B, {spline.num_activations}, H, W) activation, "
-                             f"got {h.dtype} {tuple(h.shape)}")
-        with autocast_disabled("cpu"):
-            tables = spline.constrained_weight()
-        pad = conv.kernel_size // 2
-        padded = _SplinePad.apply(h, tables.index_scale, tables.index_shift, tables.intercepts, tables.slopes,
-                                  pad, pad, module)
+        padded = spline_circular_pad(h, spline, conv.kernel_size // 2)
         h = F.conv2d(padded, conv.constrained_weight(), conv.bias)
     return h

@@ -91,7 +91,15 @@ def test_training_quick(quick_benchmarks):
     assert "| cpu | 32 | 8 | 1-Lipschitz (BCOP) + splines | no | eager | no |" in text and "plain Conv2d + ReLU" in text
     from lipden.nn.splines import native_kernel_available
 
-    if native_kernel_available():  # the trainer's CPU kernel is timed too
-        native = [row for row in results["rows"] if row["spline_kernel"] == "native"]
+    if native_kernel_available():  # the trainer's CPU kernel is timed too, fused with bf16 convolutions
+        native = [row for row in results["rows"] if row["spline_kernel"].startswith("native")]
         assert len(native) == 1 and native[0]["conv"] == "ortho"
-        assert " | native | no | " in text
+        kernel = "native, fused chain" if native[0]["bf16"] else "native"
+        assert native[0]["spline_kernel"] == kernel and f" | {kernel} | no | " in text
+    from lipden.nn.precision import cpu_has_fast_bf16
+
+    if cpu_has_fast_bf16():  # activation + conv blocks as the CPU trainer runs them
+        seconds = results["blocks"]["seconds"]
+        assert {"relu", "relu, channels-last", "spline, unfused float32"} <= set(seconds)
+        assert all(_positive_finite(value) for value in seconds.values())
+        assert "| spline, unfused float32 |" in text
