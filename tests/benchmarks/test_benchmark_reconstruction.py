@@ -197,6 +197,7 @@ def test_a_negative_chunk_is_refused(tmp_path):
         reconstruction.run("mri", quick=True, output=str(tmp_path), chunk=-1)
 
 
+@pytest.mark.slow  # over 10 s: runs in CI's slow step
 def test_tv_rows_do_not_depend_on_batching_and_a_subset_sees_the_full_runs_noise():
     """TV stops each image on its own, so its per-image results are the same in any batch; a
     subset solved directly with its images' seeds in the full test set reproduces them."""

@@ -90,6 +90,7 @@ def test_a_sigterm_whose_exception_python_drops_is_delivered_again():
     assert process.stderr.strip().splitlines()[-1] == "lipden certify: terminated (SIGTERM)"
 
 
+@pytest.mark.slow  # over 10 s: runs in CI's slow step
 def test_interrupted_batch_keeps_finished_outputs_and_resumes(tmp_path):
     # enough images that a loaded machine cannot finish them all before the signal lands
     count = 10

@@ -86,6 +86,7 @@ def _store_many(path: str, worker: int, count: int, start) -> None:
                     note=f"worker {worker}", key=f"tv-{worker}-{k}")
 
 
+@pytest.mark.slow  # over 10 s: runs in CI's slow step
 def test_store_tuned_keeps_every_entry_when_processes_write_at_once(tmp_path):
     import multiprocessing
 
