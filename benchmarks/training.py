@@ -171,7 +171,7 @@ def _measure(preset: str, batch: int, conv: str, device: torch.device, steps: in
     }
 
 
-def block_times(batch: int = 64, channels: int = 64, size: int = 40, repeats: int = 7) -> dict:
+def block_times(batch: int = 64, channels: int = 64, size: int = 40, repeats: int = 15) -> dict:
     """Forward + backward of one activation + 3x3 circular convolution block on a bf16 (batch,
     channels, size, size) activation, as the CPU trainer runs it: the spline through
     :func:`lipden.nn.fused.spline_circular_pad` (channels-last) and, for reference, ReLU then
