@@ -4,9 +4,12 @@ The eager path computes an index tensor, gathers two tables and reduces the tabl
 with ``bincount``: several passes over memory per call. Here each (image, channel) plane is
 read once: forward ``y = a[c, k(x)] + x * s[c, k(x)]``; backward ``grad_x = g * s[c, k(x)]``
 with the table gradients ``sum g`` and ``sum g * x`` per interval accumulated in float64 in
-per-thread buffers (no atomics), then summed. Compiled with the machine's C++ compiler on
-first use (``torch.utils.cpp_extension``, cached between processes); :func:`native_kernels`
-returns None when that is impossible, and the eager path is used instead.
+per-thread buffers (no atomics), then summed. ``spline_pad_forward`` / ``spline_pad_backward``
+are the fused training variant (:mod:`lipden.nn.fused`): channels-last bfloat16 in and out,
+float32 arithmetic, the next convolution's circular padding written in the same pass.
+Compiled with the machine's C++ compiler (with OpenMP) on first use
+(``torch.utils.cpp_extension``, cached between processes); :func:`native_kernels` returns None
+when that is impossible, and the eager path is used instead.
 """
 
 from __future__ import annotations
@@ -321,7 +324,8 @@ _LOCK = threading.Lock()
 
 
 def native_kernels() -> Any | None:
-    """The compiled module (``spline_forward``, ``spline_backward``), built on first call;
+    """The compiled module (``spline_forward``, ``spline_backward``, ``spline_pad_forward``,
+    ``spline_pad_backward``), built on first call;
     None if it cannot be built here (no compiler, or ``LIPDEN_NATIVE_SPLINE=0``)."""
     with _LOCK:
         if "module" not in _STATE:
