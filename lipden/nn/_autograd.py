@@ -119,11 +119,10 @@ def native_spline_module() -> Any | None:
 
 
 def _kernels(x: Tensor):
-    name = _BACKEND["name"]
-    if name == "native" and "native" in _COMPILED and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-        module: Any = _COMPILED["native"]
+    module = native_spline_module()
+    if module is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
         return module.spline_forward, module.spline_backward
-    if name == "compiled":
+    if _BACKEND["name"] == "compiled":
         return _COMPILED["forward"], _eager_backward
     return _eager_forward, _eager_backward
 
