@@ -26,7 +26,8 @@ NAMES = (*BENCHMARKS, "all")  # "all" runs every benchmark, then the report
 
 def run_benchmark(which: str, quick: bool = False, output: str = "results", **reconstruction_options) -> int:
     """Run one benchmark (or ``all``). ``reconstruction_options`` (problems, rows, stride,
-    device, force) go to the deblur / MRI benchmarks; the training benchmark takes the device."""
+    device, force) go to the deblur / MRI benchmarks; the training benchmark takes the device and
+    the denoise benchmark ``force``."""
     if which not in NAMES:
         raise ValueError(f"unknown benchmark {which!r}; choose from {', '.join(NAMES)}")
     for name in BENCHMARKS if which == "all" else (which,):
@@ -35,5 +36,7 @@ def run_benchmark(which: str, quick: bool = False, output: str = "results", **re
             kwargs = {**kwargs, **reconstruction_options}
         elif name == "training" and "device" in reconstruction_options:
             kwargs = {**kwargs, "device": reconstruction_options["device"]}
+        elif name == "denoise" and "force" in reconstruction_options:
+            kwargs = {**kwargs, "force": reconstruction_options["force"]}
         importlib.import_module(module).run(quick=quick, output=output, **kwargs)
     return 0

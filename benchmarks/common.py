@@ -125,6 +125,21 @@ def table_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def reshipped_prior(row: dict) -> str | None:
+    """The prior of a stored row (or tuned entry) whose weights were reshipped after it was
+    computed: its recorded ``weights_sha256`` differs from the shipped card's (or the model is
+    no longer shipped). ``None`` for a row without a prior or computed with today's weights."""
+    from lipden.models.pretrained import denoiser_card
+
+    model, recorded = row.get("parameters", {}).get("model"), row.get("weights_sha256")
+    if model is None or recorded is None:
+        return None
+    try:
+        return None if denoiser_card(str(model))["sha256"] == recorded else str(model)
+    except ValueError:
+        return str(model)
+
+
 def write_results(output: str, name: str, results: dict, markdown: str) -> None:
     """Write ``name.json`` and ``name.md`` atomically under ``output``."""
     folder = Path(output)

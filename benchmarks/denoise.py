@@ -20,6 +20,7 @@ Quick mode: the first 4 BSD68 images at sigma 15, tuning on 2 set12 images, one 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from functools import partial
@@ -49,11 +50,17 @@ QUICK_TUNING_IMAGES = 2
 TV_FACTORS = tuple(0.35 * 2 ** (k / 2) for k in range(4))  # 0.35 ... 0.99
 WAVELET_FACTORS = tuple(0.5 * 2 ** (k / 2) for k in range(6))  # 0.5 ... 2.83
 FIGURE_CROP = (slice(80, 208), slice(120, 248))  # 128 x 128
+FIGURE_ROWS = {"spline-sigma15": "1-Lip. spline", "relu-sigma15": "1-Lip. ReLU", "TV (deepinv TVDenoiser)": "TV"}
 PUBLISHED = [  # BSD68 PSNR (dB) at sigma 5 / 15 / 25, from the papers: not measured here
     ("BM3D", {15: 31.07, 25: 28.57}, "Dabov et al. 2007, as reported by Zhang et al. 2017 (DnCNN)"),
     ("DnCNN", {15: 31.73, 25: 29.23}, "Zhang et al. 2017 (unconstrained, no Lipschitz guarantee)"),
     ("CRR-NN", {5: 36.96, 15: 30.55, 25: 28.10}, "Goujon et al. 2023 (1-Lipschitz convex ridge regularizer)"),
 ]
+
+PROTOCOL = ("AWGN sigma/255 on [0,1] images, torch.manual_seed(0) per image in sorted order; "
+            "PSNR (data range 1) and SSIM (skimage, gaussian window 1.5, data range 1) of the clipped output")
+#: what a row keeps from the last run when its reuse_key (weights sha256, or method and grid) is unchanged
+REUSED_FIELDS = ("psnr", "ssim", "per_image_psnr", "tuned", "lipschitz_bound", "lipschitz_bound_size")
 
 Denoise = Callable[[Tensor], Tensor]  # (1, 1, H, W) noisy -> (1, 1, H, W) estimate
 
@@ -71,6 +78,26 @@ def _data_folders() -> tuple[Path, Path]:
                 f"{folder} not found"
             )
     return bsd68, set12
+
+
+def _previous_rows(output: str, quick: bool, files: list[Path]) -> dict[tuple[str, int], dict]:
+    """The rows of this table's last run on the same images, by (name, sigma), for reuse."""
+    path = Path(output) / f"denoise{'-quick' if quick else ''}.json"
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if previous.get("images") != [p.name for p in files] or previous.get("protocol") != PROTOCOL:
+        return {}
+    return {(row["name"], row["sigma"]): row for row in previous.get("rows", []) if row.get("reuse_key")}
+
+
+def _reused(previous: dict[tuple[str, int], dict], row: dict) -> dict | None:
+    """The earlier measurement of ``row`` when its inputs (``reuse_key``) are unchanged."""
+    earlier = previous.get((row["name"], row["sigma"]))
+    if earlier is None or earlier.get("reuse_key") != row["reuse_key"]:
+        return None
+    return {key: earlier[key] for key in REUSED_FIELDS if key in earlier}
 
 
 @torch.no_grad()
@@ -209,25 +236,28 @@ def _shipped_rows(data: dict, quick: bool, add_row: Callable, base: dict) -> tup
             continue
         model = _load_shipped(name, card)
         free = card["config"].get("conv") == "free"
+        row = {
+            **base, "name": name, "kind": "ours", "sigma": sigma, "activation": card["activation"],
+            "conv": card["config"].get("conv"), "guarantee": "no guarantee" if free else "1-Lipschitz",
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "card_bsd68_psnr": card.get("bsd68_psnr"),
+            "note": "unconstrained CNN (conv='free'): no Lipschitz guarantee" if free else "",
+            "reuse_key": {"weights_sha256": card["sha256"]},
+        }
         # Quick mode: the card's certificate (40x40); full mode: certified here at the BSD68
-        # size (for images above 96x96 pixels, the size-independent bound).
+        # size (for images above 96x96 pixels, the size-independent bound), unless reused.
         bound_size: tuple[int, ...]
         if quick:
             bound_size, bound = (40, 40), card.get("certified_lipschitz_40x40")
-        else:
+        elif _reused(data["previous"], row) is None:
             bound_size = tuple(clean[0].shape)
             try:
                 bound = lipschitz_upper_bound(model, (1, 1, *bound_size))
             except CertificationError:
                 bound = None
-        row = {
-            **base, "name": name, "kind": "ours", "sigma": sigma, "activation": card["activation"],
-            "conv": card["config"].get("conv"), "guarantee": "no guarantee" if free else "1-Lipschitz",
-            "lipschitz_bound": bound, "lipschitz_bound_size": list(bound_size),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "card_bsd68_psnr": card.get("bsd68_psnr"),
-            "note": "unconstrained CNN (conv='free'): no Lipschitz guarantee" if free else "",
-        }
+        else:
+            bound_size, bound = tuple(clean[0].shape), None  # both taken from the last run
+        row.update(lipschitz_bound=bound, lipschitz_bound_size=list(bound_size))
         add_row(row, partial(model, sigma=sigma / 255), sigma)
         # The protocol must agree with lipden.train.publish.evaluate_folder, which wrote the cards:
         # full mode compares with the card, quick mode reruns it on the same images once.
@@ -253,9 +283,12 @@ def _classical_rows(data: dict, add_row: Callable, base: dict) -> None:
             if apply_param is None:
                 add_row(row, None, sigma)
                 continue
+            grid = [round(f * sigma / 255, 6) for f in factors]
+            row["reuse_key"] = {"note": note, "grid": grid, "tuning_images": len(data["tune_clean"])}
+            earlier = _reused(data["previous"], row)
             if len(factors) > 1:
-                grid = [round(f * sigma / 255, 6) for f in factors]
-                row["tuned"] = _tune(apply_param, grid, data["tune_clean"], data["tune_noisy"][sigma])
+                row["tuned"] = earlier["tuned"] if earlier else _tune(apply_param, grid, data["tune_clean"],
+                                                                       data["tune_noisy"][sigma])
                 value = row["tuned"]["value"]
             else:
                 value = sigma / 255
@@ -266,17 +299,22 @@ def _figure(data: dict, figure: dict[str, Tensor], path: Path) -> None:
     """Crops at sigma 15 of the first image: noisy, two of our models and TV."""
     clean, noisy_image = data["clean"][FIGURE_IMAGE], data["noisy"][FIGURE_SIGMA][FIGURE_IMAGE]
     panels = [(f"noisy sigma={FIGURE_SIGMA} ({psnr(noisy_image, clean):.2f} dB)", noisy_image)]
-    for key, label in (("spline-sigma15", "1-Lip. spline"), ("relu-sigma15", "1-Lip. ReLU"),
-                       ("TV (deepinv TVDenoiser)", "TV")):
+    for key, label in FIGURE_ROWS.items():
         if key in figure:
             panels.append((f"{label} ({psnr(figure[key], clean):.2f} dB)", figure[key]))
     _save_figure(path, clean, panels)
 
 
-def run(quick: bool = False, output: str = "results") -> dict:
-    """Measure the table (see the module docstring); write denoise[-quick].{json,md,png}."""
+def run(quick: bool = False, output: str = "results", force: bool = False) -> dict:
+    """Measure the table (see the module docstring); write denoise[-quick].{json,md,png}.
+
+    A row whose inputs are unchanged since the last run on the same images (the weights'
+    sha256 for a shipped model; the method, its grid and the tuning images for a classical
+    one) keeps its PSNR, SSIM, tuning and bound from that run (``force``: measure all again);
+    the noisy rows, the figure and the timings are always measured now."""
     started = time.perf_counter()
     data = _load(quick)
+    data["previous"] = {} if force else _previous_rows(output, quick, data["files"])
     clean, noisy, sigmas, timing_crop = data["clean"], data["noisy"], data["sigmas"], data["timing_crop"]
     timing_pixels = clean[0][timing_crop].numel()
     rows: list[dict] = []
@@ -284,18 +322,26 @@ def run(quick: bool = False, output: str = "results") -> dict:
     figure: dict[str, Tensor] = {}
 
     def add_row(row: dict, denoise: Denoise | None, sigma: int) -> None:
-        if denoise is not None:
+        earlier = _reused(data["previous"], row) if "reuse_key" in row else None
+        if denoise is not None and earlier is not None:
+            row.update(earlier, reused=True)
+            if sigma == FIGURE_SIGMA and row["name"] in FIGURE_ROWS:
+                with torch.no_grad():
+                    figure[row["name"]] = denoise(noisy[sigma][FIGURE_IMAGE][None, None])[0, 0]
+        elif denoise is not None:
             scored = _score(denoise, clean, noisy[sigma])
             if sigma == FIGURE_SIGMA:
                 figure[row["name"]] = scored.pop("first_output")
             scored.pop("first_output", None)
             row.update(scored)
+        if denoise is not None:
             timing_input = noisy[sigma][0][timing_crop][None, None].contiguous()
             if row["kind"] != "input":
                 timers[f"{row['name']} @ {sigma}"] = lambda: denoise(timing_input)
         rows.append(row)
         print(f"  {row['name']:<38} sigma {sigma:>2}: PSNR {_fmt(row.get('psnr'))} dB, "
-              f"SSIM {_fmt(row.get('ssim'), 4)}  ({time.perf_counter() - started:.0f} s)", flush=True)
+              f"SSIM {_fmt(row.get('ssim'), 4)}  ({'as in the last run' if row.get('reused') else 'measured'}, "
+              f"{time.perf_counter() - started:.0f} s)", flush=True)
 
     base = {"psnr": None, "ssim": None, "lipschitz_bound": None, "parameters": None, "tuned": None, "note": ""}
     for sigma in sigmas:
@@ -316,10 +362,8 @@ def run(quick: bool = False, output: str = "results") -> dict:
         _figure(data, figure, figure_path)
     results = {
         "quick": quick, "machine": machine(), "images": [p.name for p in data["files"]], "sigmas": list(sigmas),
-        "tuning_images": len(data["tune_clean"]), "protocol": (
-            "AWGN sigma/255 on [0,1] images, torch.manual_seed(0) per image in sorted order; "
-            "PSNR (data range 1) and SSIM (skimage, gaussian window 1.5, data range 1) of the clipped output"
-        ),
+        "tuning_images": len(data["tune_clean"]), "protocol": PROTOCOL,
+        "reused_rows": [f"{row['name']} @ {row['sigma']}" for row in rows if row.get("reused")],
         "protocol_checks": protocol_checks, "timing_image_shape": list(clean[0][timing_crop].shape),
         "rows": rows, "skipped_models": skipped, "figure": str(figure_path) if figure_path else None,
         "published_not_measured": [{"method": m, "bsd68_psnr": v, "source": s} for m, v, s in PUBLISHED],

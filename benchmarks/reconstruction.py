@@ -22,14 +22,22 @@ from torch import Tensor
 from lipden.io import read_image, write_image
 from lipden.metrics import psnr_per_image, ssim
 from lipden.models.pretrained import denoiser_card, load_denoiser
-from lipden.nn.splines import set_spline_backend
+from lipden.nn.splines import get_spline_backend, set_spline_backend
 from lipden.optim.base import default_parameters, fbs_fast_relaxation
 from lipden.optim.baselines import TV_INNER_ITERATIONS, TV_INNER_TOL, tv_reconstruct
 from lipden.optim.reconstruct import reconstruct
 from lipden.optim.tuning import TRIAL_MAX_ITER, TRIAL_TOL, batches_by_shape, tune
 from problems import dev_set, problem_from_name
 
-from .common import WRITTEN, device_name, machine, to_json, write_results, write_text_atomic
+from .common import (
+    WRITTEN,
+    device_name,
+    machine,
+    reshipped_prior,
+    to_json,
+    write_results,
+    write_text_atomic,
+)
 from .reconstruction_figures import header, problem_figures, read_rows, table, write_row_image
 from .reconstruction_setup import QUICK_ROWS, ROWS, SETUPS, Row, _iteration_cap
 
@@ -41,7 +49,10 @@ def _parameters(problem, row: Row, tuning_images: list[Tensor], max_iter: int, t
     """Stored parameters, else tuned now with the test solves' own stop rule (``max_iter``, ``tol``)."""
     stored = problem.default_parameters(row.defaults_key())
     if stored and (row.method == "tv" or stored.get("model") in row.models()):
-        return stored, "stored (problems/tuned_defaults.json)"
+        earlier = reshipped_prior({"parameters": stored,
+                                   "weights_sha256": problem.tuned_weights_sha256(row.defaults_key())})
+        return stored, "stored (problems/tuned_defaults.json)" + (
+            f", tuned with earlier weights of {earlier}" if earlier else "")
     if quick:  # no tuning in quick mode: the solver's safe defaults and the lowest-sigma model
         L = problem.lipschitz_sq(tuning_images[0].shape)
         defaults = {"weight": 3e-3} if row.method == "tv" else default_parameters(row.method, L) | row.fixed()
@@ -138,6 +149,7 @@ def _summary(row: Row, state: dict, n: int) -> dict:
         "monotone_all": all(monotone) if monotone else None,
         "seconds_per_image": sum(r["seconds"] for r in runs) / n, "device": device_label, "torch_threads": threads,
         "per_image": per, "curves_image0": state["curves_image0"],
+        "spline_kernel": "/".join(sorted({r.get("spline_kernel", "eager") for r in runs})),
     }
     if len(runs) > 1:
         summary["runs"] = runs  # solved over several runs (resumed after an interruption)
@@ -170,7 +182,7 @@ def _solve_row(problem, row: Row, parameters: dict, images: list[Tensor], max_it
         "increases": [], "monotone": [], "curves_image0": {}, "runs": []}
     per = state["per_image"]
     run_log: dict = {"device": device_name(device), "torch_threads": torch.get_num_threads(), "images": 0,
-                     "seconds": 0.0}
+                     "seconds": 0.0, "spline_kernel": get_spline_backend()}
     state["runs"].append(run_log)
     first_png = None if checkpoint is None else checkpoint.with_suffix(".png")
     first = None
@@ -259,7 +271,8 @@ def _solve_and_cache(problem, name: str, row_id: str, target: Path, sets: dict, 
     summary, first = _solve_row(problem, row, parameters, sets["test_images"], cap, options["tol"], options["device"],
                                 options["progress"], accelerate, chunk=options["chunk"], checkpoint=checkpoint,
                                 key=key, seeds=sets["seeds"])
-    summary.update(parameters=parameters, parameters_source=source, problem=name, max_iter=cap, accelerate=accelerate)
+    summary.update(parameters=parameters, parameters_source=source, problem=name, max_iter=cap, accelerate=accelerate,
+                   weights_sha256=weights)
     if row.method == "tv":
         summary["tv_prox"] = {"inner_iterations": TV_INNER_ITERATIONS, "inner_tol": TV_INNER_TOL}
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -335,6 +348,8 @@ def run(
             full = folder / "runs" / full_stem / name / f"{row_id}.json"
             derive = stride > 1 and full.is_file()  # the subset's images were all solved there
             stale = derive and target.is_file() and full.stat().st_mtime_ns > target.stat().st_mtime_ns
+            if target.is_file() and not derive and reshipped_prior(json.loads(target.read_text())) is not None:
+                stale = True  # its prior was reshipped since: solved again
             if target.is_file() and not force and not stale:
                 continue
             if row.family is not None and not row.models():

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from lipden.io import atomic_write
 
-from .common import WRITTEN, device_name, save_figure, table_cell
+from .common import WRITTEN, device_name, reshipped_prior, save_figure, table_cell
 
 #: quality of the stored image-0 reconstructions (JPEG)
 IMAGE_QUALITY = 80
@@ -52,13 +52,15 @@ def _read_levels(path: Path) -> np.ndarray:
 def seconds_cell(row: dict) -> str:
     """Seconds per image, with the device when it was not the CPU (rows without one ran on CPU),
     else with the row's own torch thread count when it was recorded (rows of one table may
-    come from runs with different thread counts, the machine line names only the last run's)."""
+    come from runs with different thread counts, the machine line names only the last run's),
+    and the spline kernel of a prior's row when it was not the eager one."""
     device = row.get("device", "cpu")
     if not device.startswith("cpu"):
         return f"{row['seconds_per_image']:.1f} ({device})"
-    threads = row.get("torch_threads")
-    suffix = "" if threads is None else f" ({threads} thread{'s' if threads > 1 else ''})"
-    return f"{row['seconds_per_image']:.1f}{suffix}"
+    threads, kernel = row.get("torch_threads"), row.get("spline_kernel", "eager")
+    notes = ([] if threads is None else [f"{threads} thread{'s' if threads > 1 else ''}"]) + (
+        [] if kernel == "eager" or row.get("family") is None else [f"{kernel} spline kernel"])
+    return f"{row['seconds_per_image']:.1f}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def header(kind: str, quick: bool, stride: int, results: dict, device: str) -> list[str]:
@@ -85,6 +87,8 @@ def table(name: str, cached: dict, max_iter: int) -> list[str]:
             params += f" (cap {row['max_iter']} iterations)"
         if row.get("accelerate"):
             params += f" (Anderson memory {row['accelerate']}: iterations count passes)"
+        if (earlier := reshipped_prior(row)) is not None:
+            params += f" (EARLIER WEIGHTS of {earlier}, reshipped since: to be re-run)"
         mono = "-" if row["monotone_all"] is None else str(row["monotone_all"])
         lines.append(f"| {table_cell(row['label'])} | {row['psnr']:.2f} | {row['ssim']:.4f} | {its} | {row['converged_all']} "
                      f"| {mono} | {inc} | {seconds_cell(row)} | {params} |")

@@ -95,6 +95,10 @@ class InverseProblem(ABC):
         """Solver parameters tuned for this problem (``lipden.tune``), or {} if none are stored."""
         return dict(self._tuned_entry(method).get("parameters", {}))
 
+    def tuned_weights_sha256(self, method: str) -> str | None:
+        """sha256 of the prior's weights the stored parameters were tuned with (None: not recorded)."""
+        return self._tuned_entry(method).get("weights_sha256")
+
     def default_iteration_cap(self, method: str) -> int | None:
         """Iteration cap stored with the tuned parameters (a weak prior converges slowly), or None."""
         cap = self._tuned_entry(method).get("max_iter")

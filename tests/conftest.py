@@ -43,3 +43,15 @@ def quick_benchmarks(tmp_path_factory):
     folder = tmp_path_factory.mktemp("quick-benchmarks")
     assert run_benchmark("all", quick=True, output=str(folder)) == 0
     return folder
+
+
+@pytest.fixture(scope="session")
+def native_kernel_built():
+    """The C++ spline kernel, built here (it must build where a C++ compiler and ninja exist)."""
+    import shutil
+
+    from lipden.nn._native import build_error, native_kernels
+
+    if shutil.which("c++") is None or shutil.which("ninja") is None:
+        pytest.skip("no C++ compiler or ninja: the native spline kernel cannot be built here")
+    assert native_kernels() is not None, build_error()

@@ -6,7 +6,9 @@ Nothing here imports torch at module level: every command's ``--help`` imports t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +41,37 @@ def add_run_options(parser: argparse.ArgumentParser, json_help: str) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument("--json", action="store_true", help=json_help)
+
+
+SPLINE_KERNEL_HELP = ("how the spline activations run on the CPU: eager (default), compiled (torch.compile) "
+                      "or native (a C++ kernel built with this machine's compiler on first use, about a minute, "
+                      "then cached; the same outputs, about 1.3x faster solves with the 64-channel priors)")
+
+
+def add_spline_kernel_option(parser: argparse.ArgumentParser) -> None:
+    """``--spline-kernel``, for the commands that evaluate denoisers many times."""
+    parser.add_argument("--spline-kernel", choices=("eager", "compiled", "native"), default="eager",
+                        help=SPLINE_KERNEL_HELP)
+
+
+@contextlib.contextmanager
+def spline_kernel(name: str) -> Iterator[None]:
+    """Run the block with the spline kernel ``name``, then restore the previous one; ``native``
+    where it cannot be built says so on stderr and runs eager."""
+    import sys
+
+    from lipden.nn.splines import get_spline_backend, native_spline_module, set_spline_backend
+
+    previous = get_spline_backend()
+    set_spline_backend(name)
+    if name == "native" and native_spline_module() is None:
+        from lipden.nn._native import build_error
+
+        print(f"the native spline kernel could not be built ({build_error()}); using eager", file=sys.stderr)
+    try:
+        yield
+    finally:
+        set_spline_backend(previous)
 
 
 def check_stop_options(args: argparse.Namespace) -> None:

@@ -6,7 +6,13 @@ import argparse
 import json
 import sys
 
-from lipden.cli._common import UserError, add_command_parser, check_device
+from lipden.cli._common import (
+    UserError,
+    add_command_parser,
+    add_spline_kernel_option,
+    check_device,
+    spline_kernel,
+)
 
 EXAMPLES = """examples:
   python cli.py benchmark layers                 # spline vs ReLU block, eval-mode overhead
@@ -40,11 +46,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="deblur/mri/training: cpu or cuda")
     parser.add_argument("--force", action="store_true",
                         help="deblur/mri: recompute cached rows (a --stride row is re-taken from its full row "
-                             "when one exists)")
-    parser.add_argument("--compile", action="store_true", help="deblur/mri: torch.compile the spline activations")
+                             "when one exists); denoise: measure every row again, not only those whose weights, "
+                             "method or grid changed")
+    parser.add_argument("--compile", action="store_true", help="deblur/mri: the same as --spline-kernel compiled")
     parser.add_argument("--chunk", type=int, default=8,
                         help="deblur/mri: at most N test images per batched solve (0: all of a shape at once); "
                              "progress is saved after each batch and an interrupted row resumes there (default 8)")
+    add_spline_kernel_option(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (the files written); messages go to stderr")
@@ -55,6 +63,8 @@ def check(args: argparse.Namespace) -> None:
     check_device(args.device)
     if args.stride < 1:
         raise UserError(f"--stride must be >= 1, got {args.stride}")
+    if args.compile and args.spline_kernel not in ("eager", "compiled"):
+        raise UserError(f"--compile is --spline-kernel compiled; it contradicts --spline-kernel {args.spline_kernel}")
     if args.chunk < 0:
         raise UserError(f"--chunk must be >= 0 (0: all images of a shape at once), got {args.chunk}")
 
@@ -63,6 +73,11 @@ def run(args: argparse.Namespace) -> int:
     """Run one benchmark (or all); with ``--json``, stdout carries only one JSON object listing the files
     written, and the benchmarks' messages go to stderr."""
     check(args)
+    with spline_kernel("compiled" if args.compile else args.spline_kernel):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         from benchmarks import run_benchmark
     except ImportError as error:  # installed without the source tree
@@ -73,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from benchmarks.common import WRITTEN
 
     options = {"problems": args.problems, "rows": args.rows, "stride": args.stride, "device": args.device,
-               "force": args.force, "compile_spline": args.compile, "progress": not args.quiet, "chunk": args.chunk}
+               "force": args.force, "progress": not args.quiet, "chunk": args.chunk}
     started = time.perf_counter()
     WRITTEN.clear()
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():

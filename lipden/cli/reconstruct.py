@@ -15,12 +15,14 @@ from lipden.cli._common import (
     UserError,
     add_command_parser,
     add_run_options,
+    add_spline_kernel_option,
     check_box_applies,
     check_device,
     check_stop_options,
     check_tile,
     check_writable_folder,
     same_file,
+    spline_kernel,
     tile_for,
 )
 
@@ -80,6 +82,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
              "above 1024 x 1024 pixels; 0: never tile")
     add("--quiet", action="store_true", help="no progress bar")
     add_run_options(parser, "print one JSON object")
+    add_spline_kernel_option(parser)
 
 
 def check(args: argparse.Namespace) -> None:
@@ -228,6 +231,11 @@ def run(args: argparse.Namespace) -> int:
     """Simulate a measurement of the ground truth, reconstruct it with the problem's tuned setup (or the
     given solver options), print PSNR/SSIM against the baseline and convergence, write ``-o`` / ``--plot``."""
     check(args)
+    with spline_kernel(args.spline_kernel):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import problems
     from lipden.models.pretrained import load_denoiser
     from lipden.optim.base import canonical_method

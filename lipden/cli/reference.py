@@ -81,8 +81,9 @@ def model_zoo() -> str:
         card = denoiser_card(name)
         config, training = card["config"], card.get("training", {})
         patches = card.get("patches_seen") or training.get("patches_seen")
-        if patches is None and "steps_total" in training and "batch_size" in training:
-            patches = training["steps_total"] * training["batch_size"]
+        steps = training.get("best_step") or training.get("steps_total")  # older cards: the weights' step
+        if patches is None and steps is not None and "batch_size" in training:
+            patches = steps * training["batch_size"]
         guarantee = "" if config.get("conv") != "free" else " (no guarantee)"
         rows.append(
             f"| `{name}` | {card.get('activation', config['activation'])}{guarantee} | {card['sigma_255']:g} | "

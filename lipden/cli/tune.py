@@ -10,9 +10,11 @@ from typing import Any
 from lipden.cli._common import (
     UserError,
     add_command_parser,
+    add_spline_kernel_option,
     check_box_applies,
     check_device,
     check_stop_options,
+    spline_kernel,
 )
 
 EXAMPLES = """examples:
@@ -60,6 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "guarantee=False, relaxation as if it were nonexpansive")
     parser.add_argument("--device", default="cpu", help="where the trial solves run: cpu (default), cuda or cuda:N")
     parser.add_argument("--write", action="store_true", help="store the result in problems/tuned_defaults.json")
+    add_spline_kernel_option(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print one JSON object (with every trial)")
 
@@ -104,6 +107,11 @@ def run(args: argparse.Namespace) -> int:
     """Tune ``--method`` on ``args.problem`` over the tuning images, print the best parameters and their
     mean PSNR, and with ``--write`` store them (with a note of how) in problems/tuned_defaults.json."""
     check(args)
+    with spline_kernel(args.spline_kernel):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import problems
     from lipden.optim.tuning import (
         TRIAL_MAX_ITER,

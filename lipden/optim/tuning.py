@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from lipden.io import atomic_write_text
 from lipden.metrics import psnr_per_image
-from lipden.models.pretrained import load_denoiser
+from lipden.models.pretrained import denoiser_card, load_denoiser
 from lipden.optim.base import (
     box_bounds,
     canonical_method,
@@ -324,7 +324,8 @@ def store_tuned(result: TuneResult, path: str | Path, note: str, key: str | None
     ``key`` defaults to the method (see ``defaults_key``). ``max_iter``: an iteration cap the
     test solves must use too (when the trials needed more than the benchmark's 1000);
     ``accelerate``: the Anderson memory the trials used (recorded when > 0, the test solves
-    then use it too). A replaced entry's parameters and tuning PSNR are kept in the note.
+    then use it too). A replaced entry's parameters and tuning PSNR are kept in the note; the
+    sha256 of the prior's weights is recorded, so that an entry of a reshipped prior is told apart.
     """
     path = Path(path)
     with _exclusive(path):
@@ -355,6 +356,8 @@ def _store_locked(result: TuneResult, path: Path, note: str, key: str | None, ma
         note += (f" Replaces {json.dumps(old.get('parameters'), sort_keys=True)} "
                  f"(tuning PSNR {old.get('tuning_psnr')}).")
     entry = {"parameters": result.parameters, "tuning_psnr": round(result.psnr, 4), "tuned_on": note}
+    if "model" in result.parameters:  # the weights tuned with: a reshipped prior makes the entry stale
+        entry["weights_sha256"] = denoiser_card(str(result.parameters["model"]))["sha256"]
     if max_iter is not None:
         entry["max_iter"] = max_iter
     if accelerate:

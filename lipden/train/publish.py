@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -41,7 +42,7 @@ def publish(run_dir: str | Path, name: str, test_dir: str | Path = DEFAULT_DATA 
     # measure everything first; the shipped pair is replaced only at the end (weights, then card)
     with tempfile.TemporaryDirectory() as scratch:
         staged = Path(scratch) / target.name
-        card = _card(model, name, metadata, state, train_config, sigma, test_dir, staged)
+        card = _card(model, name, metadata, state, train_config, sigma, test_dir, staged, run_dir)
         atomic_write(target, lambda tmp: shutil.copyfile(staged, tmp))
     atomic_write_text(target.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
     return card
@@ -55,9 +56,35 @@ def _earlier_precision(train_config: dict) -> str:
     return "bf16 convolutions (autocast), float32 weights" if amp else "float32"
 
 
+def _log_row(run_dir: Path, step: int | None) -> dict:
+    """The ``log.csv`` row of ``step`` as floats ({} when the run has no such row)."""
+    path = run_dir / "log.csv"
+    if step is None or not path.exists():
+        return {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("step") == str(step):
+                return {key: float(value) for key, value in row.items() if key != "step" and value}
+    return {}
+
+
+def _schedule(train_config: dict) -> dict:
+    """The learning-rate schedule the run was sized to: its planned steps and its step decay."""
+    return {"planned_steps": train_config["steps"],
+            "planned_patches": train_config["steps"] * train_config["batch_size"],
+            "decay_at_fraction": train_config.get("lr_decay_at"),
+            "decay_factor": train_config.get("lr_decay_factor")}
+
+
 def _card(model, name: str, metadata: dict, state: dict, train_config: dict, sigma: float,
-          test_dir: str | Path, staged: Path) -> dict:
+          test_dir: str | Path, staged: Path, run_dir: Path) -> dict:
+    """The model card. The shipped weights are the run's best on set12: their patch count and wall
+    time are those of the best step; ``steps_total`` is how far the run had gone when published."""
     save_denoiser(model, staged, {"name": name})
+    best_step = metadata.get("step")
+    best_row = _log_row(run_dir, best_step)
+    per_step = train_config["batch_size"] * state.get("world_size", 1)
+    patches = best_step * per_step if best_step is not None else state.get("patches_seen", state["step"] * per_step)
     return {
         "name": name,
         "config": model.config.to_dict(),
@@ -69,14 +96,15 @@ def _card(model, name: str, metadata: dict, state: dict, train_config: dict, sig
             "batch_size": train_config["batch_size"],
             "learning_rates": {k: train_config[k] for k in ("lr_conv", "lr_spline", "lr_scaling")},
             "tv2_weight": train_config["tv2_weight"],
+            "schedule": _schedule(train_config),
             "steps_total": state["step"],
-            "patches_seen": state.get("patches_seen", state["step"] * train_config["batch_size"]
-                                      * state.get("world_size", 1)),
+            "patches_seen": patches,
             "precision": state.get("precision") or _earlier_precision(train_config),
-            "best_step": metadata.get("step"),
-            "wall_time_minutes": round(state["elapsed_s"] / 60, 1),
+            "best_step": best_step,
+            "wall_time_minutes": round(best_row.get("elapsed_s", state["elapsed_s"]) / 60, 1),
             "device": f"{train_config['device']} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
             "set12_val_psnr": metadata.get("val_psnr"),
+            "lr_factor_at_best_step": best_row.get("lr_factor"),
         },
         "bsd68_psnr": round(evaluate_folder(model, test_dir, sigma), 4),
         "bsd68_protocol": "sigma/255 AWGN, torch.manual_seed(0) per image in sorted order, PSNR of the clipped output, 68 images",

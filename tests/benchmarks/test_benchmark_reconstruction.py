@@ -109,6 +109,7 @@ def test_a_subset_is_taken_from_the_full_run_without_solving(quick_benchmarks, t
     assert forced["problems"][problem]["fbs-spline"]["psnr"] == 13.5  # taken again, not solved
 
 
+@pytest.mark.slow
 def test_box_row_solves_within_the_theorem(tmp_path):
     row = reconstruction.ROWS["fbs-spline-box"]
     assert row.defaults_key() == "pnp-fbs:box" and row.fixed() == {"lower": 0.0, "upper": 1.0}
@@ -213,3 +214,47 @@ def test_tv_rows_do_not_depend_on_batching_and_a_subset_sees_the_full_runs_noise
     subset, _ = reconstruction._solve_row(problem, row, parameters, images[::2], 300, 1e-4, "cpu", seeds=[0, 2])
     for name in ("psnr", "ssim", "iterations"):
         assert subset["per_image"][name] == together["per_image"][name][::2]
+
+
+def _cached_row(model: str, sha: str) -> dict:
+    return {"label": "PnP-FBS, spline prior", "guarantee": True, "psnr": 30.0, "ssim": 0.9, "iterations_mean": 3,
+            "converged_all": True, "monotone_all": True, "max_residual_increase": 0.0, "seconds_per_image": 1.0,
+            "parameters": {"model": model, "strength": 0.1}, "weights_sha256": sha}
+
+
+def test_a_cached_row_of_a_reshipped_prior_is_solved_again(tmp_path, monkeypatch):
+    from lipden import denoiser_card
+
+    problem = "mri-random-x4-cf0.08-noise0.002"
+    folder = tmp_path / "runs" / "mri-quick" / problem
+    folder.mkdir(parents=True)
+    current = denoiser_card("spline-sigma15")["sha256"]
+    (folder / "fbs-spline.json").write_text(json.dumps(_cached_row("spline-sigma15", "0" * 64)))
+    (folder / "drs-spline.json").write_text(json.dumps(_cached_row("spline-sigma15", current)))
+    solved: list[str] = []
+    monkeypatch.setattr(reconstruction, "_solve_and_cache", lambda _problem, _name, row_id, *rest: solved.append(row_id))
+    monkeypatch.setattr(reconstruction, "_rebuild", lambda *args: None)
+    reconstruction.run("mri", quick=True, output=str(tmp_path), problems=[problem], rows=["fbs-spline", "drs-spline"])
+    assert solved == ["fbs-spline"]  # the row of today's weights stays cached
+
+
+def test_tables_mark_rows_computed_with_earlier_weights(tmp_path):
+    from benchmarks.common import reshipped_prior
+    from benchmarks.reconstruction_figures import table
+    from benchmarks.report import headline
+    from lipden import denoiser_card
+
+    current = denoiser_card("spline-sigma15")["sha256"]
+    old, today = _cached_row("spline-sigma15", "0" * 64), _cached_row("spline-sigma15", current)
+    assert reshipped_prior(old) == "spline-sigma15" and reshipped_prior(today) is None
+    assert reshipped_prior({"parameters": {"weight": 0.01}}) is None  # TV: no prior
+    assert reshipped_prior(_cached_row("no-such-model", current)) == "no-such-model"
+    assert "EARLIER WEIGHTS of spline-sigma15" in table("p", {"fbs-spline": old}, 1000)[-1]
+    assert "EARLIER" not in table("p", {"fbs-spline": today}, 1000)[-1]
+    baseline = {**today, "parameters": {}, "psnr": 20.0}
+    for row, marked in ((old, True), (today, False)):
+        summary = {"test_set": "t", "problems": {"p": {"fbs-spline": row, "tv": baseline, "baseline": baseline}}}
+        (tmp_path / "mri.json").write_text(json.dumps(summary))
+        text = headline(tmp_path)
+        assert ("30.00 †" in text and "† computed with the earlier weights" in text) == marked
+        assert marked or "†" not in text

@@ -38,6 +38,25 @@ def test_denoise_quick(quick_benchmarks):
     assert "not measured here" in markdown
 
 
+@pytest.mark.slow
+def test_denoise_quick_reuses_only_rows_whose_inputs_are_unchanged(quick_benchmarks, tmp_path):
+    import benchmarks.denoise as denoise
+
+    first = json.loads((quick_benchmarks / "denoise-quick.json").read_text())
+    changed = next(row for row in first["rows"] if row["name"] == "spline-sigma15")
+    changed["reuse_key"] = {"weights_sha256": "0" * 64}  # as if the model had been reshipped since
+    (tmp_path / "denoise-quick.json").write_text(json.dumps(first))
+    again = denoise.run(quick=True, output=str(tmp_path))
+    before = {(row["name"], row["sigma"]): row for row in first["rows"]}
+    measured = {f"{row['name']} @ {row['sigma']}" for row in again["rows"] if row["psnr"] is not None}
+    assert "spline-sigma15 @ 15" not in again["reused_rows"] and "noisy input @ 15" not in again["reused_rows"]
+    assert set(again["reused_rows"]) == measured - {"spline-sigma15 @ 15", "noisy input @ 15"}
+    for row in again["rows"]:  # same weights and data: the re-measured row agrees too
+        assert row["psnr"] == pytest.approx(before[row["name"], row["sigma"]]["psnr"], abs=1e-4), row["name"]
+    assert all(row["seconds_per_megapixel"] for row in again["rows"] if row["kind"] != "input" and row["psnr"])
+    assert denoise.run(quick=True, output=str(tmp_path), force=True)["reused_rows"] == []
+
+
 def test_denoise_requires_data(monkeypatch, tmp_path):
     import benchmarks.denoise as denoise
 

@@ -32,6 +32,23 @@ def test_reconstruct_json_record_and_output(problem, extra, truth_png, tmp_path,
     assert "exists" in capsys.readouterr().err
 
 
+def test_reconstruct_native_spline_kernel_gives_the_same_reconstruction(native_kernel_built, truth_png, tmp_path,
+                                                                        capsys):
+    from lipden.nn.splines import get_spline_backend
+
+    records, images = {}, {}
+    for kernel in ("eager", "native"):
+        out = tmp_path / f"{kernel}.png"
+        assert main(["reconstruct", "mri", str(truth_png), "-o", str(out), "--json", "--spline-kernel", kernel,
+                     *FAST]) == 0
+        records[kernel] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        images[kernel] = out.read_bytes()
+        assert get_spline_backend() == "eager"  # the command restores the kernel it found
+    assert records["native"]["psnr"] == records["eager"]["psnr"]
+    assert records["native"]["iterations"] == records["eager"]["iterations"]
+    assert images["native"] == images["eager"]
+
+
 def test_reconstruct_box_bounds_keep_the_guarantee(capsys):
     """MRI x4's stored relaxation (1.8) is beyond 1/alpha' once projected: it is capped, not refused."""
     assert main(["reconstruct", "mri", "--lower", "0", "--upper", "1", "--json", *FAST]) == 0

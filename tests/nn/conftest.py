@@ -4,15 +4,8 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def native_backend():
-    """The C++ kernel, built here (it must build where a C++ compiler and ninja exist)."""
-    import shutil
-
-    from lipden.nn._native import build_error, native_kernels
-
-    if shutil.which("c++") is None or shutil.which("ninja") is None:
-        pytest.skip("no C++ compiler or ninja: the native spline kernel cannot be built here")
-    assert native_kernels() is not None, build_error()
+def native_backend(native_kernel_built):
+    """The native spline backend selected for the module's tests (eager again after them)."""
     from lipden.nn.splines import set_spline_backend
 
     set_spline_backend("native")

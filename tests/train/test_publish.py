@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lipden.models.checkpoint import load_denoiser_file, sha256_of
+from lipden.models.checkpoint import load_denoiser_file, save_denoiser, sha256_of
 from lipden.train import publish as publishing
 from lipden.train.loop import TrainConfig, train
 from tests.helpers import write_smooth_images
@@ -14,7 +14,11 @@ def test_publish_writes_a_loadable_model_and_its_measured_card(tmp_path, monkeyp
     folders = write_smooth_images(tmp_path, {"train": 3, "val": 2, "test": 2})
     run = tmp_path / "run"
     train(TrainConfig(output=str(run), train_dir=str(folders["train"]), val_dir=str(folders["val"]), channels=4,
-                      depth=3, batch_size=4, patch_size=16, steps=2, validate_every=1), progress=False)
+                      depth=3, batch_size=4, patch_size=16, steps=3, validate_every=1), progress=False)
+    # the shipped weights are an earlier best than the run's last step
+    best, info = load_denoiser_file(run / "best.safetensors")
+    save_denoiser(best, run / "best.safetensors", {key: value for key, value in info.items() if key != "config"}
+                  | {"step": 1})
     weights = tmp_path / "weights"
     weights.mkdir()
     monkeypatch.setattr(publishing, "weights_dir", lambda: weights)
@@ -23,6 +27,14 @@ def test_publish_writes_a_loadable_model_and_its_measured_card(tmp_path, monkeyp
     assert json.loads(target.with_suffix(".json").read_text()) == card
     assert card["sha256"] == sha256_of(target) and card["name"] == "tiny-sigma15"
     assert card["bsd68_psnr"] > 0 and card["certified_lipschitz_40x40"] <= 1 + 1e-3
+    training = card["training"]
+    assert training["steps_total"] == 3 and training["best_step"] == 1
+    assert training["patches_seen"] == 4  # the shipped weights' patches (step 1 of 4), not the run's 12
+    step_one = (run / "log.csv").read_text().splitlines()[1].split(",")
+    assert step_one[0] == "1" and training["wall_time_minutes"] == round(float(step_one[1]) / 60, 1)
+    assert training["schedule"] == {"planned_steps": 3, "planned_patches": 12, "decay_at_fraction": 0.75,
+                                    "decay_factor": 0.1}
+    assert training["lr_factor_at_best_step"] == 1.0
     model, _ = load_denoiser_file(target)
     assert model.config.channels == 4
     assert sorted(p.name for p in weights.iterdir()) == ["tiny-sigma15.json", "tiny-sigma15.safetensors"]
