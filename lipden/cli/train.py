@@ -42,6 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--minutes", type=float,
                         help="stop (and save) after this wall time; the learning rates decay at 75%% of "
                              "it (or of the steps, whichever comes first)")
+    parser.add_argument("--stop-at", type=int, metavar="STEP",
+                        help="stop (validate and save) at this step, keeping the schedule of --steps; "
+                             "rerun without it to go on")
     parser.add_argument("--lr-scale", type=float, default=1.0, help="multiply the preset's learning rates")
     parser.add_argument("--validate-every", type=int, default=250,
                         help="steps between validations and checkpoints")
@@ -72,6 +75,8 @@ def check(args: argparse.Namespace) -> None:
         raise UserError("--batch-size must be >= 1")
     if args.steps is not None and args.steps < 1:
         raise UserError("--steps must be >= 1")
+    if args.stop_at is not None and args.stop_at < 1:
+        raise UserError("--stop-at must be >= 1")
     if args.validate_every < 1:
         raise UserError("--validate-every must be >= 1")
     if not args.checkpoint_minutes > 0:
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         conv=args.conv, train_dir=args.train_dir, val_dir=args.val_dir, batch_size=args.batch_size,
         steps=args.steps, validate_every=args.validate_every, checkpoint_minutes=args.checkpoint_minutes,
         seed=args.seed, device=device,
-        lr_scale=args.lr_scale, max_minutes=args.minutes, compile_spline=args.compile,
+        lr_scale=args.lr_scale, max_minutes=args.minutes, stop_at=args.stop_at, compile_spline=args.compile,
         spline_kernel=args.spline_kernel,
         mixed_precision=args.mixed_precision, cuda_graph=args.cuda_graph, channels=args.channels, depth=args.depth,
     )

@@ -20,6 +20,20 @@ TRAINING_PRESETS = {
 }
 
 
+#: The settings that decide what a run learns. A run resumed with other values would silently
+#: become another run (another schedule, batch or seed), so resuming refuses them; the device,
+#: kernel, precision, checkpoint interval, validation interval and data folders may change.
+RECIPE_FIELDS = ("sigma", "activation", "conv", "batch_size", "patch_size", "steps", "lr_conv", "lr_spline",
+                 "lr_scaling", "tv2_weight", "lr_decay_at", "lr_decay_factor", "seed")
+
+
+def recipe_differences(recorded: dict[str, Any], config: TrainConfig) -> list[str]:
+    """``name=recorded (given value)`` for each recipe setting of a resolved ``config`` that differs
+    from the one a run recorded (settings the record predates are not compared)."""
+    return [f"{name}={recorded[name]!r} (given {getattr(config, name)!r})"
+            for name in RECIPE_FIELDS if name in recorded and recorded[name] != getattr(config, name)]
+
+
 @dataclass
 class TrainConfig:
     """Everything that determines a training run (stored in its checkpoints)."""
@@ -46,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     max_minutes: float | None = None
+    stop_at: int | None = None  # stop (validate and save) at this step; the schedule stays that of ``steps``
     compile_spline: bool = False
     spline_kernel: str = "auto"  # auto, eager, compiled or native (see lipden.nn.splines.set_spline_backend)
     mixed_precision: bool | None = None  # bf16 autocast of the convolutions; None: on a GPU or a CPU with native bf16
@@ -70,6 +85,8 @@ class TrainConfig:
         config = TrainConfig(**values)
         if config.spline_kernel not in SPLINE_KERNELS:
             raise ValueError(f"spline_kernel must be one of {', '.join(SPLINE_KERNELS)}, got {config.spline_kernel!r}")
+        if config.stop_at is not None and config.stop_at < 1:
+            raise ValueError(f"stop_at must be >= 1, got {config.stop_at}")
         if not 0 < config.sigma < 255:
             raise ValueError(f"sigma is on the 0-255 scale and must be in (0, 255), got {config.sigma}")
         return config

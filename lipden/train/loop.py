@@ -31,7 +31,7 @@ from lipden.models.checkpoint import load_tensors, save_denoiser, save_tensors_a
 from lipden.models.denoiser import LipschitzDenoiser
 from lipden.nn.precision import default_mixed_precision
 from lipden.nn.splines import get_spline_backend, native_kernel_available, set_spline_backend
-from lipden.train.config import TrainConfig
+from lipden.train.config import TrainConfig, recipe_differences
 from lipden.train.data import PatchSampler, noisy_versions
 from lipden.train.distributed import (
     gather_rng_states,
@@ -204,8 +204,12 @@ class _Run:
         recorded, its ``spline_kernel``."""
         config, rank = self.config, self.rank
         tensors, metadata = load_tensors(self.state_path)
-        if metadata.get("train_config", {}).get("sigma") != config.sigma:
-            raise ValueError(f"{self.state_path} was trained for another sigma; use a new --output or --no-resume")
+        differences = recipe_differences(metadata.get("train_config", {}), config)
+        if metadata.get("config") not in (None, self.model.config.to_dict()):
+            differences.append(f"the network {metadata['config']} (given {self.model.config.to_dict()})")
+        if differences:
+            raise ValueError(f"{self.state_path} was trained with {'; '.join(differences)}: resume with the same "
+                             "settings, or start a new run (another --output, or --no-resume)")
         self.model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("train.")})
         restore_optimizer(self.optimizer, tensors)
         self.step, self.best_psnr, self.elapsed = metadata["step"], metadata["best_psnr"], metadata["elapsed_s"]
@@ -313,7 +317,7 @@ class _Run:
 
 
 def _loop(run: _Run, progress: bool) -> dict:
-    """Step until the step budget (or the time budget) is spent; returns the summary."""
+    """Step until the step budget (or the time budget) is spent, or to ``stop_at``; returns the summary."""
     config = run.config
     start = time.perf_counter() - run.elapsed
     bar = tqdm(total=config.steps, initial=run.step, disable=not progress or run.rank != 0, desc="train")
@@ -325,7 +329,8 @@ def _loop(run: _Run, progress: bool) -> dict:
     decayed = _past_decay_time(config, run.elapsed)  # the step condition is checked in the loop
     applied_factor = None
     last_save = time.perf_counter()
-    while run.step < run.steps:
+    last_step = run.steps if config.stop_at is None else min(run.steps, config.stop_at)
+    while run.step < last_step:
         decayed = decayed or run.step >= config.lr_decay_at * run.steps
         factor = config.lr_decay_factor if decayed else 1.0
         if factor != applied_factor:
@@ -337,7 +342,7 @@ def _loop(run: _Run, progress: bool) -> dict:
         run.elapsed = time.perf_counter() - start
         out_of_time = config.max_minutes is not None and run.elapsed >= 60 * config.max_minutes
         decay_now = _past_decay_time(config, run.elapsed)
-        validate_now = run.step % config.validate_every == 0 or run.step == config.steps
+        validate_now = run.step % config.validate_every == 0 or run.step in (config.steps, config.stop_at)
         # Ranks read their loss and agree on stopping at the same steps only (step-based
         # check points); a single process also checks as soon as its time is up.
         save_due = False

@@ -12,9 +12,10 @@ def test_curves_follow_the_runs_and_are_not_rewritten_when_unchanged(tmp_path):
     runs, output = tmp_path / "runs", tmp_path / "results"
     output.mkdir()
 
-    def config(steps):
+    def config(stop_at):
         return TrainConfig(output=str(runs / "tiny"), train_dir=str(folders["train"]), val_dir=str(folders["val"]),
-                           channels=4, depth=3, batch_size=4, patch_size=16, steps=steps, validate_every=2)
+                           channels=4, depth=3, batch_size=4, patch_size=16, steps=6, stop_at=stop_at,
+                           validate_every=2)
 
     train(config(4), progress=False)
     first = curves.run(output=str(output), runs=str(runs))
@@ -25,7 +26,7 @@ def test_curves_follow_the_runs_and_are_not_rewritten_when_unchanged(tmp_path):
     stamp = figure.stat().st_mtime_ns
     assert curves.run(output=str(output), runs=str(runs)) == first
     assert figure.stat().st_mtime_ns == stamp  # unchanged curves: nothing rewritten
-    train(config(6), progress=False)  # the run goes on: the curve grows
+    train(config(None), progress=False)  # the run goes on: the curve grows
     assert json.loads((output / "learning-curves.json").read_text()) != curves.run(output=str(output), runs=str(runs))
     assert json.loads((output / "learning-curves.json").read_text())["runs"][0]["step"] == [2, 4, 6]
     import shutil

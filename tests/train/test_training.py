@@ -38,7 +38,7 @@ def test_training_reduces_the_loss_and_writes_files(image_folders, tmp_path):
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(image_folders, tmp_path):
     train(tiny_config(image_folders, tmp_path / "straight"), progress=False)
-    train(tiny_config(image_folders, tmp_path / "split", steps=2), progress=False)
+    assert train(tiny_config(image_folders, tmp_path / "split", stop_at=2), progress=False)["step"] == 2
     train(tiny_config(image_folders, tmp_path / "split"), progress=False)
     a, _ = load_tensors(tmp_path / "straight" / "train_state.safetensors")
     b, meta = load_tensors(tmp_path / "split" / "train_state.safetensors")
@@ -46,6 +46,20 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(image_folders, tm
     for key in a:
         if not key.startswith("train.rng"):
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("change", [{"steps": 8}, {"batch_size": 2}, {"lr_scale": 0.5}, {"seed": 1},
+                                    {"activation": "relu"}, {"channels": 6}])
+def test_resuming_with_another_recipe_is_refused_and_changes_nothing(image_folders, tmp_path, change):
+    train(tiny_config(image_folders, tmp_path, stop_at=2), progress=False)
+    before = (tmp_path / "train_state.safetensors").read_bytes()
+    name = "network" if "channels" in change or "activation" in change else next(iter(change)).replace("lr_scale", "lr_")
+    with pytest.raises(ValueError, match=f"was trained with .*{name}"):
+        train(tiny_config(image_folders, tmp_path, **change), progress=False)
+    assert (tmp_path / "train_state.safetensors").read_bytes() == before
+    # what does not change the run may change: the validation and checkpoint intervals, the stop
+    summary = train(tiny_config(image_folders, tmp_path, validate_every=1, checkpoint_minutes=5.0), progress=False)
+    assert summary["step"] == 4
 
 
 def test_trained_model_is_still_certified(image_folders, tmp_path):
@@ -121,14 +135,17 @@ def test_mixed_precision_keeps_the_constraint_in_float32(image_folders, tmp_path
     assert model.lipschitz_certificate((1, 1, 16, 16)) <= 1 + 1e-4
 
 
-def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(image_folders, tmp_path):
+def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(image_folders, tmp_path,
+                                                                                 monkeypatch):
+    from lipden.train import loop
     from lipden.train.loop import TrainingDiverged
 
-    train(tiny_config(image_folders, tmp_path, steps=4), progress=False)
+    train(tiny_config(image_folders, tmp_path, steps=8, stop_at=4), progress=False)
     state = tmp_path / "train_state.safetensors"
     before = state.read_bytes()
+    monkeypatch.setattr(loop, "set_learning_rate", lambda group, lr: group.__setitem__("lr", 1e30))  # blows up
     with pytest.raises(TrainingDiverged, match="lower the learning rates"):
-        train(tiny_config(image_folders, tmp_path, steps=8, lr_conv=1e30), progress=False)
+        train(tiny_config(image_folders, tmp_path, steps=8), progress=False)
     assert state.read_bytes() == before
     _, metadata = load_tensors(state)
     assert metadata["step"] == 4
@@ -300,10 +317,10 @@ def test_the_lock_of_a_killed_trainer_is_taken_over(image_folders, tmp_path):
 def test_a_run_records_its_spline_kernel_and_a_resumed_run_keeps_it(image_folders, tmp_path):
     from lipden.nn.splines import get_spline_backend, native_kernel_available
 
-    train(tiny_config(image_folders, tmp_path, steps=2, validate_every=1, spline_kernel="eager"), progress=False)
+    train(tiny_config(image_folders, tmp_path, stop_at=2, validate_every=1, spline_kernel="eager"), progress=False)
     _, metadata = load_tensors(tmp_path / "train_state.safetensors")
     assert metadata["spline_kernel"] == "eager"
-    train(tiny_config(image_folders, tmp_path, steps=4, validate_every=1), progress=False)  # "auto"
+    train(tiny_config(image_folders, tmp_path, validate_every=1), progress=False)  # "auto"
     _, metadata = load_tensors(tmp_path / "train_state.safetensors")
     assert metadata["step"] == 4 and metadata["spline_kernel"] == "eager"
     fresh = tmp_path / "fresh"
