@@ -125,19 +125,31 @@ def table_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def reshipped_prior(row: dict) -> str | None:
+def reshipped_prior(row: dict, key: str = "weights_sha256") -> str | None:
     """The prior of a stored row (or tuned entry) whose weights were reshipped after it was
-    computed: its recorded ``weights_sha256`` differs from the shipped card's (or the model is
-    no longer shipped). ``None`` for a row without a prior or computed with today's weights."""
+    computed: the sha256 it recorded under ``key`` differs from the shipped card's (or the model
+    is no longer shipped). ``None`` for a row without a prior or computed with today's weights.
+    ``key="tuned_weights_sha256"``: the weights its stored parameters were tuned with."""
     from lipden.models.pretrained import denoiser_card
 
-    model, recorded = row.get("parameters", {}).get("model"), row.get("weights_sha256")
+    parameters, recorded = row.get("parameters"), row.get(key)
+    model = parameters.get("model") if isinstance(parameters, dict) else None
     if model is None or recorded is None:
         return None
     try:
         return None if denoiser_card(str(model))["sha256"] == recorded else str(model)
     except ValueError:
         return str(model)
+
+
+def stale_prior_note(row: dict) -> str | None:
+    """Why a stored row's numbers are not those of today's prior, or None: computed with its
+    earlier weights, or solved with parameters tuned for them."""
+    if (model := reshipped_prior(row)) is not None:
+        return f"EARLIER WEIGHTS of {model}, reshipped since: to be re-run"
+    if (model := reshipped_prior(row, "tuned_weights_sha256")) is not None:
+        return f"parameters TUNED FOR EARLIER WEIGHTS of {model}: to be re-tuned"
+    return None
 
 
 def write_results(output: str, name: str, results: dict, markdown: str) -> None:

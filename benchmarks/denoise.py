@@ -36,6 +36,7 @@ from lipden.io import list_images, load_grayscale
 from lipden.metrics import psnr, ssim
 from lipden.models.checkpoint import WeightsError, load_denoiser_file, sha256_of
 from lipden.models.pretrained import denoiser_card, list_denoisers, weights_dir
+from lipden.nn.splines import get_spline_backend
 from lipden.train.config import DEFAULT_DATA
 from lipden.train.data import noisy_versions
 from lipden.train.publish import evaluate_folder
@@ -364,6 +365,7 @@ def run(quick: bool = False, output: str = "results", force: bool = False) -> di
         "quick": quick, "machine": machine(), "images": [p.name for p in data["files"]], "sigmas": list(sigmas),
         "tuning_images": len(data["tune_clean"]), "protocol": PROTOCOL,
         "reused_rows": [f"{row['name']} @ {row['sigma']}" for row in rows if row.get("reused")],
+        "spline_kernel": get_spline_backend(),
         "protocol_checks": protocol_checks, "timing_image_shape": list(clean[0][timing_crop].shape),
         "rows": rows, "skipped_models": skipped, "figure": str(figure_path) if figure_path else None,
         "published_not_measured": [{"method": m, "bsd68_psnr": v, "source": s} for m, v, s in PUBLISHED],

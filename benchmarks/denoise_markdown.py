@@ -24,7 +24,9 @@ def _markdown(results: dict, quick: bool) -> str:
         f"{n} BSD68 images; {results['protocol']}. Classical parameters tuned on "
         f"{results['tuning_images']} Set12 images only. Machine: {m['cpu']}, {m['cores']} cores, "
         f"torch {m['torch']} with {m['torch_threads']} threads; time per megapixel on one {h}x{w} image "
-        "(median of interleaved runs, eval mode, no grad).",
+        "(median of interleaved runs, eval mode, no grad"
+        + (f", {results['spline_kernel']} spline kernel" if results.get("spline_kernel", "eager") != "eager" else "")
+        + ").",
         "",
     ]
     for sigma in results["sigmas"]:

@@ -20,7 +20,7 @@ from torch import nn
 
 from lipden import LinearSpline, OrthoConv2d
 from lipden.models.denoiser import PRESETS, LipschitzDenoiser
-from lipden.nn.splines import set_spline_backend
+from lipden.nn.splines import get_spline_backend, set_spline_backend
 
 from .common import interleaved_medians, machine, write_results
 
@@ -118,6 +118,7 @@ def _markdown(results: dict, quick: bool, repeats: int, shape: tuple, image_shap
 
 def run(quick: bool = False, output: str = "results") -> dict:
     started = time.perf_counter()
+    previous_kernel = get_spline_backend()  # this benchmark compares kernels; the caller's is restored
     torch.manual_seed(0)
     channels = 64
     batch = 16 if quick else 64
@@ -144,7 +145,7 @@ def run(quick: bool = False, output: str = "results") -> dict:
         {"spline": step(spline), "spline (compiled forward)": step(spline, "compiled"), "relu": step(relu)},
         repeats,
     )
-    set_spline_backend("eager")
+    set_spline_backend(previous_kernel)
     saved = {name: saved_bytes(b, x.detach().requires_grad_(True)) for name, b in blocks.items()}
     peaks = {name: peak_memory_mib(name, channels, shape) for name in blocks}
 

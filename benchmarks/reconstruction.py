@@ -22,7 +22,7 @@ from torch import Tensor
 from lipden.io import read_image, write_image
 from lipden.metrics import psnr_per_image, ssim
 from lipden.models.pretrained import denoiser_card, load_denoiser
-from lipden.nn.splines import get_spline_backend, set_spline_backend
+from lipden.nn.splines import get_spline_backend
 from lipden.optim.base import default_parameters, fbs_fast_relaxation
 from lipden.optim.baselines import TV_INNER_ITERATIONS, TV_INNER_TOL, tv_reconstruct
 from lipden.optim.reconstruct import reconstruct
@@ -271,8 +271,9 @@ def _solve_and_cache(problem, name: str, row_id: str, target: Path, sets: dict, 
     summary, first = _solve_row(problem, row, parameters, sets["test_images"], cap, options["tol"], options["device"],
                                 options["progress"], accelerate, chunk=options["chunk"], checkpoint=checkpoint,
                                 key=key, seeds=sets["seeds"])
+    tuned_with = problem.tuned_weights_sha256(row.defaults_key()) if source.startswith("stored") else weights
     summary.update(parameters=parameters, parameters_source=source, problem=name, max_iter=cap, accelerate=accelerate,
-                   weights_sha256=weights)
+                   weights_sha256=weights, tuned_weights_sha256=tuned_with)
     if row.method == "tv":
         summary["tv_prox"] = {"inner_iterations": TV_INNER_ITERATIONS, "inner_tol": TV_INNER_TOL}
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -310,7 +311,7 @@ def _rebuild(kind: str, folder: Path, stem: str, full_stem: str, results: dict, 
 def run(
     kind: str, quick: bool = False, output: str = "results", *, problems: list[str] | None = None,
     rows: list[str] | None = None, stride: int = 1, device: str = "cpu", force: bool = False,
-    compile_spline: bool = False, progress: bool = False, chunk: int = 8,
+    progress: bool = False, chunk: int = 8,
 ) -> dict:
     """Run (or resume) the ``kind`` ("mri" or "deblur") benchmark and rebuild its summary.
 
@@ -318,15 +319,15 @@ def run(
     cached row of the same test set); ``stride`` keeps every stride-th test image (a subset,
     labelled as such), taken from the full run's cached rows where they exist, and taken
     again when a full row is newer than the subset's; ``force`` recomputes cached rows (a
-    subset row is then taken again, not solved, when its full row exists); ``compile_spline`` runs the spline
-    activations through ``torch.compile`` (same function, faster on CPU); ``progress``
-    shows a bar per solve. ``chunk``: at most this many test images per batched solve
+    subset row is then taken again, not solved, when its full row exists; a full row of a
+    reshipped prior is not a source: the subset is solved); ``progress`` shows a bar per solve.
+    A cached row whose prior was reshipped since is solved again. The spline kernel is the
+    process's (``lipden.nn.splines.set_spline_backend``; ``--spline-kernel`` of the CLI).
+    ``chunk``: at most this many test images per batched solve
     (0: all images of a shape at once); a row's progress is saved after every batch under
     ``runs/`` as ``ROW.partial.json`` and an interrupted row resumes there (``force`` starts
     it again); the per-image results do not depend on ``chunk``.
     """
-    if compile_spline:
-        set_spline_backend("compiled")
     _check(rows, stride, chunk)
     setup = SETUPS[kind]
     max_iter, tol = (60, 1e-4) if quick else (TRIAL_MAX_ITER, TRIAL_TOL)  # the full run tunes and tests alike
@@ -346,7 +347,8 @@ def run(
             row = ROWS[row_id]
             target = folder / "runs" / stem / name / f"{row_id}.json"
             full = folder / "runs" / full_stem / name / f"{row_id}.json"
-            derive = stride > 1 and full.is_file()  # the subset's images were all solved there
+            # the subset's images were all solved there, with today's prior
+            derive = stride > 1 and full.is_file() and reshipped_prior(json.loads(full.read_text())) is None
             stale = derive and target.is_file() and full.stat().st_mtime_ns > target.stat().st_mtime_ns
             if target.is_file() and not derive and reshipped_prior(json.loads(target.read_text())) is not None:
                 stale = True  # its prior was reshipped since: solved again

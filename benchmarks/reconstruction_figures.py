@@ -16,7 +16,7 @@ from torch import Tensor
 
 from lipden.io import atomic_write
 
-from .common import WRITTEN, device_name, reshipped_prior, save_figure, table_cell
+from .common import WRITTEN, device_name, save_figure, stale_prior_note, table_cell
 
 #: quality of the stored image-0 reconstructions (JPEG)
 IMAGE_QUALITY = 80
@@ -87,8 +87,8 @@ def table(name: str, cached: dict, max_iter: int) -> list[str]:
             params += f" (cap {row['max_iter']} iterations)"
         if row.get("accelerate"):
             params += f" (Anderson memory {row['accelerate']}: iterations count passes)"
-        if (earlier := reshipped_prior(row)) is not None:
-            params += f" (EARLIER WEIGHTS of {earlier}, reshipped since: to be re-run)"
+        if (stale := stale_prior_note(row)) is not None:
+            params += f" ({stale})"
         mono = "-" if row["monotone_all"] is None else str(row["monotone_all"])
         lines.append(f"| {table_cell(row['label'])} | {row['psnr']:.2f} | {row['ssim']:.4f} | {its} | {row['converged_all']} "
                      f"| {mono} | {inc} | {seconds_cell(row)} | {params} |")

@@ -68,6 +68,7 @@ def spline_kernel(name: str) -> Iterator[None]:
         from lipden.nn._native import build_error
 
         print(f"the native spline kernel could not be built ({build_error()}); using eager", file=sys.stderr)
+        set_spline_backend("eager")
     try:
         yield
     finally:

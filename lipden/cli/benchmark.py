@@ -48,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="deblur/mri: recompute cached rows (a --stride row is re-taken from its full row "
                              "when one exists); denoise: measure every row again, not only those whose weights, "
                              "method or grid changed")
-    parser.add_argument("--compile", action="store_true", help="deblur/mri: the same as --spline-kernel compiled")
+    parser.add_argument("--compile", action="store_true", help="the same as --spline-kernel compiled")
     parser.add_argument("--chunk", type=int, default=8,
                         help="deblur/mri: at most N test images per batched solve (0: all of a shape at once); "
                              "progress is saved after each batch and an interrupted row resumes there (default 8)")

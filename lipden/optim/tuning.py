@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from lipden.io import atomic_write_text
 from lipden.metrics import psnr_per_image
+from lipden.models.checkpoint import sha256_of
 from lipden.models.pretrained import denoiser_card, load_denoiser
 from lipden.optim.base import (
     box_bounds,
@@ -348,6 +349,14 @@ def _exclusive(path: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _weights_sha256(model: str) -> str | None:
+    """sha256 of a shipped model's weights (from its card) or of a weights file."""
+    try:
+        return str(denoiser_card(model)["sha256"])
+    except ValueError:
+        return sha256_of(model) if Path(model).is_file() else None
+
+
 def _store_locked(result: TuneResult, path: Path, note: str, key: str | None, max_iter: int | None,
                   accelerate: int) -> None:
     table = json.loads(path.read_text()) if path.is_file() else {}
@@ -357,7 +366,7 @@ def _store_locked(result: TuneResult, path: Path, note: str, key: str | None, ma
                  f"(tuning PSNR {old.get('tuning_psnr')}).")
     entry = {"parameters": result.parameters, "tuning_psnr": round(result.psnr, 4), "tuned_on": note}
     if "model" in result.parameters:  # the weights tuned with: a reshipped prior makes the entry stale
-        entry["weights_sha256"] = denoiser_card(str(result.parameters["model"]))["sha256"]
+        entry["weights_sha256"] = _weights_sha256(str(result.parameters["model"]))
     if max_iter is not None:
         entry["max_iter"] = max_iter
     if accelerate:

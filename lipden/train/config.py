@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,18 +21,25 @@ TRAINING_PRESETS = {
 }
 
 
-#: The settings that decide what a run learns. A run resumed with other values would silently
-#: become another run (another schedule, batch or seed), so resuming refuses them; the device,
-#: kernel, precision, checkpoint interval, validation interval and data folders may change.
+#: The step-based recipe of a run: its noise level, network, batch, step schedule, learning rates,
+#: regularisation and seed. A run resumed with other values would silently become another run,
+#: so resuming refuses them; the device, kernel, precision, checkpoint and validation intervals
+#: and data folders may change, and so may ``max_minutes`` (a time budget that can be raised).
 RECIPE_FIELDS = ("sigma", "activation", "conv", "batch_size", "patch_size", "steps", "lr_conv", "lr_spline",
                  "lr_scaling", "tv2_weight", "lr_decay_at", "lr_decay_factor", "seed")
+
+
+def _same(recorded: Any, given: Any) -> bool:
+    if isinstance(recorded, float) and isinstance(given, float):  # one rate reached by two products
+        return math.isclose(recorded, given, rel_tol=1e-9, abs_tol=0.0)
+    return bool(recorded == given)
 
 
 def recipe_differences(recorded: dict[str, Any], config: TrainConfig) -> list[str]:
     """``name=recorded (given value)`` for each recipe setting of a resolved ``config`` that differs
     from the one a run recorded (settings the record predates are not compared)."""
     return [f"{name}={recorded[name]!r} (given {getattr(config, name)!r})"
-            for name in RECIPE_FIELDS if name in recorded and recorded[name] != getattr(config, name)]
+            for name in RECIPE_FIELDS if name in recorded and not _same(recorded[name], getattr(config, name))]
 
 
 @dataclass

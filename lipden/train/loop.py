@@ -28,7 +28,7 @@ from tqdm import tqdm
 from lipden.io import list_images, load_grayscale
 from lipden.metrics import psnr
 from lipden.models.checkpoint import load_tensors, save_denoiser, save_tensors_atomic
-from lipden.models.denoiser import LipschitzDenoiser
+from lipden.models.denoiser import DenoiserConfig, LipschitzDenoiser
 from lipden.nn.precision import default_mixed_precision
 from lipden.nn.splines import get_spline_backend, native_kernel_available, set_spline_backend
 from lipden.train.config import TrainConfig, recipe_differences
@@ -124,6 +124,10 @@ def _train(config: TrainConfig, resume: bool, progress: bool, held: ExitStack) -
     _hold_lock(held, Path(config.output), rank, world, device)
     run = _Run(config, device, rank, world)
     recorded = run.resume() if resume and run.state_path.exists() else {}
+    if config.stop_at is not None and config.stop_at <= run.step:
+        raise ValueError(f"--stop-at {config.stop_at} is not after the run's step {run.step} in {config.output}")
+    if not recorded and rank == 0 and run.log_path.exists():  # a new run: the old log is kept aside
+        os.replace(run.log_path, run.log_path.with_name("log.replaced.csv"))
     run.spline_kernel = _spline_kernel(config, device, recorded.get("spline_kernel"))
     set_spline_backend(run.spline_kernel)
     run.wrap_for_ranks()
@@ -205,7 +209,7 @@ class _Run:
         config, rank = self.config, self.rank
         tensors, metadata = load_tensors(self.state_path)
         differences = recipe_differences(metadata.get("train_config", {}), config)
-        if metadata.get("config") not in (None, self.model.config.to_dict()):
+        if "config" in metadata and DenoiserConfig.from_dict(metadata["config"]) != self.model.config:
             differences.append(f"the network {metadata['config']} (given {self.model.config.to_dict()})")
         if differences:
             raise ValueError(f"{self.state_path} was trained with {'; '.join(differences)}: resume with the same "

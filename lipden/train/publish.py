@@ -57,21 +57,22 @@ def _earlier_precision(train_config: dict) -> str:
 
 
 def _log_row(run_dir: Path, step: int | None) -> dict:
-    """The ``log.csv`` row of ``step`` as floats ({} when the run has no such row)."""
+    """The last ``log.csv`` row of ``step`` as floats ({} when the run has no such row)."""
     path = run_dir / "log.csv"
     if step is None or not path.exists():
         return {}
+    found: dict = {}
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
             if row.get("step") == str(step):
-                return {key: float(value) for key, value in row.items() if key != "step" and value}
-    return {}
+                found = {key: float(value) for key, value in row.items() if key != "step" and value}
+    return found
 
 
-def _schedule(train_config: dict) -> dict:
+def _schedule(train_config: dict, world_size: int) -> dict:
     """The learning-rate schedule the run was sized to: its planned steps and its step decay."""
     return {"planned_steps": train_config["steps"],
-            "planned_patches": train_config["steps"] * train_config["batch_size"],
+            "planned_patches": train_config["steps"] * train_config["batch_size"] * world_size,
             "decay_at_fraction": train_config.get("lr_decay_at"),
             "decay_factor": train_config.get("lr_decay_factor")}
 
@@ -79,7 +80,8 @@ def _schedule(train_config: dict) -> dict:
 def _card(model, name: str, metadata: dict, state: dict, train_config: dict, sigma: float,
           test_dir: str | Path, staged: Path, run_dir: Path) -> dict:
     """The model card. The shipped weights are the run's best on set12: their patch count and wall
-    time are those of the best step; ``steps_total`` is how far the run had gone when published."""
+    time are those of the best step (the wall time from ``log.csv``, None without its row);
+    ``steps_total`` is how far the run had gone when published."""
     save_denoiser(model, staged, {"name": name})
     best_step = metadata.get("step")
     best_row = _log_row(run_dir, best_step)
@@ -96,12 +98,12 @@ def _card(model, name: str, metadata: dict, state: dict, train_config: dict, sig
             "batch_size": train_config["batch_size"],
             "learning_rates": {k: train_config[k] for k in ("lr_conv", "lr_spline", "lr_scaling")},
             "tv2_weight": train_config["tv2_weight"],
-            "schedule": _schedule(train_config),
+            "schedule": _schedule(train_config, state.get("world_size", 1)),
             "steps_total": state["step"],
             "patches_seen": patches,
             "precision": state.get("precision") or _earlier_precision(train_config),
             "best_step": best_step,
-            "wall_time_minutes": round(best_row.get("elapsed_s", state["elapsed_s"]) / 60, 1),
+            "wall_time_minutes": round(best_row["elapsed_s"] / 60, 1) if "elapsed_s" in best_row else None,
             "device": f"{train_config['device']} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
             "set12_val_psnr": metadata.get("val_psnr"),
             "lr_factor_at_best_step": best_row.get("lr_factor"),

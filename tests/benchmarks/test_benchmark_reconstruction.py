@@ -236,6 +236,13 @@ def test_a_cached_row_of_a_reshipped_prior_is_solved_again(tmp_path, monkeypatch
     monkeypatch.setattr(reconstruction, "_rebuild", lambda *args: None)
     reconstruction.run("mri", quick=True, output=str(tmp_path), problems=[problem], rows=["fbs-spline", "drs-spline"])
     assert solved == ["fbs-spline"]  # the row of today's weights stays cached
+    # a subset is taken from a full row of today's prior, and solved when the full row is of earlier weights
+    taken: list[str] = []
+    monkeypatch.setattr(reconstruction, "_take_subset", lambda full, target, stride, label: taken.append(full.stem))
+    solved.clear()
+    reconstruction.run("mri", quick=True, output=str(tmp_path), problems=[problem], rows=["fbs-spline", "drs-spline"],
+                       stride=2)
+    assert taken == ["drs-spline"] and solved == ["fbs-spline"]
 
 
 def test_tables_mark_rows_computed_with_earlier_weights(tmp_path):
@@ -251,10 +258,13 @@ def test_tables_mark_rows_computed_with_earlier_weights(tmp_path):
     assert reshipped_prior(_cached_row("no-such-model", current)) == "no-such-model"
     assert "EARLIER WEIGHTS of spline-sigma15" in table("p", {"fbs-spline": old}, 1000)[-1]
     assert "EARLIER" not in table("p", {"fbs-spline": today}, 1000)[-1]
+    retuned_before = {**today, "tuned_weights_sha256": "0" * 64}  # solved today, with parameters of the old prior
+    assert "TUNED FOR EARLIER WEIGHTS of spline-sigma15" in table("p", {"fbs-spline": retuned_before}, 1000)[-1]
+    assert reshipped_prior({"parameters": 36449, "weights_sha256": "0" * 64}) is None  # a denoise row's count
     baseline = {**today, "parameters": {}, "psnr": 20.0}
-    for row, marked in ((old, True), (today, False)):
+    for row, marked in ((old, True), (retuned_before, True), (today, False)):
         summary = {"test_set": "t", "problems": {"p": {"fbs-spline": row, "tv": baseline, "baseline": baseline}}}
         (tmp_path / "mri.json").write_text(json.dumps(summary))
         text = headline(tmp_path)
-        assert ("30.00 †" in text and "† computed with the earlier weights" in text) == marked
+        assert ("30.00 †" in text and "† computed with, or tuned for, the earlier weights" in text) == marked
         assert marked or "†" not in text

@@ -248,3 +248,17 @@ def test_tune_best_ignores_a_nan_score():
     trials = [{"psnr": float("nan"), "converged": False}, {"psnr": 20.0, "converged": False}]
     assert _best(trials)["psnr"] == 20.0
 
+
+def test_a_stored_entry_records_the_sha256_of_its_prior_shipped_or_a_file(tmp_path):
+    from lipden import denoiser_card
+    from lipden.models.checkpoint import sha256_of
+    from lipden.optim.tuning import TuneResult, store_tuned
+
+    path, weights = tmp_path / "tuned.json", tmp_path / "mine.safetensors"
+    weights.write_bytes(b"weights")
+    for model, expected in (("spline-sigma15", denoiser_card("spline-sigma15")["sha256"]),
+                            (str(weights), sha256_of(weights))):
+        store_tuned(TuneResult("p", "pnp-fbs", {"model": model, "strength": 0.1}, 20.0, [{}]), path, "note")
+        assert json.loads(path.read_text())["p"]["pnp-fbs"]["weights_sha256"] == expected
+    store_tuned(TuneResult("p", "tv", {"weight": 0.01}, 20.0, [{}]), path, "note")
+    assert "weights_sha256" not in json.loads(path.read_text())["p"]["tv"]

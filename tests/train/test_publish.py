@@ -41,3 +41,11 @@ def test_publish_writes_a_loadable_model_and_its_measured_card(tmp_path, monkeyp
     with pytest.raises(FileExistsError):
         publishing.publish(run, "tiny-sigma15", test_dir=folders["test"])
     assert publishing.publish(run, "tiny-sigma15", test_dir=folders["test"], force=True)["sha256"] == card["sha256"]
+
+
+def test_the_card_takes_the_last_log_row_of_its_step_and_no_wall_time_without_one(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("step,elapsed_s,loss_per_patch,val_psnr,lr_factor\n2,60.0,1.0,20.0,1.0\n2,120.0,1.0,21.0,0.1\n")
+    assert publishing._log_row(tmp_path, 2) == {"elapsed_s": 120.0, "loss_per_patch": 1.0, "val_psnr": 21.0,
+                                               "lr_factor": 0.1}
+    assert publishing._log_row(tmp_path, 3) == {} and publishing._log_row(tmp_path / "none", 2) == {}

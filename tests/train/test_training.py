@@ -53,13 +53,26 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(image_folders, tm
 def test_resuming_with_another_recipe_is_refused_and_changes_nothing(image_folders, tmp_path, change):
     train(tiny_config(image_folders, tmp_path, stop_at=2), progress=False)
     before = (tmp_path / "train_state.safetensors").read_bytes()
-    name = "network" if "channels" in change or "activation" in change else next(iter(change)).replace("lr_scale", "lr_")
+    name = {"steps": "steps=4 \\(given 8\\)", "batch_size": "batch_size=4 \\(given 2\\)", "lr_scale": "lr_conv=",
+            "seed": "seed=0 \\(given 1\\)", "activation": "activation='spline' \\(given 'relu'\\)",
+            "channels": "the network"}[next(iter(change))]
     with pytest.raises(ValueError, match=f"was trained with .*{name}"):
         train(tiny_config(image_folders, tmp_path, **change), progress=False)
     assert (tmp_path / "train_state.safetensors").read_bytes() == before
     # what does not change the run may change: the validation and checkpoint intervals, the stop
     summary = train(tiny_config(image_folders, tmp_path, validate_every=1, checkpoint_minutes=5.0), progress=False)
     assert summary["step"] == 4
+
+
+def test_a_stop_step_not_ahead_is_refused_and_a_new_run_keeps_the_old_log_aside(image_folders, tmp_path):
+    train(tiny_config(image_folders, tmp_path, stop_at=2), progress=False)
+    with pytest.raises(ValueError, match="--stop-at 2 is not after the run's step 2"):
+        train(tiny_config(image_folders, tmp_path, stop_at=2), progress=False)
+    old_log = (tmp_path / "log.csv").read_text()
+    train(tiny_config(image_folders, tmp_path, steps=3, validate_every=1), resume=False, progress=False)
+    assert (tmp_path / "log.replaced.csv").read_text() == old_log
+    steps = [line.split(",")[0] for line in (tmp_path / "log.csv").read_text().splitlines()[1:]]
+    assert steps == ["1", "2", "3"]  # the new run's rows only
 
 
 def test_trained_model_is_still_certified(image_folders, tmp_path):
