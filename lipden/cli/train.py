@@ -23,14 +23,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command_parser(subparsers, "train",
                                 "train a 1-Lipschitz denoiser on image patches (CPU, GPU, torchrun)", EXAMPLES)
     parser.add_argument("--output", required=True, help="folder for checkpoints, best model and log.csv")
-    parser.add_argument("--sigma", type=float, default=15.0, help="noise level on the 0-255 scale")
-    parser.add_argument("--preset", choices=["paper", "cpu"], default="cpu",
+    parser.add_argument("--resume", action="store_true",
+                        help="go on with the run in --output, its recipe (noise level, network, batch, steps, "
+                             "learning rates, seed, validation interval, time budget) taken from its state; "
+                             "the options given here must agree with it")
+    parser.add_argument("--sigma", type=float, help="noise level on the 0-255 scale (default 15)")
+    parser.add_argument("--preset", choices=["paper", "cpu"],
                         help="paper: 64 channels, batch 128, the paper's learning rates; cpu (default): "
                              "32 channels, batch 32, 4000 steps")
-    parser.add_argument("--activation", default="spline", choices=ACTIVATION_CHOICES,
+    parser.add_argument("--activation", choices=ACTIVATION_CHOICES,
                         help="learned 1-Lipschitz spline (default) or a 1-Lipschitz baseline")
-    parser.add_argument("--conv", choices=["ortho", "spectral", "free"], default="ortho",
-                        help="free = unconstrained convolutions (no guarantee)")
+    parser.add_argument("--conv", choices=["ortho", "spectral", "free"],
+                        help="ortho (default); free = unconstrained convolutions (no guarantee)")
     parser.add_argument("--train-dir", default=str(data / "train400"),
                         help="training images (default: ../shared/data/train400)")
     parser.add_argument("--val-dir", default=str(data / "set12"),
@@ -45,13 +49,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--stop-at", type=int, metavar="STEP",
                         help="stop (validate and save) at this step, keeping the schedule of --steps; "
                              "rerun without it to go on")
-    parser.add_argument("--lr-scale", type=float, default=1.0, help="multiply the preset's learning rates")
-    parser.add_argument("--validate-every", type=int, default=250,
-                        help="steps between validations and checkpoints")
+    parser.add_argument("--lr-scale", type=float, help="multiply the preset's learning rates (default 1)")
+    parser.add_argument("--validate-every", type=int,
+                        help="steps between validations and checkpoints (default 250)")
     parser.add_argument("--checkpoint-minutes", type=float, default=10.0,
                         help="also save the training state when this much time passed since the last save "
                              "(default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the init and of the patch sampling")
+    parser.add_argument("--seed", type=int, help="seed of the init and of the patch sampling (default 0)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the spline forward (where the native kernel is not used)")
@@ -77,10 +81,35 @@ def check(args: argparse.Namespace) -> None:
         raise UserError("--steps must be >= 1")
     if args.stop_at is not None and args.stop_at < 1:
         raise UserError("--stop-at must be >= 1")
-    if args.validate_every < 1:
+    if args.validate_every is not None and args.validate_every < 1:
         raise UserError("--validate-every must be >= 1")
     if not args.checkpoint_minutes > 0:
         raise UserError(f"--checkpoint-minutes must be > 0, got {args.checkpoint_minutes:g}")
+
+
+#: The recipe options' values when neither given nor resumed (the preset fills batch, steps, rates).
+RECIPE_DEFAULTS = {"sigma": 15.0, "preset": "cpu", "activation": "spline", "conv": "ortho", "validate_every": 250,
+                   "seed": 0, "lr_scale": 1.0}
+
+
+def _recorded_recipe(output: str, given: dict) -> dict:
+    """The recipe a run's state recorded (``--resume``): the resolved settings of
+    ``lipden.train.config.RECIPE_FIELDS`` plus the preset, width, depth, rate scale, validation
+    interval and time budget. A given ``--preset`` or ``--lr-scale`` derives the batch, steps and rates again
+    (the resume then compares them with the recorded ones)."""
+    from pathlib import Path
+
+    from lipden.models.checkpoint import load_tensors
+    from lipden.train.config import RECIPE_FIELDS
+
+    state = Path(output) / "train_state.safetensors"
+    if not state.is_file():
+        raise UserError(f"--resume: {state} does not exist (nothing to go on with)")
+    recorded = load_tensors(state)[1].get("train_config", {})
+    keep = set(RECIPE_FIELDS) | {"preset", "channels", "depth", "validate_every", "max_minutes", "lr_scale"}
+    if {"preset", "lr_scale"} & set(given):
+        keep -= {"lr_conv", "lr_spline", "lr_scaling"} | ({"batch_size", "steps"} if "preset" in given else set())
+    return {key: value for key, value in recorded.items() if key in keep}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,15 +120,20 @@ def run(args: argparse.Namespace) -> int:
 
     from lipden.train.loop import TrainConfig, train
 
+    if args.resume and args.no_resume:
+        raise UserError("--resume and --no-resume contradict each other")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    recipe = {"sigma": args.sigma, "preset": args.preset, "activation": args.activation, "conv": args.conv,
+              "batch_size": args.batch_size, "steps": args.steps, "validate_every": args.validate_every,
+              "seed": args.seed, "lr_scale": args.lr_scale, "max_minutes": args.minutes, "channels": args.channels,
+              "depth": args.depth}
+    given = {key: value for key, value in recipe.items() if value is not None}
+    base = _recorded_recipe(args.output, given) if args.resume else RECIPE_DEFAULTS
     config = TrainConfig(
-        output=args.output, sigma=args.sigma, preset=args.preset, activation=args.activation,
-        conv=args.conv, train_dir=args.train_dir, val_dir=args.val_dir, batch_size=args.batch_size,
-        steps=args.steps, validate_every=args.validate_every, checkpoint_minutes=args.checkpoint_minutes,
-        seed=args.seed, device=device,
-        lr_scale=args.lr_scale, max_minutes=args.minutes, stop_at=args.stop_at, compile_spline=args.compile,
-        spline_kernel=args.spline_kernel,
-        mixed_precision=args.mixed_precision, cuda_graph=args.cuda_graph, channels=args.channels, depth=args.depth,
+        output=args.output, train_dir=args.train_dir, val_dir=args.val_dir,
+        checkpoint_minutes=args.checkpoint_minutes, device=device, stop_at=args.stop_at,
+        compile_spline=args.compile, spline_kernel=args.spline_kernel, mixed_precision=args.mixed_precision,
+        cuda_graph=args.cuda_graph, **{**base, **given},
     )
     summary = train(config, resume=not args.no_resume, progress=not args.quiet)
     if summary["rank"] == 0:

@@ -30,3 +30,25 @@ def test_resuming_with_another_schedule_is_one_line_and_leaves_the_run(capsys, t
     state = (output / "train_state.safetensors").read_bytes()
     assert_one_line_error(cli(capsys, *common, "--steps", "9"), "was trained with steps=4 \\(given 9\\)")
     assert (output / "train_state.safetensors").read_bytes() == state
+
+
+def test_resume_takes_the_recipe_from_the_state(capsys, tmp_path):
+    from lipden.models.checkpoint import load_tensors
+    from tests.helpers import write_smooth_images
+
+    folders = write_smooth_images(tmp_path, {"train": 2, "val": 1})
+    output = tmp_path / "run"
+    data = ["--train-dir", folders["train"], "--val-dir", folders["val"], "--quiet"]
+    assert_one_line_error(cli(capsys, "train", "--resume", "--output", output, *data), "nothing to go on with")
+    assert_one_line_error(cli(capsys, "train", "--resume", "--no-resume", "--output", output, *data), "contradict")
+    assert cli(capsys, "train", "--output", output, "--channels", "4", "--depth", "3", "--batch-size", "4",
+               "--steps", "4", "--stop-at", "2", "--lr-scale", "0.5", "--seed", "3", "--validate-every", "1",
+               "--sigma", "10", *data)[0] == 0
+    first = load_tensors(output / "train_state.safetensors")[1]["train_config"]
+    assert cli(capsys, "train", "--resume", "--output", output, *data)[0] == 0
+    _, metadata = load_tensors(output / "train_state.safetensors")
+    assert metadata["step"] == 4  # the recorded --steps, not the preset's 4000
+    assert {k: v for k, v in metadata["train_config"].items() if k != "stop_at"} == \
+        {k: v for k, v in first.items() if k != "stop_at"}
+    assert_one_line_error(cli(capsys, "train", "--resume", "--output", output, "--lr-scale", "1", *data),
+                          "was trained with lr_conv")
