@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 #: Images with more pixels than this are tiled unless ``--tile`` says otherwise.
 AUTO_TILE_PIXELS = 1024 * 1024
-#: Tile size used for such images: activations of about 0.1 GB for the shipped models.
+#: Tile size used for such images: activations of about 0.21 GB for a 64-channel model.
 AUTO_TILE = 512
 #: Activation names of ``--activation`` (the keys of ``lipden.nn.activations.ACTIVATIONS``, which
 #: imports torch: a test keeps the two equal).

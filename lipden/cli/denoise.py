@@ -69,7 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--tile", type=int, metavar="N",
         help="denoise in N x N tiles with exact context (same result, activations bounded by about "
-             "3 x channels x (N + 16)^2 x 4 bytes per colour channel: 0.1 GB at N=512 for the shipped "
+             "3 x channels x (N + 16)^2 x 4 bytes per colour channel: 0.21 GB at N=512 for the 64-channel "
              "models); default: 512 above 1024 x 1024 pixels; 0: never tile",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar (shown for several inputs)")

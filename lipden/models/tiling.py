@@ -14,8 +14,8 @@ the untiled result up to float round-off (no blending, no seams).
 Memory: the network only ever sees a ``(B, C, tile + 2 radius, tile + 2 radius)`` block,
 so its intermediate activations are bounded by about
 ``3 * B * C * channels * (tile + 2 radius)^2 * 4`` bytes (float32, no grad; the lipden
-networks run each colour channel through ``channels`` feature maps): 28 MB for the shipped
-32-channel models at tile 256 (radius 8), 0.1 GB at tile 512, whatever the image size,
+networks run each colour channel through ``channels`` feature maps): 57 MB for a 64-channel
+model at tile 256 (radius 8), 0.21 GB at tile 512 (half that at 32 channels), whatever the image size,
 against about 6 GB for an untiled 4096 x 4096 grayscale image. The input and the output
 image themselves (``B * C * H * W * 4`` bytes each) stay where ``x`` is; pass ``device=`` to
 run the tiles on another device (e.g. the image in CPU memory, the tiles on a GPU).
