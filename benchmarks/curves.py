@@ -10,11 +10,11 @@ table states each run's device, threads are not recorded by the trainer.
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 from lipden.models.checkpoint import load_tensors
+from lipden.train.state import read_log
 
 from .common import compact, save_figure, table_cell, write_results
 
@@ -27,8 +27,7 @@ def read_run(folder: Path) -> dict | None:
     _, metadata = load_tensors(state)
     config = metadata.get("train_config", {})
     batch = int(config.get("batch_size") or 0)
-    with log.open() as handle:  # a row a live trainer is still writing is left out
-        rows = [r for r in csv.DictReader(handle) if r.get("val_psnr") not in (None, "") and r.get("elapsed_s")]
+    rows = [r for r in read_log(folder) if "val_psnr" in r]  # a row a live trainer is still writing is left out
     if not rows:
         return None
     world = int(metadata.get("world_size", 1))
@@ -44,9 +43,9 @@ def read_run(folder: Path) -> dict | None:
         "device": config.get("device"),
         "step": [int(r["step"]) for r in rows],
         "patches": [int(r["step"]) * batch * world for r in rows],
-        "hours": [round(float(r["elapsed_s"]) / 3600, 4) for r in rows],
-        "val_psnr": [float(r["val_psnr"]) for r in rows],
-        "lr_factor": [float(r["lr_factor"]) if r.get("lr_factor") else None for r in rows],
+        "hours": [round(r["elapsed_s"] / 3600, 4) for r in rows],
+        "val_psnr": [r["val_psnr"] for r in rows],
+        "lr_factor": [r.get("lr_factor") for r in rows],
     }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform
@@ -18,6 +17,7 @@ from lipden.models.pretrained import CERTIFY_SHAPE, weights_dir
 from lipden.train.config import DEFAULT_DATA
 from lipden.train.data import noisy_versions
 from lipden.train.loop import evaluate
+from lipden.train.state import read_log
 
 
 def evaluate_folder(model: torch.nn.Module, folder: str | Path, sigma: float, limit: int | None = None) -> float:
@@ -57,16 +57,9 @@ def _earlier_precision(train_config: dict) -> str:
 
 
 def _log_row(run_dir: Path, step: int | None) -> dict:
-    """The last ``log.csv`` row of ``step`` as floats ({} when the run has no such row)."""
-    path = run_dir / "log.csv"
-    if step is None or not path.exists():
-        return {}
-    found: dict = {}
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row.get("step") == str(step):
-                found = {key: float(value) for key, value in row.items() if key != "step" and value}
-    return found
+    """The last ``log.csv`` row of ``step`` ({} when the run has no such row)."""
+    rows = [row for row in read_log(run_dir) if step is not None and row["step"] == step]
+    return {key: value for key, value in rows[-1].items() if key != "step"} if rows else {}
 
 
 def _schedule(train_config: dict, world_size: int) -> dict:

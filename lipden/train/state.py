@@ -81,3 +81,18 @@ def remove_partial_writes(output: Path) -> list[Path]:
     for path in removed:
         path.unlink(missing_ok=True)
     return removed
+
+
+def read_log(folder: str | Path) -> list[dict[str, float]]:
+    """The rows of a run's ``log.csv`` (step, elapsed_s, loss_per_patch, val_psnr, lr_factor) as
+    numbers, in file order; empty cells are left out, and so is a row a live trainer is still
+    writing (no ``elapsed_s``). ``[]`` when the run has no log."""
+    import csv
+
+    path = Path(folder) / "log.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        rows = [{key: float(value) for key, value in row.items() if key and value}
+                for row in csv.DictReader(handle)]
+    return [row for row in rows if "step" in row and "elapsed_s" in row]
