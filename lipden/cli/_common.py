@@ -60,19 +60,17 @@ def spline_kernel(name: str) -> Iterator[None]:
     where it cannot be built says so on stderr and runs eager."""
     import sys
 
-    from lipden.nn.splines import get_spline_backend, native_spline_module, set_spline_backend
+    from lipden.nn.splines import native_spline_module, spline_backend
 
-    previous = get_spline_backend()
-    set_spline_backend(name)
-    if name == "native" and native_spline_module() is None:
-        from lipden.nn._native import build_error
+    with spline_backend(name):
+        if name == "native" and native_spline_module() is None:
+            from lipden.nn._native import build_error
 
-        print(f"the native spline kernel could not be built ({build_error()}); using eager", file=sys.stderr)
-        set_spline_backend("eager")
-    try:
-        yield
-    finally:
-        set_spline_backend(previous)
+            print(f"the native spline kernel could not be built ({build_error()}); using eager", file=sys.stderr)
+            with spline_backend("eager"):
+                yield
+        else:
+            yield
 
 
 def check_stop_options(args: argparse.Namespace) -> None:

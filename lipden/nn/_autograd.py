@@ -7,6 +7,8 @@ Two backends: eager (default) and ``torch.compile``-fused forward.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -111,6 +113,18 @@ def set_spline_backend(name: str) -> None:
 
 def get_spline_backend() -> str:
     return _BACKEND["name"]
+
+
+@contextlib.contextmanager
+def spline_backend(name: str) -> Iterator[None]:
+    """Run the block with the spline backend ``name`` (see :func:`set_spline_backend`), then
+    restore the one selected before."""
+    previous = _BACKEND["name"]
+    set_spline_backend(name)
+    try:
+        yield
+    finally:
+        set_spline_backend(previous)
 
 
 def native_spline_module() -> Any | None:

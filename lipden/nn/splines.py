@@ -29,6 +29,7 @@ from lipden.nn._autograd import InwardClamp, LinearSplineFunction
 from lipden.nn._autograd import get_spline_backend as get_spline_backend  # public here
 from lipden.nn._autograd import native_spline_module as native_spline_module
 from lipden.nn._autograd import set_spline_backend as set_spline_backend
+from lipden.nn._autograd import spline_backend as spline_backend
 from lipden.nn._native import native_kernels
 from lipden.nn.constrained import ConstrainedLayer
 from lipden.nn.precision import autocast_disabled
