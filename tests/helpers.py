@@ -8,16 +8,16 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 
-def full_operator(f, input_shape, dtype=torch.float64):
-    """Dense matrix of an affine map, from its impulse responses (bias removed)."""
+def full_operator(f, input_shape, dtype=torch.float64, device="cpu"):
+    """Dense matrix of an affine map, from its impulse responses (bias removed), on the CPU."""
     n = 1
     for s in input_shape:
         n *= s
     with torch.no_grad():
-        eye = torch.eye(n, dtype=dtype).view(n, *input_shape)
-        offset = f(torch.zeros(1, *input_shape, dtype=dtype))
+        eye = torch.eye(n, dtype=dtype, device=device).view(n, *input_shape)
+        offset = f(torch.zeros(1, *input_shape, dtype=dtype, device=device))
         columns = f(eye) - offset
-    return columns.reshape(n, -1).T
+    return columns.reshape(n, -1).T.cpu()
 
 
 def write_tiny_model(folder: pathlib.Path) -> pathlib.Path:

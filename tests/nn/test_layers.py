@@ -29,7 +29,8 @@ def adversarial_steps(layer, in_channels, steps=25, lr=1e-2):
     """Adam steps that try to push the layer's gain up."""
     opt = torch.optim.Adam(layer.parameters(), lr=lr)
     for _ in range(steps):
-        x = torch.randn(4, in_channels, 16, 16, dtype=next(layer.parameters()).dtype)
+        parameter = next(layer.parameters())
+        x = torch.randn(4, in_channels, 16, 16, dtype=parameter.dtype, device=parameter.device)
         loss = -layer(x).pow(2).sum() / x.pow(2).sum()
         opt.zero_grad()
         loss.backward()
@@ -38,13 +39,13 @@ def adversarial_steps(layer, in_channels, steps=25, lr=1e-2):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("name,make", CONV_CASES, ids=[c[0] for c in CONV_CASES])
-def test_conv_singular_values_after_training(name, make, shape):
+def test_conv_singular_values_after_training(name, make, shape, device):
     cin, cout = shape
-    layer = make(cin, cout).double()
+    layer = make(cin, cout).double().to(device)
     adversarial_steps(layer, cin)
     layer.eval()
     for n in (8, 16):
-        sv = torch.linalg.svdvals(full_operator(layer, (cin, n, n)))
+        sv = torch.linalg.svdvals(full_operator(layer, (cin, n, n), device=device))
         assert sv.max() <= 1 + 1e-4, (name, n, float(sv.max()))
         if name.startswith("ortho") and "circular" in name or name == "ortho-k5":
             rank = min(cin, cout) * n * n

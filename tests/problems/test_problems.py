@@ -61,15 +61,16 @@ def test_weighted_mri_mask_has_the_exact_norm_and_prox(shape):
 
 @pytest.mark.parametrize("name", SMALL)
 @pytest.mark.parametrize("channels", [1, 3])
-def test_adjoint_and_prox(name, channels):
+def test_adjoint_and_prox(name, channels, device):
     problem = P.problem_from_name(name)
     if name.startswith("mri") and channels == 3:
         with pytest.raises(ValueError, match="single-channel"):
-            problem.physics((3, 32, 32))
+            problem.physics((3, 32, 32), device)
         return
-    x = image_for(problem, 32, channels)
-    physics = problem.physics(x.shape)
+    x = image_for(problem, 32, channels).to(device)
+    physics = problem.physics(x.shape, device)
     y = problem.measure(x, seed=0)
+    assert y.device == x.device and physics.A_adjoint(y).device == x.device  # measuring keeps the operator there
     u, v = torch.randn_like(x), torch.randn_like(y)
     lhs, rhs = (physics.A(u) * v).sum(), (u * physics.A_adjoint(v)).sum()
     assert float(lhs) == pytest.approx(float(rhs), rel=1e-4, abs=1e-3)

@@ -7,8 +7,10 @@ import sys
 import pytest
 import torch
 
+from lipden import OrthoConv2d
 from lipden.models.checkpoint import WeightsError, load_denoiser_file, load_tensors
 from lipden.models.denoiser import LipschitzDenoiser
+from lipden.nn.conv_ops import circular_conv_singular_values
 from lipden.train.loop import TrainConfig, train
 from tests.helpers import ROOT, write_smooth_images
 
@@ -75,10 +77,17 @@ def test_a_stop_step_not_ahead_is_refused_and_a_new_run_keeps_the_old_log_aside(
     assert steps == ["1", "2", "3"]  # the new run's rows only
 
 
-def test_trained_model_is_still_certified(image_folders, tmp_path):
-    train(tiny_config(image_folders, tmp_path, steps=4), progress=False)
+def test_trained_model_is_still_certified(image_folders, tmp_path, device):
+    """On each device with its default precision (bf16 convolutions where supported): the
+    weights stay float32 and every orthogonal convolution keeps its singular values <= 1."""
+    train(tiny_config(image_folders, tmp_path, steps=4, device=device), progress=False)
     model, _ = load_denoiser_file(tmp_path / "best.safetensors")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
     assert model.lipschitz_certificate((1, 1, 16, 16)) <= 1 + 1e-4
+    for module in model.modules():
+        if isinstance(module, OrthoConv2d):
+            values = circular_conv_singular_values(module.constrained_weight().double(), (16, 16))
+            assert float(values.max()) <= 1 + 1e-4
 
 
 def test_tampered_or_foreign_files_are_refused(tmp_path):
