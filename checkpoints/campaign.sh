@@ -1,0 +1,90 @@
+#!/bin/sh
+# The priors campaign on a 2-core CPU: two slots of one thread each, every run resumable.
+# Start it first in every session, from the repository root:
+#
+#   nohup sh checkpoints/campaign.sh > campaign.log 2>&1 &
+#
+# Each run resumes from its state (`train --resume` takes the recipe from it) and a stage that is
+# done is skipped, so the script goes on where the last session stopped. Pause both slots with
+# `pkill -STOP -f "cli.py train"` (and -CONT) while timing anything. `DRY_RUN=1 sh checkpoints/campaign.sh`
+# prints the next command of each slot instead of training.
+#
+#   slot 1: spline64-sigma15 up to the claim budget (31,250 steps of 64 patches, 2M patches); its
+#           best set12 weights within that budget are copied to claim-sigma15/spline-2M.safetensors;
+#           then the four 1-Lipschitz baselines at sigma 15 with the same recipe and budget, one after
+#           the other; then spline64-sigma15 on to its full schedule.
+#   slot 2: spline64-sigma5 to its full schedule, then spline64-sigma25.
+set -u
+cd "$(dirname "$0")/.."
+
+CLAIM_STEPS=31250
+RECIPE="--channels 64 --batch-size 64 --lr-scale 0.5 --steps 180000 --validate-every 500"
+
+train() {
+    if [ -n "${DRY_RUN:-}" ]; then
+        echo "python cli.py train --quiet $*"
+    else
+        OMP_NUM_THREADS=1 nice -n 19 python cli.py train --quiet "$@"
+    fi
+}
+
+# The step a run's state has reached (0 without a state).
+state_step() {
+    python - "$1" <<'PY'
+import json, pathlib, sys
+from safetensors import safe_open
+state = pathlib.Path(sys.argv[1]) / "train_state.safetensors"
+if not state.exists():
+    print(0)
+else:
+    with safe_open(str(state), "pt") as f:
+        print(json.loads(f.metadata()["lipden"])["step"])
+PY
+}
+
+# Train checkpoints/$1 up to step $2 (new with the recipe "$3 ...", or resumed), unless it is there.
+train_to() {
+    run=checkpoints/$1 stop=$2
+    shift 2
+    step=$(state_step "$run")
+    if [ "$step" -ge "$stop" ]; then
+        return 0
+    elif [ "$step" -gt 0 ]; then
+        train --resume --stop-at "$stop" --output "$run"
+    else
+        # shellcheck disable=SC2086
+        train "$@" $RECIPE --stop-at "$stop" --output "$run"
+    fi
+}
+
+slot1() {
+    claim=checkpoints/claim-sigma15/spline-2M.safetensors
+    if [ ! -f "$claim" ]; then
+        train_to spline64-sigma15 "$CLAIM_STEPS" --sigma 15 || return 1
+        step=$(state_step checkpoints/spline64-sigma15)
+        if [ "$step" -ne "$CLAIM_STEPS" ]; then
+            echo "spline64-sigma15 is at step $step, not $CLAIM_STEPS: its best is not the claim's entry" >&2
+            return 1
+        fi
+        mkdir -p checkpoints/claim-sigma15
+        cp checkpoints/spline64-sigma15/best.safetensors "$claim.tmp" && mv "$claim.tmp" "$claim"
+    fi
+    for activation in relu absolute_value groupsort householder; do
+        train_to "$activation"64-sigma15 "$CLAIM_STEPS" --sigma 15 --activation "$activation" || return 1
+    done
+    train_to spline64-sigma15 180000 --sigma 15
+}
+
+slot2() {
+    train_to spline64-sigma5 180000 --sigma 5 || return 1
+    train_to spline64-sigma25 180000 --sigma 25
+}
+
+if [ -n "${DRY_RUN:-}" ]; then
+    slot1 2>/dev/null | head -n 1
+    slot2 2>/dev/null | head -n 1
+    exit 0
+fi
+slot1 > checkpoints/campaign-slot1.log 2>&1 &
+slot2 > checkpoints/campaign-slot2.log 2>&1 &
+wait
