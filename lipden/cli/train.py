@@ -10,6 +10,7 @@ from lipden.cli._common import ACTIVATION_CHOICES, UserError, add_command_parser
 EXAMPLES = """examples:
   python cli.py train --sigma 15 --output checkpoints/spline-sigma15 --minutes 60
   python cli.py train --sigma 15 --activation relu --output checkpoints/relu-sigma15
+  python cli.py train --sigma 25 --init-from spline-sigma15 --output checkpoints/spline-sigma25-warm
   python cli.py train --preset paper --device cuda --sigma 15 --output runs/paper15
   torchrun --nproc_per_node=4 cli.py train --preset paper --device cuda --output runs/ddp
 """
@@ -68,6 +69,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cuda-graph", action="store_true",
                         help="record the step once as a CUDA graph and replay it (one GPU process; "
                              "removes the per-kernel host cost)")
+    parser.add_argument("--init-from", metavar="WEIGHTS",
+                        help="start a new run from trained weights instead of a random init: a shipped name "
+                             "(spline-sigma15) or a denoiser file (a run's best.safetensors) of the same network; "
+                             "its noise level may differ (fine-tuning, a warm start at another sigma)")
     parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -126,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = {"sigma": args.sigma, "preset": args.preset, "activation": args.activation, "conv": args.conv,
               "batch_size": args.batch_size, "steps": args.steps, "validate_every": args.validate_every,
               "seed": args.seed, "lr_scale": args.lr_scale, "max_minutes": args.minutes, "channels": args.channels,
-              "depth": args.depth}
+              "depth": args.depth, "init_from": args.init_from}
     given = {key: value for key, value in recipe.items() if value is not None}
     base = _recorded_recipe(args.output, given) if args.resume else RECIPE_DEFAULTS
     config = TrainConfig(

@@ -26,7 +26,7 @@ TRAINING_PRESETS = {
 #: so resuming refuses them; the device, kernel, precision, checkpoint and validation intervals
 #: and data folders may change, and so may ``max_minutes`` (a time budget that can be raised).
 RECIPE_FIELDS = ("sigma", "activation", "conv", "batch_size", "patch_size", "steps", "lr_conv", "lr_spline",
-                 "lr_scaling", "tv2_weight", "lr_decay_at", "lr_decay_factor", "seed")
+                 "lr_scaling", "tv2_weight", "lr_decay_at", "lr_decay_factor", "seed", "init_from")
 
 
 def _same(recorded: Any, given: Any) -> bool:
@@ -75,6 +75,7 @@ class TrainConfig:
     cuda_graph: bool = False  # replay each step as a recorded CUDA graph (one GPU process)
     channels: int | None = None  # override the preset's width
     depth: int | None = None  # override the preset's number of convolutions
+    init_from: str | None = None  # a new run starts from these weights (a shipped name or a file; lipden.train.warm_start)
 
     def resolved(self) -> TrainConfig:
         """Fill unset values from the preset."""

@@ -54,6 +54,7 @@ from lipden.train.step import (
     set_learning_rate,
     training_step,
 )
+from lipden.train.warm_start import warm_start_record, warm_start_weights
 
 #: Steps between reads of the loss on the host. Each read waits for the device to finish
 #: its queue, so reading every step would serialise the host and a GPU.
@@ -128,6 +129,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, held: ExitStack) -
         raise ValueError(f"--stop-at {config.stop_at} is not after the run's step {run.step} in {config.output}")
     if not recorded and rank == 0 and run.log_path.exists():  # a new run: the old log is kept aside
         os.replace(run.log_path, run.log_path.with_name("log.replaced.csv"))
+    if not recorded and config.init_from is not None:  # a resumed run has its weights in its state
+        run.start_from(config.init_from)
     run.spline_kernel = _spline_kernel(config, device, recorded.get("spline_kernel"))
     set_spline_backend(run.spline_kernel)
     run.wrap_for_ranks()
@@ -198,10 +201,22 @@ class _Run:
         self.step, self.best_psnr, self.elapsed = 0, -math.inf, 0.0
         self.use_amp = False
         self.spline_kernel = "eager"
+        self.warm_start: dict | None = None  # where a run started from trained weights came from
         self.last_loss = math.nan
         self.pending_loss, self.pending_steps = torch.zeros((), device=device), 0  # summed since the last read
         self.val_clean: list[Tensor] = []
         self.val_noisy: list[Tensor] = []
+
+    def start_from(self, source: str) -> None:
+        """Load the weights of ``source`` (same network; lipden.train.warm_start) into the new run."""
+        self.model.load_state_dict(warm_start_weights(source, self.model.config))
+        self.warm_start = warm_start_record(source)
+
+    @property
+    def patches_seen(self) -> int:
+        """Patches the weights have seen: this run's, plus those of the weights it started from."""
+        initial = (self.warm_start or {}).get("patches_seen") or 0
+        return initial + self.step * self.batch_size * self.world
 
     def resume(self) -> dict[str, str]:
         """Load the training state; returns how the run was trained: its ``precision`` and, if
@@ -217,6 +232,7 @@ class _Run:
         self.model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("train.")})
         restore_optimizer(self.optimizer, tensors)
         self.step, self.best_psnr, self.elapsed = metadata["step"], metadata["best_psnr"], metadata["elapsed_s"]
+        self.warm_start = metadata.get("warm_start")
         if f"train.rng.sampler.{rank}" in tensors:
             self.sampler.set_state(tensors[f"train.rng.sampler.{rank}"])
             noise_key = f"train.rng.noise.{rank}" if f"train.rng.noise.{rank}" in tensors else "train.rng.noise"
@@ -288,12 +304,13 @@ class _Run:
 
     def _validate(self) -> float:
         if not self.val_clean:
-            save_denoiser(self.model, self.best_path, {"step": self.step})
+            save_denoiser(self.model, self.best_path, {"step": self.step, "patches_seen": self.patches_seen})
             return math.nan
         score = evaluate(self.model, self.val_clean, self.val_noisy, self.device)
         if score > self.best_psnr:
             self.best_psnr = score
-            save_denoiser(self.model, self.best_path, {"step": self.step, "val_psnr": score})
+            save_denoiser(self.model, self.best_path,
+                          {"step": self.step, "val_psnr": score, "patches_seen": self.patches_seen})
         return score
 
     def _log(self, score: float, factor: float) -> None:
@@ -313,7 +330,7 @@ class _Run:
         metadata = {
             "config": self.model.config.to_dict(), "train_config": dataclasses.asdict(self.config),
             "step": self.step, "best_psnr": self.best_psnr, "elapsed_s": self.elapsed, "world_size": self.world,
-            "patches_seen": self.step * self.batch_size * self.world,
+            "patches_seen": self.patches_seen, "warm_start": self.warm_start,
             "precision": "bf16 convolutions (autocast), float32 weights" if self.use_amp else "float32",
             "spline_kernel": self.spline_kernel,
         }

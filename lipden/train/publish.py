@@ -73,13 +73,21 @@ def _schedule(train_config: dict, world_size: int) -> dict:
 def _card(model, name: str, metadata: dict, state: dict, train_config: dict, sigma: float,
           test_dir: str | Path, staged: Path, run_dir: Path) -> dict:
     """The model card. The shipped weights are the run's best on set12: their patch count and wall
-    time are those of the best step (the wall time from ``log.csv``, None without its row);
+    time are those of the best step (the wall time from ``log.csv``, None without its row; a run
+    started from trained weights adds the patches those had seen, and ``warm_start`` names them);
     ``steps_total`` is how far the run had gone when published."""
     save_denoiser(model, staged, {"name": name})
     best_step = metadata.get("step")
     best_row = _log_row(run_dir, best_step)
     per_step = train_config["batch_size"] * state.get("world_size", 1)
-    patches = best_step * per_step if best_step is not None else state.get("patches_seen", state["step"] * per_step)
+    warm_start = state.get("warm_start")
+    initial = (warm_start or {}).get("patches_seen") or 0
+    if best_step is not None:
+        patches = initial + best_step * per_step
+    elif "patches_seen" in metadata:
+        patches = metadata["patches_seen"]
+    else:
+        patches = state.get("patches_seen", state["step"] * per_step)
     return {
         "name": name,
         "config": model.config.to_dict(),
@@ -94,6 +102,7 @@ def _card(model, name: str, metadata: dict, state: dict, train_config: dict, sig
             "schedule": _schedule(train_config, state.get("world_size", 1)),
             "steps_total": state["step"],
             "patches_seen": patches,
+            "warm_start": warm_start,
             "precision": state.get("precision") or _earlier_precision(train_config),
             "best_step": best_step,
             "wall_time_minutes": round(best_row["elapsed_s"] / 60, 1) if "elapsed_s" in best_row else None,

@@ -52,3 +52,21 @@ def test_resume_takes_the_recipe_from_the_state(capsys, tmp_path):
         {k: v for k, v in first.items() if k != "stop_at"}
     assert_one_line_error(cli(capsys, "train", "--resume", "--output", output, "--lr-scale", "1", *data),
                           "was trained with lr_conv")
+
+
+def test_warm_start_weights_that_do_not_fit_are_one_line_and_start_nothing(capsys, tmp_path):
+    from tests.helpers import write_smooth_images
+
+    folders = write_smooth_images(tmp_path, {"train": 2, "val": 1})
+    common = ["train", "--train-dir", folders["train"], "--val-dir", folders["val"], "--channels", "4", "--depth", "3",
+              "--batch-size", "4", "--steps", "2", "--validate-every", "1", "--quiet"]
+    missing = tmp_path / "missing.safetensors"
+    assert_one_line_error(cli(capsys, *common, "--init-from", missing, "--output", tmp_path / "a"), "unknown denoiser")
+    # the shipped spline-sigma15 has 64 channels and 8 layers
+    assert_one_line_error(cli(capsys, *common, "--init-from", "spline-sigma15", "--output", tmp_path / "b"),
+                          "--init-from spline-sigma15: its network .* is not the run's")
+    assert not (tmp_path / "a" / "train_state.safetensors").exists()
+    assert not (tmp_path / "b" / "train_state.safetensors").exists()
+    assert cli(capsys, *common, "--output", tmp_path / "c")[0] == 0
+    assert cli(capsys, *common, "--init-from", tmp_path / "c" / "best.safetensors", "--sigma", "25",
+               "--output", tmp_path / "d")[0] == 0

@@ -49,3 +49,21 @@ def test_the_card_takes_the_last_log_row_of_its_step_and_no_wall_time_without_on
     assert publishing._log_row(tmp_path, 2) == {"elapsed_s": 120.0, "loss_per_patch": 1.0, "val_psnr": 21.0,
                                                "lr_factor": 0.1}
     assert publishing._log_row(tmp_path, 3) == {} and publishing._log_row(tmp_path / "none", 2) == {}
+
+
+def test_the_card_of_a_warm_started_run_counts_the_patches_of_its_start(tmp_path, monkeypatch):
+    folders = write_smooth_images(tmp_path, {"train": 3, "val": 2, "test": 2})
+    common = dict(train_dir=str(folders["train"]), val_dir=str(folders["val"]), channels=4, depth=3, batch_size=4,
+                  patch_size=16, validate_every=1)
+    train(TrainConfig(output=str(tmp_path / "first"), steps=3, **common), progress=False)
+    source = str(tmp_path / "first" / "best.safetensors")
+    start = load_denoiser_file(source)[1]
+    train(TrainConfig(output=str(tmp_path / "warm"), steps=2, sigma=25.0, init_from=source, **common), progress=False)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    monkeypatch.setattr(publishing, "weights_dir", lambda: weights)
+    training = publishing.publish(tmp_path / "warm", "tiny-sigma25", test_dir=folders["test"])["training"]
+    best_step = load_denoiser_file(tmp_path / "warm" / "best.safetensors")[1]["step"]
+    assert training["warm_start"]["source"] == source and training["warm_start"]["sha256"] == sha256_of(source)
+    assert training["warm_start"]["patches_seen"] == 4 * start["step"]
+    assert training["patches_seen"] == 4 * start["step"] + 4 * best_step

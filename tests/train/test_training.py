@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lipden import OrthoConv2d
-from lipden.models.checkpoint import WeightsError, load_denoiser_file, load_tensors
+from lipden.models.checkpoint import WeightsError, load_denoiser_file, load_tensors, sha256_of
 from lipden.models.denoiser import LipschitzDenoiser
 from lipden.nn.conv_ops import circular_conv_singular_values
 from lipden.train.loop import TrainConfig, train
@@ -75,6 +75,58 @@ def test_a_stop_step_not_ahead_is_refused_and_a_new_run_keeps_the_old_log_aside(
     assert (tmp_path / "log.replaced.csv").read_text() == old_log
     steps = [line.split(",")[0] for line in (tmp_path / "log.csv").read_text().splitlines()[1:]]
     assert steps == ["1", "2", "3"]  # the new run's rows only
+
+
+def test_a_run_started_from_trained_weights_begins_at_them_and_counts_their_patches(image_folders, tmp_path):
+    first = tmp_path / "first"
+    train(tiny_config(image_folders, first), progress=False)
+    source = str(first / "best.safetensors")
+    start, start_meta = load_tensors(source)
+    assert start_meta["patches_seen"] == start_meta["step"] * 4
+    # learning rates of ~0: the new run's weights stay those it started from, at another sigma
+    warm = tmp_path / "warm"
+    train(tiny_config(image_folders, warm, steps=2, sigma=25.0, init_from=source, lr_scale=1e-12), progress=False)
+    weights, meta = load_tensors(warm / "best.safetensors")
+    for key, value in start.items():
+        torch.testing.assert_close(weights[key], value, rtol=0, atol=1e-9, msg=key)
+    assert meta["config"]["sigma"] == pytest.approx(25 / 255) and meta["patches_seen"] == start_meta["patches_seen"] + 8
+    record = load_tensors(warm / "train_state.safetensors")[1]["warm_start"]
+    assert record == {"source": source, "sha256": sha256_of(source), "patches_seen": start_meta["patches_seen"],
+                      "sigma_255": 15.0}
+    # without the warm start the same recipe begins elsewhere
+    cold = tmp_path / "cold"
+    train(tiny_config(image_folders, cold, steps=2, sigma=25.0, lr_scale=1e-12), progress=False)
+    cold_weights = load_tensors(cold / "best.safetensors")[0]
+    assert any(not torch.allclose(cold_weights[key], value) for key, value in start.items())
+
+
+def test_a_warm_started_run_resumes_exactly_and_is_not_started_again(image_folders, tmp_path):
+    first = tmp_path / "first"
+    train(tiny_config(image_folders, first), progress=False)
+    source = str(first / "best.safetensors")
+    train(tiny_config(image_folders, tmp_path / "straight", init_from=source), progress=False)
+    train(tiny_config(image_folders, tmp_path / "split", init_from=source, stop_at=2), progress=False)
+    train(tiny_config(image_folders, tmp_path / "split", init_from=source), progress=False)
+    a, _ = load_tensors(tmp_path / "straight" / "train_state.safetensors")
+    b, meta = load_tensors(tmp_path / "split" / "train_state.safetensors")
+    assert meta["step"] == 4 and meta["warm_start"]["source"] == source
+    for key in a:
+        if not key.startswith("train.rng"):
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    with pytest.raises(ValueError, match="was trained with init_from="):  # another start is another run
+        train(tiny_config(image_folders, tmp_path / "split"), progress=False)
+
+
+def test_weights_of_another_network_are_refused_before_any_step(image_folders, tmp_path):
+    first = tmp_path / "first"
+    train(tiny_config(image_folders, first), progress=False)
+    with pytest.raises(ValueError, match="its network .* is not the run's"):
+        train(tiny_config(image_folders, tmp_path / "wide", channels=6, init_from=str(first / "best.safetensors")),
+              progress=False)
+    assert not (tmp_path / "wide" / "train_state.safetensors").exists()
+    with pytest.raises(ValueError, match="unknown denoiser"):
+        train(tiny_config(image_folders, tmp_path / "none", init_from=str(tmp_path / "missing.safetensors")),
+              progress=False)
 
 
 def test_trained_model_is_still_certified(image_folders, tmp_path, device):
