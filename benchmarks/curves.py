@@ -1,6 +1,7 @@
 """Learning curves of the training runs: set12 validation PSNR against patches seen and against
 training wall time, read from each run's ``log.csv`` and training state (``checkpoints/<run>/``);
-runs whose folder was removed keep the curve recorded before.
+runs whose folder was removed keep the curve recorded before. A run started from trained weights
+(``train --init-from``) counts the patches those had seen; its wall time is its own.
 
 Writes ``learning-curves.{json,md,png}``; the figure and tables are rewritten only when a
 curve changed (a figure whose content did not change is never re-committed). Wall time is the
@@ -31,7 +32,8 @@ def read_run(folder: Path) -> dict | None:
     if not rows:
         return None
     world = int(metadata.get("world_size", 1))
-    return {
+    initial = int((metadata.get("warm_start") or {}).get("patches_seen") or 0)  # a run started from trained weights
+    record = {
         "run": folder.name,
         "activation": config.get("activation"),
         "sigma": config.get("sigma"),
@@ -42,11 +44,14 @@ def read_run(folder: Path) -> dict | None:
         "precision": metadata.get("precision") or ("bf16" if config.get("mixed_precision") else "float32"),
         "device": config.get("device"),
         "step": [int(r["step"]) for r in rows],
-        "patches": [int(r["step"]) * batch * world for r in rows],
+        "patches": [initial + int(r["step"]) * batch * world for r in rows],
         "hours": [round(r["elapsed_s"] / 3600, 4) for r in rows],
         "val_psnr": [r["val_psnr"] for r in rows],
         "lr_factor": [r.get("lr_factor") for r in rows],
     }
+    if metadata.get("warm_start"):
+        record["warm_start_patches"] = initial
+    return record
 
 
 def _figure(path: Path, runs: list[dict]) -> None:
@@ -95,8 +100,10 @@ def _markdown(runs: list[dict]) -> str:
         earlier = [p for h, p in zip(hours, psnr, strict=True) if h < hours[-1] - 1]
         gain = f"{max(psnr) - max(earlier):+.3f}" if earlier and recent else "-"
         precision = "bf16 convs" if run["precision"].startswith("bf16") else "fp32"
+        name = run["run"] + (f" (started from weights that had seen {run['warm_start_patches'] / 1e6:.2f}M patches)"
+                             if "warm_start_patches" in run else "")
         lines.append(
-            f"| {table_cell(run['run'])} | {run['activation']} | {run['sigma']:g} | {run['channels']} | "
+            f"| {table_cell(name)} | {run['activation']} | {run['sigma']:g} | {run['channels']} | "
             f"{run['batch_size']} | {run['lr_conv']:g} | {precision} | {run['step'][-1]} / {run['steps_planned']} | "
             f"{run['patches'][-1] / 1e6:.2f} | {hours[-1]:.2f} | {psnr[-1]:.3f} | {max(psnr):.3f} | {gain} |")
     return "\n".join(lines) + "\n"

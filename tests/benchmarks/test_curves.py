@@ -29,6 +29,13 @@ def test_curves_follow_the_runs_and_are_not_rewritten_when_unchanged(tmp_path):
     train(config(None), progress=False)  # the run goes on: the curve grows
     assert json.loads((output / "learning-curves.json").read_text()) != curves.run(output=str(output), runs=str(runs))
     assert json.loads((output / "learning-curves.json").read_text())["runs"][0]["step"] == [2, 4, 6]
+    start = str(runs / "tiny" / "best.safetensors")
+    train(TrainConfig(**{**config(None).__dict__, "output": str(runs / "warm"), "steps": 2, "init_from": start}),
+          progress=False)
+    warm = next(r for r in curves.run(output=str(output), runs=str(runs))["runs"] if r["run"] == "warm")
+    best_patches = json.loads((output / "learning-curves.json").read_text())["runs"][0]["patches"]
+    assert warm["warm_start_patches"] in best_patches and warm["patches"] == [warm["warm_start_patches"] + 8]
+    assert "warm (started from weights that had seen" in (output / "learning-curves.md").read_text()
     import shutil
 
     shutil.rmtree(runs / "tiny")  # shipped: its state removed, its curve kept
