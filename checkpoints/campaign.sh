@@ -20,9 +20,11 @@ cd "$(dirname "$0")/.."
 CLAIM_STEPS=31250
 RECIPE="--channels 64 --batch-size 64 --lr-scale 0.5 --steps 180000 --validate-every 500"
 
+# Run one training (in a dry run: print it, and stop the slot there).
 train() {
     if [ -n "${DRY_RUN:-}" ]; then
         echo "python cli.py train --quiet $*"
+        return 1
     else
         OMP_NUM_THREADS=1 nice -n 19 python cli.py train --quiet "$@"
     fi
@@ -31,18 +33,19 @@ train() {
 # The step a run's state has reached (0 without a state).
 state_step() {
     python - "$1" <<'PY'
-import json, pathlib, sys
-from safetensors import safe_open
+import json, pathlib, struct, sys
 state = pathlib.Path(sys.argv[1]) / "train_state.safetensors"
 if not state.exists():
     print(0)
-else:
-    with safe_open(str(state), "pt") as f:
-        print(json.loads(f.metadata()["lipden"])["step"])
+else:  # the safetensors header: its length (8 bytes, little-endian), then JSON
+    with open(state, "rb") as handle:
+        header = json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
+    print(json.loads(header["__metadata__"]["lipden"])["step"])
 PY
 }
 
-# Train checkpoints/$1 up to step $2 (new with the recipe "$3 ...", or resumed), unless it is there.
+# Train checkpoints/$1 up to step $2 (new with the options "$3 ..." and the recipe, or resumed),
+# unless its state is there already.
 train_to() {
     run=checkpoints/$1 stop=$2
     shift 2
@@ -66,23 +69,27 @@ slot1() {
             echo "spline64-sigma15 is at step $step, not $CLAIM_STEPS: its best is not the claim's entry" >&2
             return 1
         fi
+        if [ -n "${DRY_RUN:-}" ]; then
+            echo "copy checkpoints/spline64-sigma15/best.safetensors to $claim"
+            return 1
+        fi
         mkdir -p checkpoints/claim-sigma15
         cp checkpoints/spline64-sigma15/best.safetensors "$claim.tmp" && mv "$claim.tmp" "$claim"
     fi
     for activation in relu absolute_value groupsort householder; do
         train_to "$activation"64-sigma15 "$CLAIM_STEPS" --sigma 15 --activation "$activation" || return 1
     done
-    train_to spline64-sigma15 180000 --sigma 15
+    train_to spline64-sigma15 180000 --sigma 15 && echo "slot 1: every run is done"
 }
 
 slot2() {
     train_to spline64-sigma5 180000 --sigma 5 || return 1
-    train_to spline64-sigma25 180000 --sigma 25
+    train_to spline64-sigma25 180000 --sigma 25 && echo "slot 2: every run is done"
 }
 
 if [ -n "${DRY_RUN:-}" ]; then
-    slot1 2>/dev/null | head -n 1
-    slot2 2>/dev/null | head -n 1
+    slot1 2>&1
+    slot2 2>&1
     exit 0
 fi
 slot1 > checkpoints/campaign-slot1.log 2>&1 &

@@ -1,0 +1,74 @@
+"""checkpoints/campaign.sh: each slot goes on with the first stage its runs' states leave undone
+(read in a dry run, which prints the slot's next action instead of training)."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lipden.models.checkpoint import save_tensors_atomic
+from tests.helpers import ROOT
+
+RECIPE = "--channels 64 --batch-size 64 --lr-scale 0.5 --steps 180000 --validate-every 500"
+
+
+@pytest.fixture
+def campaign(tmp_path):
+    """A copy of the script in an empty repository root; ``next_actions(**steps)`` gives each slot's next action
+    for runs whose states are at those steps."""
+    if shutil.which("sh") is None:
+        pytest.skip("needs a POSIX sh")
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(ROOT / "checkpoints" / "campaign.sh", tmp_path / "checkpoints")
+
+    def next_actions(claim: bool = False, **steps: int) -> list[str]:
+        for run, step in steps.items():
+            save_tensors_atomic({"x": torch.zeros(1)}, tmp_path / "checkpoints" / run / "train_state.safetensors",
+                                {"step": step})
+        if claim:
+            (tmp_path / "checkpoints" / "claim-sigma15").mkdir(exist_ok=True)
+            (tmp_path / "checkpoints" / "claim-sigma15" / "spline-2M.safetensors").write_bytes(b"weights")
+        path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"  # its python
+        result = subprocess.run(["sh", "checkpoints/campaign.sh"], cwd=tmp_path, capture_output=True, text=True,
+                                env={**os.environ, "DRY_RUN": "1", "PATH": path}, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines()
+
+    return next_actions
+
+
+def test_new_runs_start_with_the_recipe_and_started_ones_resume(campaign):
+    assert campaign() == [
+        f"python cli.py train --quiet --sigma 15 {RECIPE} --stop-at 31250 --output checkpoints/spline64-sigma15",
+        f"python cli.py train --quiet --sigma 5 {RECIPE} --stop-at 180000 --output checkpoints/spline64-sigma5"]
+    assert campaign(**{"spline64-sigma15": 17000, "spline64-sigma5": 13500}) == [
+        "python cli.py train --quiet --resume --stop-at 31250 --output checkpoints/spline64-sigma15",
+        "python cli.py train --quiet --resume --stop-at 180000 --output checkpoints/spline64-sigma5"]
+
+
+def test_the_claim_budget_keeps_the_best_then_trains_the_baselines_then_goes_on(campaign):
+    assert campaign(**{"spline64-sigma15": 31250})[0] == \
+        "copy checkpoints/spline64-sigma15/best.safetensors to checkpoints/claim-sigma15/spline-2M.safetensors"
+    assert campaign(claim=True)[0] == \
+        f"python cli.py train --quiet --sigma 15 --activation relu {RECIPE} --stop-at 31250 --output " \
+        "checkpoints/relu64-sigma15"
+    assert campaign(claim=True, **{"relu64-sigma15": 31250, "absolute_value64-sigma15": 900})[0] \
+        == "python cli.py train --quiet --resume --stop-at 31250 --output checkpoints/absolute_value64-sigma15"
+    done = {f"{a}64-sigma15": 31250 for a in ("relu", "absolute_value", "groupsort", "householder")}
+    assert campaign(claim=True, **done)[0] == \
+        "python cli.py train --quiet --resume --stop-at 180000 --output checkpoints/spline64-sigma15"
+    assert campaign(claim=True, **done, **{"spline64-sigma15": 180000})[0] == "slot 1: every run is done"
+
+
+def test_a_sigma15_run_past_the_budget_without_its_claim_is_reported(campaign):
+    (line, _) = campaign(**{"spline64-sigma15": 40000})
+    assert line == "spline64-sigma15 is at step 40000, not 31250: its best is not the claim's entry"
+
+
+def test_sigma25_follows_sigma5(campaign):
+    assert campaign(**{"spline64-sigma5": 180000})[1] == \
+        f"python cli.py train --quiet --sigma 25 {RECIPE} --stop-at 180000 --output checkpoints/spline64-sigma25"
+    assert campaign(**{"spline64-sigma5": 180000, "spline64-sigma25": 180000})[1] == "slot 2: every run is done"
