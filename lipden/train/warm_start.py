@@ -47,14 +47,28 @@ def _patches_seen(path: Path, card: dict | None, metadata: dict) -> int | None:
     return None
 
 
+def _origin(path: Path, card: dict | None, metadata: dict) -> dict:
+    """The run and step the weights come from, where recorded: a training state names its run and
+    wall time, a run's best its step (and its folder's run), a shipped card its best step."""
+    if card is not None:
+        return {"run": None, "step": card.get("training", {}).get("best_step")}
+    if "train_config" in metadata:  # a training state
+        return {"run": metadata["train_config"].get("output"), "step": metadata.get("step"),
+                "hours": round(metadata.get("elapsed_s", 0.0) / 3600, 3)}
+    state = path.parent / "train_state.safetensors"
+    run = load_tensors(state)[1].get("train_config", {}).get("output") if state.is_file() else None
+    return {"run": run, "step": metadata.get("step")}
+
+
 def warm_start_record(source: str) -> dict:
     """What a run started from: ``source`` as given, the file's sha256, the noise level it was
-    trained for (0-255 scale) and the patches it had seen (None where nothing records them)."""
+    trained for (0-255 scale), the patches it had seen (None where nothing records them) and the
+    run and step it comes from (with the wall time, for a training state)."""
     path, card = _source_path(source)
     _, metadata = load_tensors(path)
     sigma = metadata.get("config", {}).get("sigma")
     return {"source": source, "sha256": sha256_of(path), "patches_seen": _patches_seen(path, card, metadata),
-            "sigma_255": None if sigma is None else round(sigma * 255, 6)}
+            "sigma_255": None if sigma is None else round(sigma * 255, 6), **_origin(path, card, metadata)}
 
 
 def warm_start_weights(source: str, config: DenoiserConfig) -> dict[str, Tensor]:

@@ -92,7 +92,14 @@ def test_a_run_started_from_trained_weights_begins_at_them_and_counts_their_patc
     assert meta["config"]["sigma"] == pytest.approx(25 / 255) and meta["patches_seen"] == start_meta["patches_seen"] + 8
     record = load_tensors(warm / "train_state.safetensors")[1]["warm_start"]
     assert record == {"source": source, "sha256": sha256_of(source), "patches_seen": start_meta["patches_seen"],
-                      "sigma_255": 15.0}
+                      "sigma_255": 15.0, "run": str(first), "step": start_meta["step"]}
+    # a training state as the start: its run, step and wall time
+    state = str(first / "train_state.safetensors")
+    train(tiny_config(image_folders, tmp_path / "from-state", steps=1, init_from=state), progress=False)
+    record = load_tensors(tmp_path / "from-state" / "train_state.safetensors")[1]["warm_start"]
+    state_meta = load_tensors(state)[1]
+    assert record["run"] == str(first) and record["step"] == 4 and record["patches_seen"] == 16
+    assert record["hours"] == round(state_meta["elapsed_s"] / 3600, 3)
     # without the warm start the same recipe begins elsewhere
     cold = tmp_path / "cold"
     train(tiny_config(image_folders, cold, steps=2, sigma=25.0, lr_scale=1e-12), progress=False)
