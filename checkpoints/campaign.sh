@@ -2,7 +2,7 @@
 # The priors campaign on a 2-core CPU: two slots of one thread each, every run resumable.
 # Start it first in every session, from the repository root:
 #
-#   nohup sh checkpoints/campaign.sh > campaign.log 2>&1 &
+#   nohup sh checkpoints/campaign.sh > checkpoints/campaign.log 2>&1 &
 #
 # Each run resumes from its state (`train --resume` takes the recipe from it) and a stage that is
 # done is skipped, so the script goes on where the last session stopped. Pause both slots with
@@ -30,9 +30,9 @@ train() {
     fi
 }
 
-# The step a run's state has reached (0 without a state).
+# The step a run's state has reached (0 without a state; nothing when it cannot be read).
 state_step() {
-    python - "$1" <<'PY'
+    python - "$1" 2>/dev/null <<'PY'
 import json, pathlib, struct, sys
 state = pathlib.Path(sys.argv[1]) / "train_state.safetensors"
 if not state.exists():
@@ -50,6 +50,9 @@ train_to() {
     run=checkpoints/$1 stop=$2
     shift 2
     step=$(state_step "$run")
+    case $step in
+        '' | *[!0-9]*) echo "cannot read the step of $run/train_state.safetensors" >&2; return 1 ;;
+    esac
     if [ "$step" -ge "$stop" ]; then
         return 0
     elif [ "$step" -gt 0 ]; then
@@ -65,7 +68,7 @@ slot1() {
     if [ ! -f "$claim" ]; then
         train_to spline64-sigma15 "$CLAIM_STEPS" --sigma 15 || return 1
         step=$(state_step checkpoints/spline64-sigma15)
-        if [ "$step" -ne "$CLAIM_STEPS" ]; then
+        if [ "$step" != "$CLAIM_STEPS" ]; then
             echo "spline64-sigma15 is at step $step, not $CLAIM_STEPS: its best is not the claim's entry" >&2
             return 1
         fi
@@ -73,8 +76,8 @@ slot1() {
             echo "copy checkpoints/spline64-sigma15/best.safetensors to $claim"
             return 1
         fi
-        mkdir -p checkpoints/claim-sigma15
-        cp checkpoints/spline64-sigma15/best.safetensors "$claim.tmp" && mv "$claim.tmp" "$claim"
+        mkdir -p checkpoints/claim-sigma15 &&
+            cp checkpoints/spline64-sigma15/best.safetensors "$claim.tmp" && mv "$claim.tmp" "$claim" || return 1
     fi
     for activation in relu absolute_value groupsort householder; do
         train_to "$activation"64-sigma15 "$CLAIM_STEPS" --sigma 15 --activation "$activation" || return 1
@@ -92,6 +95,14 @@ if [ -n "${DRY_RUN:-}" ]; then
     slot2 2>&1
     exit 0
 fi
+# One campaign at a time: a second one would find its runs locked and cut the first one's logs.
+pidfile=checkpoints/campaign.pid
+if [ -f "$pidfile" ] && ps -p "$(cat "$pidfile")" -o args= 2>/dev/null | grep -q campaign.sh; then
+    echo "the campaign is already running (process $(cat "$pidfile"))" >&2
+    exit 1
+fi
+echo $$ > "$pidfile"
 slot1 > checkpoints/campaign-slot1.log 2>&1 &
 slot2 > checkpoints/campaign-slot2.log 2>&1 &
 wait
+rm -f "$pidfile"

@@ -10,7 +10,7 @@ from lipden.cli._common import ACTIVATION_CHOICES, UserError, add_command_parser
 EXAMPLES = """examples:
   python cli.py train --sigma 15 --output checkpoints/spline-sigma15 --minutes 60
   python cli.py train --sigma 15 --activation relu --output checkpoints/relu-sigma15
-  python cli.py train --sigma 25 --init-from spline-sigma15 --output checkpoints/spline-sigma25-warm
+  python cli.py train --sigma 25 --channels 64 --batch-size 64 --init-from spline-sigma15 --output runs/warm25
   python cli.py train --preset paper --device cuda --sigma 15 --output runs/paper15
   torchrun --nproc_per_node=4 cli.py train --preset paper --device cuda --output runs/ddp
 """
@@ -71,7 +71,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "removes the per-kernel host cost)")
     parser.add_argument("--init-from", metavar="WEIGHTS",
                         help="start a new run from trained weights instead of a random init: a shipped name "
-                             "(spline-sigma15) or a denoiser file (a run's best.safetensors) of the same network; "
+                             "(spline-sigma15), a denoiser file (a run's best.safetensors) or a training state, "
+                             "of the same network; "
                              "its noise level may differ (fine-tuning, a warm start at another sigma)")
     parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

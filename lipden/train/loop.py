@@ -54,7 +54,7 @@ from lipden.train.step import (
     set_learning_rate,
     training_step,
 )
-from lipden.train.warm_start import warm_start_record, warm_start_weights
+from lipden.train.warm_start import load_warm_start
 
 #: Steps between reads of the loss on the host. Each read waits for the device to finish
 #: its queue, so reading every step would serialise the host and a GPU.
@@ -127,10 +127,13 @@ def _train(config: TrainConfig, resume: bool, progress: bool, held: ExitStack) -
     recorded = run.resume() if resume and run.state_path.exists() else {}
     if config.stop_at is not None and config.stop_at <= run.step:
         raise ValueError(f"--stop-at {config.stop_at} is not after the run's step {run.step} in {config.output}")
+    # a new run from trained weights: checked before anything in the folder changes
+    start = load_warm_start(config.init_from, run.model.config) if not recorded and config.init_from else None
     if not recorded and rank == 0 and run.log_path.exists():  # a new run: the old log is kept aside
         os.replace(run.log_path, run.log_path.with_name("log.replaced.csv"))
-    if not recorded and config.init_from is not None:  # a resumed run has its weights in its state
-        run.start_from(config.init_from)
+    if start is not None:  # a resumed run has its weights in its state
+        run.model.load_state_dict(start[0])
+        run.warm_start = start[1]
     run.spline_kernel = _spline_kernel(config, device, recorded.get("spline_kernel"))
     set_spline_backend(run.spline_kernel)
     run.wrap_for_ranks()
@@ -207,11 +210,6 @@ class _Run:
         self.val_clean: list[Tensor] = []
         self.val_noisy: list[Tensor] = []
 
-    def start_from(self, source: str) -> None:
-        """Load the weights of ``source`` (same network; lipden.train.warm_start) into the new run."""
-        self.model.load_state_dict(warm_start_weights(source, self.model.config))
-        self.warm_start = warm_start_record(source)
-
     @property
     def patches_seen(self) -> int:
         """Patches the weights have seen: this run's, plus those of the weights it started from."""
@@ -226,6 +224,10 @@ class _Run:
         differences = recipe_differences(metadata.get("train_config", {}), config)
         if "config" in metadata and DenoiserConfig.from_dict(metadata["config"]) != self.model.config:
             differences.append(f"the network {metadata['config']} (given {self.model.config.to_dict()})")
+        started = (metadata.get("warm_start") or {}).get("source")
+        flagged = any(difference.startswith("init_from=") for difference in differences)
+        if config.init_from is not None and started != config.init_from and not flagged:  # states before the field
+            differences.append(f"warm start {started!r} (given --init-from {config.init_from!r})")
         if differences:
             raise ValueError(f"{self.state_path} was trained with {'; '.join(differences)}: resume with the same "
                              "settings, or start a new run (another --output, or --no-resume)")

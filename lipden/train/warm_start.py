@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 from torch import Tensor
 
-from lipden.models.checkpoint import load_tensors, sha256_of
+from lipden.models.checkpoint import WeightsError, load_denoiser_file, load_tensors, sha256_of
 from lipden.models.denoiser import DenoiserConfig
-from lipden.models.pretrained import denoiser_card, list_denoisers, load_denoiser, weights_dir
+from lipden.models.pretrained import denoiser_card, list_denoisers, weights_dir
 
 
 def _source_path(source: str) -> tuple[Path, dict | None]:
@@ -26,15 +28,24 @@ def _source_path(source: str) -> tuple[Path, dict | None]:
     if source in list_denoisers():
         return weights_dir() / f"{source}.safetensors", denoiser_card(source)
     path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"--init-from {source}: not a shipped name ({', '.join(list_denoisers()) or 'none'}) "
+                         "nor an existing file")
     card_path = path.with_suffix(".json")
     return path, (json.loads(card_path.read_text()) if card_path.is_file() else None)
 
 
 def _patches_seen(path: Path, card: dict | None, metadata: dict) -> int | None:
-    """Patches the weights were trained on: from their card, their own record, or the state of the
-    run folder they sit in (a run's best: its step times the run's patches per step); else None."""
+    """Patches the weights were trained on: from their card (its count, else its best step times its
+    batch), their own record, or the state of the run folder they sit in (a run's best: its step
+    times the run's patches per step); else None."""
     if card is not None:
-        return card.get("training", {}).get("patches_seen")
+        training = card.get("training", {})
+        if training.get("patches_seen") is not None:
+            return int(training["patches_seen"])
+        if training.get("best_step") is not None and training.get("batch_size") is not None:
+            return int(training["best_step"]) * int(training["batch_size"])
+        return None
     if "patches_seen" in metadata:
         return int(metadata["patches_seen"])
     state = path.parent / "train_state.safetensors"
@@ -60,28 +71,34 @@ def _origin(path: Path, card: dict | None, metadata: dict) -> dict:
     return {"run": run, "step": metadata.get("step")}
 
 
-def warm_start_record(source: str) -> dict:
-    """What a run started from: ``source`` as given, the file's sha256, the noise level it was
-    trained for (0-255 scale), the patches it had seen (None where nothing records them) and the
-    run and step it comes from (with the wall time, for a training state)."""
+def load_warm_start(source: str, config: DenoiserConfig) -> tuple[dict[str, Tensor], dict]:
+    """The state dict of ``source`` for a network of ``config``, and the record of the start.
+
+    The file is copied once and everything is read from the copy, so a source replaced meanwhile
+    (a live run's best) cannot give weights and a record of two versions. A shipped model, or a
+    file with a sibling card, must match the card's sha256. ValueError for another network.
+
+    The record: ``source`` as given, the sha256, the noise level the weights were trained for
+    (0-255 scale), the patches they had seen (None where nothing records them), and the run and
+    step they come from (with the wall time, for a training state).
+    """
     path, card = _source_path(source)
-    _, metadata = load_tensors(path)
-    sigma = metadata.get("config", {}).get("sigma")
-    return {"source": source, "sha256": sha256_of(path), "patches_seen": _patches_seen(path, card, metadata),
-            "sigma_255": None if sigma is None else round(sigma * 255, 6), **_origin(path, card, metadata)}
-
-
-def warm_start_weights(source: str, config: DenoiserConfig) -> dict[str, Tensor]:
-    """The state dict of ``source`` for a network of ``config`` (ValueError for another network).
-
-    A shipped model, or a file with a sibling card, is checked against the card's sha256."""
-    model = load_denoiser(source)
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / path.name
+        shutil.copyfile(path, copy)
+        sha256 = sha256_of(copy)
+        if card is not None and card.get("sha256") != sha256:
+            raise WeightsError(f"--init-from {source}: {path} does not match the sha256 in its card")
+        model, metadata = load_denoiser_file(copy)
     found = dataclasses.replace(model.config, sigma=None)
     if found != dataclasses.replace(config, sigma=None):
         given = {k: v for k, v in found.to_dict().items() if k != "sigma"}
         wanted = {k: v for k, v in config.to_dict().items() if k != "sigma"}
         raise ValueError(f"--init-from {source}: its network {given} is not the run's {wanted}")
-    return model.state_dict()
+    sigma = model.config.sigma
+    record = {"source": source, "sha256": sha256, "patches_seen": _patches_seen(path, card, metadata),
+              "sigma_255": None if sigma is None else round(sigma * 255, 6), **_origin(path, card, metadata)}
+    return model.state_dict(), record
 
 
-__all__ = ["warm_start_record", "warm_start_weights"]
+__all__ = ["load_warm_start"]

@@ -61,7 +61,7 @@ def test_warm_start_weights_that_do_not_fit_are_one_line_and_start_nothing(capsy
     common = ["train", "--train-dir", folders["train"], "--val-dir", folders["val"], "--channels", "4", "--depth", "3",
               "--batch-size", "4", "--steps", "2", "--validate-every", "1", "--quiet"]
     missing = tmp_path / "missing.safetensors"
-    assert_one_line_error(cli(capsys, *common, "--init-from", missing, "--output", tmp_path / "a"), "unknown denoiser")
+    assert_one_line_error(cli(capsys, *common, "--init-from", missing, "--output", tmp_path / "a"), "nor an existing file")
     # the shipped spline-sigma15 has 64 channels and 8 layers
     assert_one_line_error(cli(capsys, *common, "--init-from", "spline-sigma15", "--output", tmp_path / "b"),
                           "--init-from spline-sigma15: its network .* is not the run's")

@@ -52,6 +52,13 @@ def test_conv_singular_values_after_training(name, make, shape, device):
             torch.testing.assert_close(sv[:rank], torch.ones(rank, dtype=sv.dtype), atol=1e-3, rtol=0)
 
 
+def test_ortho_conv_float32_weight_has_unit_singular_values_on_each_device(device):
+    """The orthogonalisation computed in float32 on the device (a GPU's matrix products included)."""
+    conv = OrthoConv2d(8, 8, padding_mode="circular").to(device)
+    values = circular_conv_singular_values(conv.constrained_weight().double().cpu(), (16, 16))
+    assert float((values - 1).abs().max()) < 1e-4
+
+
 @pytest.mark.parametrize("name,make", CONV_CASES[:3], ids=[c[0] for c in CONV_CASES[:3]])
 def test_ortho_conv_train_mode_weight_is_also_constrained(name, make):
     layer = make(4, 4).double()

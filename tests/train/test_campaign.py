@@ -72,3 +72,34 @@ def test_sigma25_follows_sigma5(campaign):
     assert campaign(**{"spline64-sigma5": 180000})[1] == \
         f"python cli.py train --quiet --sigma 25 {RECIPE} --stop-at 180000 --output checkpoints/spline64-sigma25"
     assert campaign(**{"spline64-sigma5": 180000, "spline64-sigma25": 180000})[1] == "slot 2: every run is done"
+
+
+def test_an_unreadable_state_stops_its_slot_instead_of_starting_the_run_again(campaign, tmp_path):
+    folder = tmp_path / "checkpoints" / "spline64-sigma5"
+    folder.mkdir()
+    (folder / "train_state.safetensors").write_bytes(b"\x04\x00\x00\x00\x00\x00\x00\x00{}}}")
+    assert campaign()[1] == "cannot read the step of checkpoints/spline64-sigma5/train_state.safetensors"
+
+
+def test_a_second_campaign_is_refused_while_one_runs(tmp_path):
+    shutil.copytree(ROOT / "checkpoints", tmp_path / "checkpoints", ignore=lambda d, names: [
+        n for n in names if n != "campaign.sh"])
+    if shutil.which("ps") is None:
+        pytest.skip("needs ps")
+    pidfile = tmp_path / "checkpoints" / "campaign.pid"
+    running = subprocess.Popen(["sh", "-c", "sleep 60", "campaign.sh"])  # a live campaign, as ps shows it
+    try:
+        pidfile.write_text(str(running.pid))
+        result = subprocess.run(["sh", "checkpoints/campaign.sh"], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 1 and "already running" in result.stderr
+    finally:
+        running.kill()
+        running.wait()
+    # a pid now held by another program (reused after a restart): the campaign starts; here its
+    # trainings fail at once (no cli.py in this folder) and each slot logs why
+    pidfile.write_text(str(os.getpid()))
+    result = subprocess.run(["sh", "checkpoints/campaign.sh"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60)
+    assert "already running" not in result.stderr and not pidfile.exists()
+    assert "cli.py" in (tmp_path / "checkpoints" / "campaign-slot1.log").read_text()

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from lipden import OrthoConv2d
-from lipden.models.checkpoint import WeightsError, load_denoiser_file, load_tensors, sha256_of
+from lipden.models.checkpoint import (
+    WeightsError,
+    load_denoiser_file,
+    load_tensors,
+    save_tensors_atomic,
+    sha256_of,
+)
 from lipden.models.denoiser import LipschitzDenoiser
 from lipden.nn.conv_ops import circular_conv_singular_values
 from lipden.train.loop import TrainConfig, train
@@ -131,9 +137,42 @@ def test_weights_of_another_network_are_refused_before_any_step(image_folders, t
         train(tiny_config(image_folders, tmp_path / "wide", channels=6, init_from=str(first / "best.safetensors")),
               progress=False)
     assert not (tmp_path / "wide" / "train_state.safetensors").exists()
-    with pytest.raises(ValueError, match="unknown denoiser"):
+    with pytest.raises(ValueError, match="nor an existing file"):
         train(tiny_config(image_folders, tmp_path / "none", init_from=str(tmp_path / "missing.safetensors")),
               progress=False)
+    # a new run in a used folder from weights that do not fit: the old run's files stay as they were
+    files = {path.name: path.read_bytes() for path in first.iterdir() if path.suffix in (".csv", ".safetensors")}
+    with pytest.raises(ValueError, match="its network"):
+        train(tiny_config(image_folders, first, channels=6, init_from=str(first / "best.safetensors")), resume=False,
+              progress=False)
+    assert {path.name: path.read_bytes() for path in first.iterdir() if path.suffix in (".csv", ".safetensors")} \
+        == files
+
+
+def test_a_warm_start_asked_of_a_state_that_records_none_is_refused(image_folders, tmp_path):
+    """A state written before runs recorded their start: resuming it with --init-from would
+    silently skip the start, so it is refused."""
+    first = tmp_path / "first"
+    train(tiny_config(image_folders, first), progress=False)
+    run = tmp_path / "run"
+    train(tiny_config(image_folders, run, stop_at=2), progress=False)
+    tensors, metadata = load_tensors(run / "train_state.safetensors")
+    del metadata["train_config"]["init_from"]
+    save_tensors_atomic(tensors, run / "train_state.safetensors", metadata)
+    with pytest.raises(ValueError, match="warm start None \\(given --init-from"):
+        train(tiny_config(image_folders, run, init_from=str(first / "best.safetensors")), progress=False)
+
+
+def test_a_shipped_card_without_a_patch_count_gives_its_best_step_times_its_batch():
+    from lipden.models.pretrained import denoiser_card, load_denoiser
+    from lipden.train.warm_start import load_warm_start
+
+    card = denoiser_card("relu-sigma15")
+    weights, record = load_warm_start("relu-sigma15", load_denoiser("relu-sigma15").config)
+    assert card["training"].get("patches_seen") is None
+    assert record["patches_seen"] == card["training"]["best_step"] * card["training"]["batch_size"]
+    assert record["sha256"] == card["sha256"] and record["step"] == card["training"]["best_step"]
+    assert weights.keys() == load_denoiser("relu-sigma15").state_dict().keys()
 
 
 def test_trained_model_is_still_certified(image_folders, tmp_path, device):
