@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from lipden.models.checkpoint import load_tensors
-from lipden.train.state import read_log
+from lipden.train.state import patches_at, read_log
 
 from .common import compact, save_figure, table_cell, write_results
 
@@ -31,8 +31,6 @@ def read_run(folder: Path) -> dict | None:
     rows = [r for r in read_log(folder) if "val_psnr" in r]  # a row a live trainer is still writing is left out
     if not rows:
         return None
-    world = int(metadata.get("world_size", 1))
-    initial = int((metadata.get("warm_start") or {}).get("patches_seen") or 0)  # a run started from trained weights
     record = {
         "run": folder.name,
         "activation": config.get("activation"),
@@ -44,13 +42,13 @@ def read_run(folder: Path) -> dict | None:
         "precision": metadata.get("precision") or ("bf16" if config.get("mixed_precision") else "float32"),
         "device": config.get("device"),
         "step": [int(r["step"]) for r in rows],
-        "patches": [initial + int(r["step"]) * batch * world for r in rows],
+        "patches": [patches_at(metadata, int(r["step"])) for r in rows],
         "hours": [round(r["elapsed_s"] / 3600, 4) for r in rows],
         "val_psnr": [r["val_psnr"] for r in rows],
         "lr_factor": [r.get("lr_factor") for r in rows],
     }
     if metadata.get("warm_start"):
-        record["warm_start_patches"] = initial
+        record["warm_start_patches"] = patches_at(metadata, 0)
     return record
 
 

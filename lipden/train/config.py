@@ -35,9 +35,15 @@ def _same(recorded: Any, given: Any) -> bool:
     return bool(recorded == given)
 
 
+#: Recipe settings some records predate, with the value every run had before they were recorded.
+PREDATED_RECIPE = {"init_from": None}
+
+
 def recipe_differences(recorded: dict[str, Any], config: TrainConfig) -> list[str]:
     """``name=recorded (given value)`` for each recipe setting of a resolved ``config`` that differs
-    from the one a run recorded (settings the record predates are not compared)."""
+    from the one a run recorded (settings the record predates are compared with the value they had
+    then, where known, else not compared)."""
+    recorded = {**PREDATED_RECIPE, **recorded}
     return [f"{name}={recorded[name]!r} (given {getattr(config, name)!r})"
             for name in RECIPE_FIELDS if name in recorded and not _same(recorded[name], getattr(config, name))]
 

@@ -224,10 +224,6 @@ class _Run:
         differences = recipe_differences(metadata.get("train_config", {}), config)
         if "config" in metadata and DenoiserConfig.from_dict(metadata["config"]) != self.model.config:
             differences.append(f"the network {metadata['config']} (given {self.model.config.to_dict()})")
-        started = (metadata.get("warm_start") or {}).get("source")
-        flagged = any(difference.startswith("init_from=") for difference in differences)
-        if config.init_from is not None and started != config.init_from and not flagged:  # states before the field
-            differences.append(f"warm start {started!r} (given --init-from {config.init_from!r})")
         if differences:
             raise ValueError(f"{self.state_path} was trained with {'; '.join(differences)}: resume with the same "
                              "settings, or start a new run (another --output, or --no-resume)")

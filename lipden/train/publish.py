@@ -17,7 +17,7 @@ from lipden.models.pretrained import CERTIFY_SHAPE, weights_dir
 from lipden.train.config import DEFAULT_DATA
 from lipden.train.data import noisy_versions
 from lipden.train.loop import evaluate
-from lipden.train.state import read_log
+from lipden.train.state import patches_at, read_log
 
 
 def evaluate_folder(model: torch.nn.Module, folder: str | Path, sigma: float, limit: int | None = None) -> float:
@@ -79,15 +79,10 @@ def _card(model, name: str, metadata: dict, state: dict, train_config: dict, sig
     save_denoiser(model, staged, {"name": name})
     best_step = metadata.get("step")
     best_row = _log_row(run_dir, best_step)
-    per_step = train_config["batch_size"] * state.get("world_size", 1)
-    warm_start = state.get("warm_start")
-    initial = (warm_start or {}).get("patches_seen") or 0
     if best_step is not None:
-        patches = initial + best_step * per_step
-    elif "patches_seen" in metadata:
-        patches = metadata["patches_seen"]
+        patches = patches_at(state, best_step)
     else:
-        patches = state.get("patches_seen", state["step"] * per_step)
+        patches = metadata.get("patches_seen", state.get("patches_seen", patches_at(state, state["step"])))
     return {
         "name": name,
         "config": model.config.to_dict(),
@@ -102,7 +97,7 @@ def _card(model, name: str, metadata: dict, state: dict, train_config: dict, sig
             "schedule": _schedule(train_config, state.get("world_size", 1)),
             "steps_total": state["step"],
             "patches_seen": patches,
-            "warm_start": warm_start,
+            "warm_start": state.get("warm_start"),
             "precision": state.get("precision") or _earlier_precision(train_config),
             "best_step": best_step,
             "wall_time_minutes": round(best_row["elapsed_s"] / 60, 1) if "elapsed_s" in best_row else None,

@@ -96,3 +96,11 @@ def read_log(folder: str | Path) -> list[dict[str, float]]:
         rows = [{key: float(value) for key, value in row.items() if key and value}
                 for row in csv.DictReader(handle)]
     return [row for row in rows if "step" in row and "elapsed_s" in row]
+
+
+def patches_at(state_metadata: dict, step: int) -> int:
+    """Patches the weights of a run had seen at ``step``, from its training state's metadata: the
+    step's batches over all ranks, plus those of the weights a warm-started run began from."""
+    batch = int(state_metadata.get("train_config", {}).get("batch_size") or 0)
+    initial = int((state_metadata.get("warm_start") or {}).get("patches_seen") or 0)
+    return initial + int(step) * batch * int(state_metadata.get("world_size", 1))

@@ -4,7 +4,7 @@ lower learning rate from a run's best) instead of a random initialisation.
 The weights come from a shipped model (by name, checked against its card's sha256) or a denoiser
 file (a run's ``best.safetensors``, a published file); the network must be the run's (width,
 depth, activation and its knots, convolution type, padding); only the noise level it was trained
-for may differ. The run records where its start came from (:func:`warm_start_record`), so its
+for may differ. The run records where its start came from (:func:`load_warm_start`), so its
 model card can state how many patches its weights have seen in all.
 """
 
@@ -21,6 +21,7 @@ from torch import Tensor
 from lipden.models.checkpoint import WeightsError, load_denoiser_file, load_tensors, sha256_of
 from lipden.models.denoiser import DenoiserConfig
 from lipden.models.pretrained import denoiser_card, list_denoisers, weights_dir
+from lipden.train.state import patches_at
 
 
 def _source_path(source: str) -> tuple[Path, dict | None]:
@@ -51,10 +52,8 @@ def _patches_seen(path: Path, card: dict | None, metadata: dict) -> int | None:
     state = path.parent / "train_state.safetensors"
     if "step" in metadata and state.is_file():
         recorded = load_tensors(state)[1]
-        batch = recorded.get("train_config", {}).get("batch_size")
-        initial = (recorded.get("warm_start") or {}).get("patches_seen") or 0
-        if batch:
-            return initial + int(metadata["step"]) * int(batch) * int(recorded.get("world_size", 1))
+        if recorded.get("train_config", {}).get("batch_size"):
+            return patches_at(recorded, metadata["step"])
     return None
 
 

@@ -159,7 +159,7 @@ def test_a_warm_start_asked_of_a_state_that_records_none_is_refused(image_folder
     tensors, metadata = load_tensors(run / "train_state.safetensors")
     del metadata["train_config"]["init_from"]
     save_tensors_atomic(tensors, run / "train_state.safetensors", metadata)
-    with pytest.raises(ValueError, match="warm start None \\(given --init-from"):
+    with pytest.raises(ValueError, match="init_from=None \\(given '"):
         train(tiny_config(image_folders, run, init_from=str(first / "best.safetensors")), progress=False)
 
 
