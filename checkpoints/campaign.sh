@@ -13,11 +13,14 @@
 #           best set12 weights within that budget are copied to claim-sigma15/spline-2M.safetensors;
 #           then the four 1-Lipschitz baselines at sigma 15 with the same recipe and budget, one after
 #           the other; then spline64-sigma15 on to its full schedule.
-#   slot 2: spline64-sigma5 to its full schedule, then spline64-sigma25.
+#   slot 2: spline64-sigma25, started from the shipped spline-sigma15 weights (same network), up to
+#           1M patches of its own; then spline64-sigma5 to its full schedule; then spline64-sigma25
+#           to its full schedule.
 set -u
 cd "$(dirname "$0")/.."
 
 CLAIM_STEPS=31250
+SIGMA25_HEAD_STEPS=15625
 RECIPE="--channels 64 --batch-size 64 --lr-scale 0.5 --steps 180000 --validate-every 500"
 
 # Run one training (in a dry run: print it, and stop the slot there).
@@ -86,6 +89,7 @@ slot1() {
 }
 
 slot2() {
+    train_to spline64-sigma25 "$SIGMA25_HEAD_STEPS" --sigma 25 --init-from spline-sigma15 || return 1
     train_to spline64-sigma5 180000 --sigma 5 || return 1
     train_to spline64-sigma25 180000 --sigma 25 && echo "slot 2: every run is done"
 }

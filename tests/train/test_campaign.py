@@ -43,10 +43,11 @@ def campaign(tmp_path):
 def test_new_runs_start_with_the_recipe_and_started_ones_resume(campaign):
     assert campaign() == [
         f"python cli.py train --quiet --sigma 15 {RECIPE} --stop-at 31250 --output checkpoints/spline64-sigma15",
-        f"python cli.py train --quiet --sigma 5 {RECIPE} --stop-at 180000 --output checkpoints/spline64-sigma5"]
-    assert campaign(**{"spline64-sigma15": 17000, "spline64-sigma5": 13500}) == [
+        f"python cli.py train --quiet --sigma 25 --init-from spline-sigma15 {RECIPE} --stop-at 15625 --output "
+        "checkpoints/spline64-sigma25"]
+    assert campaign(**{"spline64-sigma15": 17000, "spline64-sigma25": 3000}) == [
         "python cli.py train --quiet --resume --stop-at 31250 --output checkpoints/spline64-sigma15",
-        "python cli.py train --quiet --resume --stop-at 180000 --output checkpoints/spline64-sigma5"]
+        "python cli.py train --quiet --resume --stop-at 15625 --output checkpoints/spline64-sigma25"]
 
 
 def test_the_claim_budget_keeps_the_best_then_trains_the_baselines_then_goes_on(campaign):
@@ -68,17 +69,20 @@ def test_a_sigma15_run_past_the_budget_without_its_claim_is_reported(campaign):
     assert line == "spline64-sigma15 is at step 40000, not 31250: its best is not the claim's entry"
 
 
-def test_sigma25_follows_sigma5(campaign):
-    assert campaign(**{"spline64-sigma5": 180000})[1] == \
-        f"python cli.py train --quiet --sigma 25 {RECIPE} --stop-at 180000 --output checkpoints/spline64-sigma25"
+def test_sigma25_starts_from_sigma15_then_sigma5_and_sigma25_go_on(campaign):
+    head = {"spline64-sigma25": 15625}
+    assert campaign(**head, **{"spline64-sigma5": 17500})[1] == \
+        "python cli.py train --quiet --resume --stop-at 180000 --output checkpoints/spline64-sigma5"
+    assert campaign(**{"spline64-sigma25": 15625, "spline64-sigma5": 180000})[1] == \
+        "python cli.py train --quiet --resume --stop-at 180000 --output checkpoints/spline64-sigma25"
     assert campaign(**{"spline64-sigma5": 180000, "spline64-sigma25": 180000})[1] == "slot 2: every run is done"
 
 
 def test_an_unreadable_state_stops_its_slot_instead_of_starting_the_run_again(campaign, tmp_path):
-    folder = tmp_path / "checkpoints" / "spline64-sigma5"
+    folder = tmp_path / "checkpoints" / "spline64-sigma25"
     folder.mkdir()
     (folder / "train_state.safetensors").write_bytes(b"\x04\x00\x00\x00\x00\x00\x00\x00{}}}")
-    assert campaign()[1] == "cannot read the step of checkpoints/spline64-sigma5/train_state.safetensors"
+    assert campaign()[1] == "cannot read the step of checkpoints/spline64-sigma25/train_state.safetensors"
 
 
 def test_a_second_campaign_is_refused_while_one_runs(tmp_path):
