@@ -87,10 +87,20 @@ def model_zoo() -> str:
         guarantee = "" if config.get("conv") != "free" else " (no guarantee)"
         rows.append(
             f"| `{name}` | {card.get('activation', config['activation'])}{guarantee} | {card['sigma_255']:g} | "
-            f"{config['channels']} x {config['depth']} | {_count(patches)} | {_db(training.get('set12_val_psnr'))} | "
+            f"{config['channels']} x {config['depth']} | {_count(patches)}{_started_at(training, card)} | "
+            f"{_db(training.get('set12_val_psnr'))} | "
             f"{_db(card.get('bsd68_psnr'))} | {card['certified_lipschitz_40x40']:.7g} |"
         )
     return "\n".join(rows)
+
+
+def _started_at(training: dict, card: dict) -> str:
+    """For weights warm-started at another noise level: how many of their patches were at it."""
+    start = training.get("warm_start") or {}
+    sigma = start.get("sigma_255")
+    if sigma is None or sigma == card["sigma_255"]:
+        return ""
+    return f", of which {_count(start.get('patches_seen'))} at sigma {sigma:g}"
 
 
 def _count(value: int | None) -> str:

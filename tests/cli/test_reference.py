@@ -41,3 +41,19 @@ def test_the_regenerating_command_rewrites_a_stale_model_table(tmp_path, capsys)
     text = readme.read_text()
     assert "| stale |" not in text and "| `spline-sigma15` | spline | 15 |" in text and text.endswith("after\n")
     assert reference.main([str(cli_md), "--readme", str(readme), "--check"]) == 0
+
+
+def test_the_model_table_says_how_much_of_a_warm_started_model_was_trained_at_another_noise_level(monkeypatch):
+    from lipden.models import pretrained
+
+    card = {"sigma_255": 25.0, "activation": "spline", "bsd68_psnr": 27.8, "certified_lipschitz_40x40": 1.00002,
+            "config": {"channels": 64, "depth": 8, "activation": "spline", "conv": "ortho"},
+            "training": {"patches_seen": 1_408_000, "set12_val_psnr": 28.47,
+                         "warm_start": {"source": "spline-sigma15", "patches_seen": 1_216_000, "sigma_255": 15.0}}}
+    same_sigma = {**card, "training": {**card["training"], "warm_start": {"patches_seen": 900_000, "sigma_255": 25.0}}}
+    cards = {"warm": card, "resumed": same_sigma}
+    monkeypatch.setattr(pretrained, "list_denoisers", lambda: list(cards))
+    monkeypatch.setattr(pretrained, "denoiser_card", cards.__getitem__)
+    (_, _, warm, resumed) = reference.model_zoo().splitlines()
+    assert "| 1.41M, of which 1.22M at sigma 15 |" in warm
+    assert "| 1.41M |" in resumed
