@@ -73,30 +73,26 @@ README = Path("README.md")
 
 def model_zoo() -> str:
     """A markdown table of the shipped denoisers, one row per model card in ``weights/``."""
-    from lipden.models.pretrained import denoiser_card, list_denoisers
+    from lipden.models.pretrained import card_patches_seen, denoiser_card, list_denoisers
 
     rows = ["| model | activation | sigma | channels x convolutions | trained on (patches) | set12 (val) | "
             "BSD68 PSNR | certified bound (40x40) |", "|---|---|---|---|---|---|---|---|"]
     for name in list_denoisers():
         card = denoiser_card(name)
         config, training = card["config"], card.get("training", {})
-        patches = card.get("patches_seen") or training.get("patches_seen")
-        steps = training.get("best_step") or training.get("steps_total")  # older cards: the weights' step
-        if patches is None and steps is not None and "batch_size" in training:
-            patches = steps * training["batch_size"]
         guarantee = "" if config.get("conv") != "free" else " (no guarantee)"
         rows.append(
             f"| `{name}` | {card.get('activation', config['activation'])}{guarantee} | {card['sigma_255']:g} | "
-            f"{config['channels']} x {config['depth']} | {_count(patches)}{_started_at(training, card)} | "
+            f"{config['channels']} x {config['depth']} | {_count(card_patches_seen(card))}{_started_at(card)} | "
             f"{_db(training.get('set12_val_psnr'))} | "
             f"{_db(card.get('bsd68_psnr'))} | {card['certified_lipschitz_40x40']:.7g} |"
         )
     return "\n".join(rows)
 
 
-def _started_at(training: dict, card: dict) -> str:
+def _started_at(card: dict) -> str:
     """For weights warm-started at another noise level: how many of their patches were at it."""
-    start = training.get("warm_start") or {}
+    start = card.get("training", {}).get("warm_start") or {}
     sigma = start.get("sigma_255")
     if sigma is None or sigma == card["sigma_255"]:
         return ""

@@ -46,6 +46,17 @@ def denoiser_card(name: str) -> dict:
     return json.loads(path.read_text())
 
 
+def card_patches_seen(card: dict) -> int | None:
+    """Patches a model card's weights were trained on: its count, else (cards that predate it) its
+    best step times its batch; None where the card records neither."""
+    training = card.get("training", {})
+    if training.get("patches_seen") is not None:
+        return int(training["patches_seen"])
+    if training.get("best_step") is not None and training.get("batch_size") is not None:
+        return int(training["best_step"]) * int(training["batch_size"])
+    return None
+
+
 def _verify(path: Path, card: dict) -> None:
     expected = card.get("sha256")
     if not expected:

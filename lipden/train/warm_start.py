@@ -20,7 +20,7 @@ from torch import Tensor
 
 from lipden.models.checkpoint import WeightsError, load_denoiser_file, load_tensors, sha256_of
 from lipden.models.denoiser import DenoiserConfig
-from lipden.models.pretrained import denoiser_card, list_denoisers, weights_dir
+from lipden.models.pretrained import card_patches_seen, denoiser_card, list_denoisers, weights_dir
 from lipden.train.state import patches_at
 
 
@@ -41,12 +41,7 @@ def _patches_seen(path: Path, card: dict | None, metadata: dict) -> int | None:
     batch), their own record, or the state of the run folder they sit in (a run's best: its step
     times the run's patches per step); else None."""
     if card is not None:
-        training = card.get("training", {})
-        if training.get("patches_seen") is not None:
-            return int(training["patches_seen"])
-        if training.get("best_step") is not None and training.get("batch_size") is not None:
-            return int(training["best_step"]) * int(training["batch_size"])
-        return None
+        return card_patches_seen(card)
     if "patches_seen" in metadata:
         return int(metadata["patches_seen"])
     state = path.parent / "train_state.safetensors"
