@@ -10,6 +10,7 @@ import importlib
 #: benchmark name -> (module, extra keyword arguments of its ``run``)
 BENCHMARKS: dict[str, tuple[str, dict]] = {
     "denoise": ("benchmarks.denoise", {}),
+    "claim": ("benchmarks.claim", {}),
     "deblur": ("benchmarks.reconstruction", {"kind": "deblur"}),
     "mri": ("benchmarks.reconstruction", {"kind": "mri"}),
     "speed": ("benchmarks.speed", {}),

@@ -102,7 +102,7 @@ def _reused(previous: dict[tuple[str, int], dict], row: dict) -> dict | None:
 
 
 @torch.no_grad()
-def _score(denoise: Denoise, clean: list[Tensor], noisy: list[Tensor]) -> dict:
+def score_denoiser(denoise: Denoise, clean: list[Tensor], noisy: list[Tensor]) -> dict:
     """Mean PSNR / SSIM over the images, per-image PSNR and the first output (for the figure)."""
     psnrs: list[float] = []
     ssims: list[float] = []
@@ -330,7 +330,7 @@ def run(quick: bool = False, output: str = "results", force: bool = False) -> di
                 with torch.no_grad():
                     figure[row["name"]] = denoise(noisy[sigma][FIGURE_IMAGE][None, None])[0, 0]
         elif denoise is not None:
-            scored = _score(denoise, clean, noisy[sigma])
+            scored = score_denoiser(denoise, clean, noisy[sigma])
             if sigma == FIGURE_SIGMA:
                 figure[row["name"]] = scored.pop("first_output")
             scored.pop("first_output", None)

@@ -21,6 +21,7 @@ HEADLINE_END = "<!-- headline-results:end -->"
 #: (result stem, title, command that writes it); figures ``stem.png`` / ``stem-*.png`` are shown
 SECTIONS: list[tuple[str, str, str]] = [
     ("denoise", "Denoising (BSD68)", "python cli.py benchmark denoise"),
+    ("claim", "The spline against the other 1-Lipschitz activations at an equal budget", "python cli.py benchmark claim"),
     ("mri", "MRI reconstruction", "python cli.py benchmark mri"),
     ("mri-stride4", "MRI reconstruction, every 4th test slice", "python cli.py benchmark mri --stride 4"),
     ("deblur", "Deblurring", "python cli.py benchmark deblur"),

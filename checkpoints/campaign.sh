@@ -9,10 +9,11 @@
 # `pkill -STOP -f "cli.py train"` (and -CONT) while timing anything. `DRY_RUN=1 sh checkpoints/campaign.sh`
 # prints the next command of each slot instead of training.
 #
-#   slot 1: spline64-sigma15 up to the claim budget (31,250 steps of 64 patches, 2M patches); its
-#           best set12 weights within that budget are copied to claim-sigma15/spline-2M.safetensors;
-#           then the four 1-Lipschitz baselines at sigma 15 with the same recipe and budget, one after
-#           the other; then spline64-sigma15 on to its full schedule.
+#   slot 1: spline64-sigma15 up to the claim budget (31,250 steps of 64 patches, 2M patches), then
+#           the four 1-Lipschitz baselines at sigma 15 with the same recipe and budget, one after the
+#           other; each run's best set12 weights within the budget are kept with its recipe as the
+#           claim's entry, claim-sigma15/<activation>-2M.{safetensors,json} (compared by
+#           `python cli.py benchmark claim`); then spline64-sigma15 on to its full schedule.
 #   slot 2: spline64-sigma25, started from the shipped spline-sigma15 weights (same network), up to
 #           1M patches of its own; then spline64-sigma5 to its full schedule; then spline64-sigma25
 #           to its full schedule.
@@ -66,24 +67,32 @@ train_to() {
     fi
 }
 
-slot1() {
-    claim=checkpoints/claim-sigma15/spline-2M.safetensors
-    if [ ! -f "$claim" ]; then
-        train_to spline64-sigma15 "$CLAIM_STEPS" --sigma 15 || return 1
-        step=$(state_step checkpoints/spline64-sigma15)
-        if [ "$step" != "$CLAIM_STEPS" ]; then
-            echo "spline64-sigma15 is at step $step, not $CLAIM_STEPS: its best is not the claim's entry" >&2
-            return 1
-        fi
-        if [ -n "${DRY_RUN:-}" ]; then
-            echo "copy checkpoints/spline64-sigma15/best.safetensors to $claim"
-            return 1
-        fi
-        mkdir -p checkpoints/claim-sigma15 &&
-            cp checkpoints/spline64-sigma15/best.safetensors "$claim.tmp" && mv "$claim.tmp" "$claim" || return 1
+# Train the sigma-15 run of activation $1 to the claim budget and keep its best within it as the
+# claim's entry (weights and record, lipden.train.comparison), unless the entry is there already.
+claim_entry() {
+    entry_run=$1"64-sigma15" entry=checkpoints/claim-sigma15/$1-2M.safetensors
+    [ -f "${entry%.safetensors}.json" ] && return 0
+    if [ "$1" = spline ]; then
+        train_to "$entry_run" "$CLAIM_STEPS" --sigma 15 || return 1
+    else
+        train_to "$entry_run" "$CLAIM_STEPS" --sigma 15 --activation "$1" || return 1
     fi
-    for activation in relu absolute_value groupsort householder; do
-        train_to "$activation"64-sigma15 "$CLAIM_STEPS" --sigma 15 --activation "$activation" || return 1
+    step=$(state_step "checkpoints/$entry_run")
+    if [ "$step" != "$CLAIM_STEPS" ]; then
+        echo "$entry_run is at step $step, not $CLAIM_STEPS: its best is not the claim's entry" >&2
+        return 1
+    fi
+    if [ -n "${DRY_RUN:-}" ]; then
+        echo "keep checkpoints/$entry_run/best.safetensors as $entry"
+        return 1
+    fi
+    mkdir -p checkpoints/claim-sigma15 &&
+        python -m lipden.train.comparison "checkpoints/$entry_run" "$entry" "$CLAIM_STEPS"
+}
+
+slot1() {
+    for activation in spline relu absolute_value groupsort householder; do
+        claim_entry "$activation" || return 1
     done
     train_to spline64-sigma15 180000 --sigma 15 && echo "slot 1: every run is done"
 }

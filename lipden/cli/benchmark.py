@@ -18,6 +18,7 @@ EXAMPLES = """examples:
   python cli.py benchmark layers                 # spline vs ReLU block, eval-mode overhead
   python cli.py benchmark layers --quick --output results/
   python cli.py benchmark mri --quick            # PnP / RED / TV on 2 MRI test slices
+  python cli.py benchmark claim                  # spline vs the other 1-Lipschitz activations at an equal budget
   python cli.py benchmark deblur                 # 8 blur problems (4 kernels x noise 0.01, 0.03), first 10 BSD68 images
   python cli.py benchmark mri --rows fbs-spline tv --stride 4   # a labelled subset, resumable
   python cli.py benchmark mri --rows fbs-free --chunk 4          # saves progress every 4 slices; rerun to resume
@@ -28,7 +29,7 @@ EXAMPLES = """examples:
 """
 
 #: The benchmarks of ``benchmarks.run_benchmark``; all: every one, then the report.
-BENCHMARKS = ["denoise", "deblur", "mri", "speed", "training", "fitting", "activations", "layers", "large", "curves",
+BENCHMARKS = ["denoise", "claim", "deblur", "mri", "speed", "training", "fitting", "activations", "layers", "large", "curves",
               "report", "all"]
 
 

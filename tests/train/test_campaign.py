@@ -1,6 +1,7 @@
 """checkpoints/campaign.sh: each slot goes on with the first stage its runs' states leave undone
 (read in a dry run, which prints the slot's next action instead of training)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,13 +25,14 @@ def campaign(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     shutil.copy(ROOT / "checkpoints" / "campaign.sh", tmp_path / "checkpoints")
 
-    def next_actions(claim: bool = False, **steps: int) -> list[str]:
+    def next_actions(claim: tuple[str, ...] = (), **steps: int) -> list[str]:
         for run, step in steps.items():
             save_tensors_atomic({"x": torch.zeros(1)}, tmp_path / "checkpoints" / run / "train_state.safetensors",
                                 {"step": step})
-        if claim:
+        for activation in claim:  # the claim's entries kept so far: weights and record
             (tmp_path / "checkpoints" / "claim-sigma15").mkdir(exist_ok=True)
-            (tmp_path / "checkpoints" / "claim-sigma15" / "spline-2M.safetensors").write_bytes(b"weights")
+            for suffix, content in ((".safetensors", b"weights"), (".json", b"{}")):
+                (tmp_path / "checkpoints" / "claim-sigma15" / f"{activation}-2M{suffix}").write_bytes(content)
         path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"  # its python
         result = subprocess.run(["sh", "checkpoints/campaign.sh"], cwd=tmp_path, capture_output=True, text=True,
                                 env={**os.environ, "DRY_RUN": "1", "PATH": path}, timeout=120)
@@ -50,18 +52,49 @@ def test_new_runs_start_with_the_recipe_and_started_ones_resume(campaign):
         "python cli.py train --quiet --resume --stop-at 15625 --output checkpoints/spline64-sigma25"]
 
 
-def test_the_claim_budget_keeps_the_best_then_trains_the_baselines_then_goes_on(campaign):
+BASELINES = ("relu", "absolute_value", "groupsort", "householder")
+
+
+def test_the_claim_budget_keeps_each_runs_best_then_the_spline_goes_on(campaign):
     assert campaign(**{"spline64-sigma15": 31250})[0] == \
-        "copy checkpoints/spline64-sigma15/best.safetensors to checkpoints/claim-sigma15/spline-2M.safetensors"
-    assert campaign(claim=True)[0] == \
+        "keep checkpoints/spline64-sigma15/best.safetensors as checkpoints/claim-sigma15/spline-2M.safetensors"
+    assert campaign(claim=("spline",))[0] == \
         f"python cli.py train --quiet --sigma 15 --activation relu {RECIPE} --stop-at 31250 --output " \
         "checkpoints/relu64-sigma15"
-    assert campaign(claim=True, **{"relu64-sigma15": 31250, "absolute_value64-sigma15": 900})[0] \
+    assert campaign(claim=("spline",), **{"relu64-sigma15": 31250})[0] == \
+        "keep checkpoints/relu64-sigma15/best.safetensors as checkpoints/claim-sigma15/relu-2M.safetensors"
+    assert campaign(claim=("spline", "relu"), **{"absolute_value64-sigma15": 900})[0] \
         == "python cli.py train --quiet --resume --stop-at 31250 --output checkpoints/absolute_value64-sigma15"
-    done = {f"{a}64-sigma15": 31250 for a in ("relu", "absolute_value", "groupsort", "householder")}
-    assert campaign(claim=True, **done)[0] == \
+    assert campaign(claim=("spline", *BASELINES), **{"spline64-sigma15": 31250})[0] == \
         "python cli.py train --quiet --resume --stop-at 180000 --output checkpoints/spline64-sigma15"
-    assert campaign(claim=True, **done, **{"spline64-sigma15": 180000})[0] == "slot 1: every run is done"
+    assert campaign(claim=("spline", *BASELINES), **{"spline64-sigma15": 180000})[0] == "slot 1: every run is done"
+
+
+def test_a_baseline_past_the_budget_without_its_entry_is_reported(campaign):
+    (line, _) = campaign(claim=("spline",), **{"relu64-sigma15": 31300})
+    assert line == "relu64-sigma15 is at step 31300, not 31250: its best is not the claim's entry"
+
+
+def test_the_entry_is_kept_with_the_runs_recipe(tmp_path):
+    """Not a dry run: slot 1 keeps the spline's entry, then fails to train ReLU (no cli.py here)."""
+    if shutil.which("sh") is None:
+        pytest.skip("needs a POSIX sh")
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(ROOT / "checkpoints" / "campaign.sh", tmp_path / "checkpoints")
+    run = tmp_path / "checkpoints" / "spline64-sigma15"
+    recipe = {"sigma": 15.0, "activation": "spline", "batch_size": 64, "lr_conv": 4e-4}
+    save_tensors_atomic({"x": torch.zeros(1)}, run / "train_state.safetensors",
+                        {"step": 31250, "train_config": recipe, "config": {"channels": 64}})
+    save_tensors_atomic({"x": torch.ones(1)}, run / "best.safetensors", {"step": 19000, "val_psnr": 31.06})
+    path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
+    subprocess.run(["sh", "checkpoints/campaign.sh"], cwd=tmp_path, capture_output=True, text=True,
+                   env={**os.environ, "PATH": path}, timeout=120)
+    record = json.loads((tmp_path / "checkpoints" / "claim-sigma15" / "spline-2M.json").read_text())
+    assert record["budget_patches"] == 2_000_000 and record["best_step"] == 19000
+    assert record["recipe"]["lr_conv"] == 4e-4 and record["network"] == {"channels": 64}
+    assert (tmp_path / "checkpoints" / "claim-sigma15" / "spline-2M.safetensors").read_bytes() == \
+        (run / "best.safetensors").read_bytes()
+    assert "cli.py" in (tmp_path / "checkpoints" / "campaign-slot1.log").read_text()  # then ReLU's training
 
 
 def test_a_sigma15_run_past_the_budget_without_its_claim_is_reported(campaign):
