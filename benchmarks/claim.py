@@ -16,6 +16,7 @@ Quick mode: the first 4 BSD68 images (``claim-quick.{json,md}``).
 from __future__ import annotations
 
 import json
+import time
 from functools import partial
 from pathlib import Path
 
@@ -40,6 +41,7 @@ QUICK_IMAGES = 4
 
 def _measure(record: dict, clean: list, sigma: float) -> dict:
     """BSD68 PSNR / SSIM and the certified bound of one entry (its weights checked against its record)."""
+    started = time.perf_counter()
     weights = Path(record["weights"])
     if sha256_of(weights) != record["sha256"]:
         raise WeightsError(f"{weights} does not match the sha256 in its record")
@@ -52,7 +54,8 @@ def _measure(record: dict, clean: list, sigma: float) -> dict:
     except CertificationError:
         bound = None
     return {"psnr": scores["psnr"], "ssim": scores["ssim"], "per_image_psnr": scores["per_image_psnr"],
-            "lipschitz_bound": bound, "parameters": sum(p.numel() for p in model.parameters())}
+            "lipschitz_bound": bound, "parameters": sum(p.numel() for p in model.parameters()),
+            "seconds": time.perf_counter() - started}
 
 
 def _verdict(rows: list[dict], unequal: list[str]) -> dict:
@@ -94,8 +97,9 @@ def _markdown(results: dict) -> str:
     margin = verdict["margin_db"]
     lines += ["", f"Claim (the spline at least {MARGIN:.1f} dB above every other 1-Lipschitz activation): "
               f"**{verdict['status']}**" + (f"; lead over the best other ({LABELS[verdict['best_other']]}): "
-                                            f"{margin:+.2f} dB." if margin is not None else ".")]
-    return "\n".join(lines) + "\n"
+                                            f"{margin:+.2f} dB." if margin is not None else "."),
+              "", f"Wall time: {results['wall_seconds']:.0f} s (the entries' measurements).", ""]
+    return "\n".join(lines)
 
 
 def run(quick: bool = False, output: str = "results", entries: str = "checkpoints/claim-sigma15",
@@ -117,7 +121,7 @@ def run(quick: bool = False, output: str = "results", entries: str = "checkpoint
     for entry_name, record in sorted(found.items(), key=lambda item: order.get(item[1]["recipe"]["activation"], 99)):
         key = (record["sha256"], len(clean))
         measured = previous.get(key)
-        if measured is None:
+        if measured is None or "seconds" not in measured:  # new, or measured before times were recorded
             print(f"  {entry_name}: BSD68 at sigma {record['recipe']['sigma']:g}", flush=True)
             measured = _measure(record, clean, record["recipe"]["sigma"])
         rows.append({
@@ -125,11 +129,14 @@ def run(quick: bool = False, output: str = "results", entries: str = "checkpoint
             "budget_patches": record["budget_patches"], "budget_steps": record["budget_steps"],
             "best_step": record["best_step"], "val_psnr": record["val_psnr"], "sha256": record["sha256"],
             "images": len(clean), **{k: measured[k] for k in ("psnr", "ssim", "per_image_psnr", "lipschitz_bound",
-                                                              "parameters")},
+                                                              "parameters", "seconds")},
         })
     unequal = unequal_settings(found)
     results = compact({"machine": machine(), "entries": str(entries), "images": len(clean), "rows": rows,
-                       "unequal_settings": unequal, "verdict": _verdict(rows, unequal)})
+                       "unequal_settings": unequal, "verdict": _verdict(rows, unequal),
+                       # the time of its measurements (an unchanged entry keeps its own): the file changes
+                       # only when an entry does
+                       "wall_seconds": sum(row["seconds"] for row in rows)})
     Path(output).mkdir(parents=True, exist_ok=True)
     write_results(output, name, results, _markdown(results))
     return results

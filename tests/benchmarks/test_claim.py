@@ -38,6 +38,7 @@ def test_measured_entries_give_the_spline_lead_and_a_pending_claim(setup, tmp_pa
     verdict = results["verdict"]
     assert verdict["status"].startswith("pending: no entry yet for |x|, GroupSort, HouseHolder")
     assert verdict["best_other"] == "relu"
+    assert results["wall_seconds"] == pytest.approx(spline["seconds"] + relu["seconds"]) and relu["seconds"] > 0
     assert verdict["margin_db"] == pytest.approx(spline["psnr"] - relu["psnr"], abs=1e-3)
     markdown = (tmp_path / "claim.md").read_text()
     assert "| learned spline | spline |" in markdown and f"{spline['psnr'] - relu['psnr']:+.2f} |" in markdown
