@@ -34,8 +34,7 @@ from torch import Tensor
 from lipden.certify.bounds import CertificationError, lipschitz_upper_bound
 from lipden.io import list_images, load_grayscale
 from lipden.metrics import psnr, ssim
-from lipden.models.checkpoint import WeightsError, load_denoiser_file, sha256_of
-from lipden.models.pretrained import denoiser_card, list_denoisers, weights_dir
+from lipden.models.pretrained import denoiser_card, list_denoisers, load_denoiser
 from lipden.nn.splines import get_spline_backend
 from lipden.train.config import DEFAULT_DATA
 from lipden.train.data import noisy_versions
@@ -171,21 +170,6 @@ def _classical_methods() -> dict[str, tuple[Callable[[Tensor, float], Tensor] | 
     return methods
 
 
-def _load_shipped(name: str, card: dict) -> torch.nn.Module:
-    """A shipped model, eval mode, after checking the sha256 of its card.
-
-    Same checks as ``lipden.load_denoiser`` except its 40x40 certification (~5 s per model
-    on one core), which the card records and which this benchmark redoes at the image size.
-    """
-    path = weights_dir() / f"{name}.safetensors"
-    if sha256_of(path) != card.get("sha256"):
-        raise WeightsError(f"{path} does not match the sha256 in its card")
-    model, _ = load_denoiser_file(path)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
 def _save_figure(path: Path, clean: Tensor, panels: list[tuple[str, Tensor]]) -> None:
     """Crops side by side (rewritten only when the crops or their titles change)."""
     import matplotlib
@@ -235,7 +219,7 @@ def _shipped_rows(data: dict, quick: bool, add_row: Callable, base: dict) -> tup
         if sigma not in sigmas:
             skipped.append(f"{name} (sigma {sigma} not in this run)")
             continue
-        model = _load_shipped(name, card)
+        model: torch.nn.Module = load_denoiser(name)  # checked against its card's sha256
         free = card["config"].get("conv") == "free"
         row = {
             **base, "name": name, "kind": "ours", "sigma": sigma, "activation": card["activation"],

@@ -37,7 +37,8 @@ def keep_entry(run: str | Path, entry: str | Path, budget_steps: int) -> dict:
         raise ValueError(f"{run} is at step {state.get('step')}, not {budget_steps}: its best is not the entry")
     best = run / "best.safetensors"
     _, best_metadata = load_tensors(best)
-    if entry.exists() and sha256_of(entry) != sha256_of(best):
+    best_sha256 = sha256_of(best)
+    if entry.exists() and sha256_of(entry) != best_sha256:
         raise ValueError(f"{entry} exists and is not the best of {run}")
     train_config = state["train_config"]
     world = int(state.get("world_size") or 1)
@@ -52,7 +53,7 @@ def keep_entry(run: str | Path, entry: str | Path, budget_steps: int) -> dict:
         "elapsed_s": state.get("elapsed_s"),
         "precision": state.get("precision"),
         "device": train_config.get("device"),
-        "sha256": sha256_of(best),
+        "sha256": best_sha256,
     }
     if not entry.exists():
         entry.parent.mkdir(parents=True, exist_ok=True)
