@@ -43,7 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, help="patches per step (default: the preset's)")
     parser.add_argument("--channels", type=int, help="override the preset's width")
     parser.add_argument("--depth", type=int, help="override the preset's number of convolutions")
-    parser.add_argument("--steps", type=int, help="total optimizer steps (default: the preset's)")
+    parser.add_argument("--steps", type=int,
+                        help="total optimizer steps (default: the preset's); with --resume it may differ "
+                             "from the run's only before the learning-rate decay of both")
     parser.add_argument("--minutes", type=float,
                         help="stop (and save) after this wall time; the learning rates decay at 75%% of "
                              "it (or of the steps, whichever comes first)")

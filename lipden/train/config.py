@@ -25,6 +25,7 @@ TRAINING_PRESETS = {
 #: regularisation and seed. A run resumed with other values would silently become another run,
 #: so resuming refuses them; the device, kernel, precision, checkpoint and validation intervals
 #: and data folders may change, and so may ``max_minutes`` (a time budget that can be raised).
+#: ``steps`` may change while the change is exact (:func:`schedule_replans_exactly`).
 RECIPE_FIELDS = ("sigma", "activation", "conv", "batch_size", "patch_size", "steps", "lr_conv", "lr_spline",
                  "lr_scaling", "tv2_weight", "lr_decay_at", "lr_decay_factor", "seed", "init_from")
 
@@ -39,13 +40,39 @@ def _same(recorded: Any, given: Any) -> bool:
 PREDATED_RECIPE = {"init_from": None}
 
 
-def recipe_differences(recorded: dict[str, Any], config: TrainConfig) -> list[str]:
+def schedule_replans_exactly(recorded: dict[str, Any], config: TrainConfig, step: int) -> bool:
+    """Whether a run that recorded ``recorded`` and stands at ``step`` may go on with the step budget
+    ``config.steps`` in place of its recorded one, as if it had been planned so from the start.
+
+    The learning rates are constant until step ``lr_decay_at * steps`` and multiplied by
+    ``lr_decay_factor`` from there, so the two plans took the same steps so far exactly when
+    ``step <= lr_decay_at * min(recorded steps, config.steps)``: no step was taken at a decayed
+    rate under either. (A time-budget decay does not depend on ``steps``.)"""
+    old_steps, new_steps, decay_at = recorded.get("steps"), config.steps, recorded.get("lr_decay_at")
+    if not isinstance(old_steps, int) or new_steps is None or decay_at is None or decay_at != config.lr_decay_at:
+        return False
+    return step <= decay_at * min(old_steps, new_steps)
+
+
+def recipe_differences(recorded: dict[str, Any], config: TrainConfig, step: int | None = None) -> list[str]:
     """``name=recorded (given value)`` for each recipe setting of a resolved ``config`` that differs
     from the one a run recorded (settings the record predates are compared with the value they had
-    then, where known, else not compared)."""
+    then, where known, else not compared). Given the run's ``step``, a step budget that
+    :func:`schedule_replans_exactly` allows is not a difference; one it refuses says why."""
     recorded = {**PREDATED_RECIPE, **recorded}
-    return [f"{name}={recorded[name]!r} (given {getattr(config, name)!r})"
-            for name in RECIPE_FIELDS if name in recorded and not _same(recorded[name], getattr(config, name))]
+    differences = []
+    for name in RECIPE_FIELDS:
+        if name not in recorded or _same(recorded[name], getattr(config, name)):
+            continue
+        difference = f"{name}={recorded[name]!r} (given {getattr(config, name)!r})"
+        if name == "steps" and step is not None:
+            if schedule_replans_exactly(recorded, config, step):
+                continue
+            smaller = min(recorded[name], config.steps or 0)
+            difference += (f"; the step budget can change only before the learning-rate decay of both "
+                           f"budgets, and step {step} is past {recorded.get('lr_decay_at')} x {smaller}")
+        differences.append(difference)
+    return differences
 
 
 @dataclass

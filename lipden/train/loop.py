@@ -221,7 +221,7 @@ class _Run:
         recorded, its ``spline_kernel``."""
         config, rank = self.config, self.rank
         tensors, metadata = load_tensors(self.state_path)
-        differences = recipe_differences(metadata.get("train_config", {}), config)
+        differences = recipe_differences(metadata.get("train_config", {}), config, metadata["step"])
         if "config" in metadata and DenoiserConfig.from_dict(metadata["config"]) != self.model.config:
             differences.append(f"the network {metadata['config']} (given {self.model.config.to_dict()})")
         if differences:

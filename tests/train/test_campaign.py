@@ -13,7 +13,9 @@ import torch
 from lipden.models.checkpoint import save_tensors_atomic
 from tests.helpers import ROOT
 
-RECIPE = "--channels 64 --batch-size 64 --lr-scale 0.5 --steps 180000 --validate-every 500"
+RECIPE = "--channels 64 --batch-size 64 --lr-scale 0.5 --validate-every 500"
+FIRST = "--steps 180000"  # the schedule of the claim runs and the sigma-25 head
+FULL = "--steps 186250 --stop-at 186250"  # the paper's 11.92M patches
 
 
 @pytest.fixture
@@ -44,39 +46,55 @@ def campaign(tmp_path):
 
 def test_new_runs_start_with_the_recipe_and_started_ones_resume(campaign):
     assert campaign() == [
-        f"python cli.py train --quiet --sigma 15 {RECIPE} --stop-at 31250 --output checkpoints/spline64-sigma15",
-        f"python cli.py train --quiet --sigma 25 --init-from spline-sigma15 {RECIPE} --stop-at 15625 --output "
+        f"python cli.py train --quiet --sigma 15 --activation relu {RECIPE} {FIRST} --stop-at 31250 --output "
+        "checkpoints/relu64-sigma15",
+        f"python cli.py train --quiet --sigma 25 --init-from spline-sigma15 {RECIPE} {FIRST} --stop-at 15625 --output "
         "checkpoints/spline64-sigma25"]
-    assert campaign(**{"spline64-sigma15": 17000, "spline64-sigma25": 3000}) == [
-        "python cli.py train --quiet --resume --stop-at 31250 --output checkpoints/spline64-sigma15",
-        "python cli.py train --quiet --resume --stop-at 15625 --output checkpoints/spline64-sigma25"]
+    assert campaign(**{"relu64-sigma15": 900, "spline64-sigma25": 3000}) == [
+        f"python cli.py train --quiet --resume {FIRST} --stop-at 31250 --output checkpoints/relu64-sigma15",
+        f"python cli.py train --quiet --resume {FIRST} --stop-at 15625 --output checkpoints/spline64-sigma25"]
 
 
 BASELINES = ("relu", "absolute_value", "groupsort", "householder")
 
 
-def test_the_claim_budget_keeps_each_runs_best_then_the_spline_goes_on(campaign):
-    assert campaign(**{"spline64-sigma15": 31250})[0] == \
-        "keep checkpoints/spline64-sigma15/best.safetensors as checkpoints/claim-sigma15/spline-2M.safetensors"
-    assert campaign(claim=("spline",))[0] == \
-        f"python cli.py train --quiet --sigma 15 --activation relu {RECIPE} --stop-at 31250 --output " \
-        "checkpoints/relu64-sigma15"
-    assert campaign(claim=("spline",), **{"relu64-sigma15": 31250})[0] == \
+def test_slot1_keeps_each_baselines_best_at_the_claim_budget_then_trains_sigma5(campaign):
+    assert campaign(**{"relu64-sigma15": 31250})[0] == \
         "keep checkpoints/relu64-sigma15/best.safetensors as checkpoints/claim-sigma15/relu-2M.safetensors"
-    assert campaign(claim=("spline", "relu"), **{"absolute_value64-sigma15": 900})[0] \
-        == "python cli.py train --quiet --resume --stop-at 31250 --output checkpoints/absolute_value64-sigma15"
-    assert campaign(claim=("spline", *BASELINES), **{"spline64-sigma15": 31250})[0] == \
-        "python cli.py train --quiet --resume --stop-at 180000 --output checkpoints/spline64-sigma15"
-    assert campaign(claim=("spline", *BASELINES), **{"spline64-sigma15": 180000})[0] == "slot 1: every run is done"
+    assert campaign(claim=("relu",))[0] == \
+        f"python cli.py train --quiet --sigma 15 --activation absolute_value {RECIPE} {FIRST} --stop-at 31250 " \
+        "--output checkpoints/absolute_value64-sigma15"
+    assert campaign(claim=("relu",), **{"absolute_value64-sigma15": 900})[0] \
+        == f"python cli.py train --quiet --resume {FIRST} --stop-at 31250 --output checkpoints/absolute_value64-sigma15"
+    assert campaign(claim=BASELINES)[0] == \
+        f"python cli.py train --quiet --sigma 5 {RECIPE} {FULL} --output checkpoints/spline64-sigma5"
+    # a run planned for 180,000 steps goes on re-planned to the full budget
+    assert campaign(claim=BASELINES, **{"spline64-sigma5": 18500})[0] == \
+        f"python cli.py train --quiet --resume {FULL} --output checkpoints/spline64-sigma5"
+    assert campaign(claim=BASELINES, **{"spline64-sigma5": 186250})[0] == "slot 1: every run is done"
+
+
+def test_slot2_trains_sigma25_from_sigma15_then_the_spline_to_its_claim_and_full_budget(campaign):
+    head = {"spline64-sigma25": 15625}
+    assert campaign(**head)[1] == \
+        f"python cli.py train --quiet --sigma 15 {RECIPE} {FIRST} --stop-at 31250 --output checkpoints/spline64-sigma15"
+    assert campaign(**head, **{"spline64-sigma15": 31250})[1] == \
+        "keep checkpoints/spline64-sigma15/best.safetensors as checkpoints/claim-sigma15/spline-2M.safetensors"
+    assert campaign(claim=("spline",), **head, **{"spline64-sigma15": 31250})[1] == \
+        f"python cli.py train --quiet --resume {FULL} --output checkpoints/spline64-sigma15"
+    assert campaign(claim=("spline",), **head, **{"spline64-sigma15": 186250})[1] == \
+        f"python cli.py train --quiet --resume {FULL} --output checkpoints/spline64-sigma25"
+    assert campaign(claim=("spline",), **{"spline64-sigma15": 186250, "spline64-sigma25": 186250})[1] == \
+        "slot 2: every run is done"
 
 
 def test_a_baseline_past_the_budget_without_its_entry_is_reported(campaign):
-    (line, _) = campaign(claim=("spline",), **{"relu64-sigma15": 31300})
+    (line, _) = campaign(**{"relu64-sigma15": 31300})
     assert line == "relu64-sigma15 is at step 31300, not 31250: its best is not the claim's entry"
 
 
 def test_the_entry_is_kept_with_the_runs_recipe(tmp_path):
-    """Not a dry run: slot 1 keeps the spline's entry, then fails to train ReLU (no cli.py here)."""
+    """Not a dry run: slot 2 keeps the spline's entry, then fails to train it on (no cli.py here)."""
     if shutil.which("sh") is None:
         pytest.skip("needs a POSIX sh")
     (tmp_path / "checkpoints").mkdir()
@@ -86,6 +104,8 @@ def test_the_entry_is_kept_with_the_runs_recipe(tmp_path):
     save_tensors_atomic({"x": torch.zeros(1)}, run / "train_state.safetensors",
                         {"step": 31250, "train_config": recipe, "config": {"channels": 64}})
     save_tensors_atomic({"x": torch.ones(1)}, run / "best.safetensors", {"step": 19000, "val_psnr": 31.06})
+    save_tensors_atomic({"x": torch.zeros(1)}, tmp_path / "checkpoints" / "spline64-sigma25" / "train_state.safetensors",
+                        {"step": 15625})  # the sigma-25 head done
     path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
     subprocess.run(["sh", "checkpoints/campaign.sh"], cwd=tmp_path, capture_output=True, text=True,
                    env={**os.environ, "PATH": path}, timeout=120)
@@ -94,21 +114,12 @@ def test_the_entry_is_kept_with_the_runs_recipe(tmp_path):
     assert record["recipe"]["lr_conv"] == 4e-4 and record["network"] == {"channels": 64}
     assert (tmp_path / "checkpoints" / "claim-sigma15" / "spline-2M.safetensors").read_bytes() == \
         (run / "best.safetensors").read_bytes()
-    assert "cli.py" in (tmp_path / "checkpoints" / "campaign-slot1.log").read_text()  # then ReLU's training
+    assert "cli.py" in (tmp_path / "checkpoints" / "campaign-slot2.log").read_text()  # then the spline goes on
 
 
 def test_a_sigma15_run_past_the_budget_without_its_claim_is_reported(campaign):
-    (line, _) = campaign(**{"spline64-sigma15": 40000})
+    (_, line) = campaign(**{"spline64-sigma15": 40000, "spline64-sigma25": 15625})
     assert line == "spline64-sigma15 is at step 40000, not 31250: its best is not the claim's entry"
-
-
-def test_sigma25_starts_from_sigma15_then_sigma5_and_sigma25_go_on(campaign):
-    head = {"spline64-sigma25": 15625}
-    assert campaign(**head, **{"spline64-sigma5": 17500})[1] == \
-        "python cli.py train --quiet --resume --stop-at 180000 --output checkpoints/spline64-sigma5"
-    assert campaign(**{"spline64-sigma25": 15625, "spline64-sigma5": 180000})[1] == \
-        "python cli.py train --quiet --resume --stop-at 180000 --output checkpoints/spline64-sigma25"
-    assert campaign(**{"spline64-sigma5": 180000, "spline64-sigma25": 180000})[1] == "slot 2: every run is done"
 
 
 def test_an_unreadable_state_stops_its_slot_instead_of_starting_the_run_again(campaign, tmp_path):
