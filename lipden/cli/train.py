@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         output=args.output, train_dir=args.train_dir, val_dir=args.val_dir,
         checkpoint_minutes=args.checkpoint_minutes, device=device, stop_at=args.stop_at,
+        replan_steps=args.steps is not None,
         compile_spline=args.compile, spline_kernel=args.spline_kernel, mixed_precision=args.mixed_precision,
         cuda_graph=args.cuda_graph, **{**base, **given},
     )

@@ -25,7 +25,7 @@ TRAINING_PRESETS = {
 #: regularisation and seed. A run resumed with other values would silently become another run,
 #: so resuming refuses them; the device, kernel, precision, checkpoint and validation intervals
 #: and data folders may change, and so may ``max_minutes`` (a time budget that can be raised).
-#: ``steps`` may change while the change is exact (:func:`schedule_replans_exactly`).
+#: ``steps`` may change where asked (``replan_steps``) and exact (:func:`schedule_replans_exactly`).
 RECIPE_FIELDS = ("sigma", "activation", "conv", "batch_size", "patch_size", "steps", "lr_conv", "lr_spline",
                  "lr_scaling", "tv2_weight", "lr_decay_at", "lr_decay_factor", "seed", "init_from")
 
@@ -45,32 +45,36 @@ def schedule_replans_exactly(recorded: dict[str, Any], config: TrainConfig, step
     ``config.steps`` in place of its recorded one, as if it had been planned so from the start.
 
     The learning rates are constant until step ``lr_decay_at * steps`` and multiplied by
-    ``lr_decay_factor`` from there, so the two plans took the same steps so far exactly when
-    ``step <= lr_decay_at * min(recorded steps, config.steps)``: no step was taken at a decayed
+    ``lr_decay_factor`` for every step ``k >= lr_decay_at * steps``, so the steps ``0 .. step - 1``
+    taken so far are the same under both budgets exactly when
+    ``step - 1 < lr_decay_at * min(recorded steps, config.steps)``: none was taken at a decayed
     rate under either. (A time-budget decay does not depend on ``steps``.)"""
     old_steps, new_steps, decay_at = recorded.get("steps"), config.steps, recorded.get("lr_decay_at")
-    if not isinstance(old_steps, int) or new_steps is None or decay_at is None or decay_at != config.lr_decay_at:
+    if not isinstance(old_steps, int) or new_steps is None or not isinstance(decay_at, (int, float)) \
+            or not _same(decay_at, config.lr_decay_at):
         return False
-    return step <= decay_at * min(old_steps, new_steps)
+    return step - 1 < decay_at * min(old_steps, new_steps)
 
 
 def recipe_differences(recorded: dict[str, Any], config: TrainConfig, step: int | None = None) -> list[str]:
     """``name=recorded (given value)`` for each recipe setting of a resolved ``config`` that differs
     from the one a run recorded (settings the record predates are compared with the value they had
-    then, where known, else not compared). Given the run's ``step``, a step budget that
-    :func:`schedule_replans_exactly` allows is not a difference; one it refuses says why."""
+    then, where known, else not compared). With ``config.replan_steps`` and the run's ``step``, a
+    step budget that :func:`schedule_replans_exactly` allows is not a difference; one it refuses
+    says why."""
     recorded = {**PREDATED_RECIPE, **recorded}
     differences = []
     for name in RECIPE_FIELDS:
         if name not in recorded or _same(recorded[name], getattr(config, name)):
             continue
         difference = f"{name}={recorded[name]!r} (given {getattr(config, name)!r})"
-        if name == "steps" and step is not None:
+        if name == "steps" and config.replan_steps and step is not None:
             if schedule_replans_exactly(recorded, config, step):
                 continue
-            smaller = min(recorded[name], config.steps or 0)
-            difference += (f"; the step budget can change only before the learning-rate decay of both "
-                           f"budgets, and step {step} is past {recorded.get('lr_decay_at')} x {smaller}")
+            if _same(recorded.get("lr_decay_at"), config.lr_decay_at):
+                smaller = min(recorded[name], config.steps or 0)
+                difference += (f"; the step budget can change only before the learning-rate decay of both "
+                               f"budgets, and step {step} is past the decay at {config.lr_decay_at} x {smaller}")
         differences.append(difference)
     return differences
 
@@ -102,6 +106,7 @@ class TrainConfig:
     device: str = "cpu"
     max_minutes: float | None = None
     stop_at: int | None = None  # stop (validate and save) at this step; the schedule stays that of ``steps``
+    replan_steps: bool = False  # a resumed run may take ``steps`` for its recorded budget where exact
     compile_spline: bool = False
     spline_kernel: str = "auto"  # auto, eager, compiled or native (see lipden.nn.splines.set_spline_backend)
     mixed_precision: bool | None = None  # bf16 autocast of the convolutions; None: on a GPU or a CPU with native bf16

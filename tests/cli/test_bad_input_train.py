@@ -31,7 +31,10 @@ def test_resuming_with_another_schedule_is_one_line_and_leaves_the_run(capsys, t
     assert cli(capsys, *common, "--steps", "8", "--stop-at", "7")[0] == 0
     state = (output / "train_state.safetensors").read_bytes()
     assert_one_line_error(cli(capsys, *common, "--steps", "12"),
-                          "was trained with steps=8 \\(given 12\\); .* step 7 is past 0.75 x 8")
+                          "was trained with steps=8 \\(given 12\\); .* step 7 is past the decay at 0.75 x 8")
+    assert (output / "train_state.safetensors").read_bytes() == state
+    # without --steps the budget is the preset's (4000), not the run's: a change not asked for
+    assert_one_line_error(cli(capsys, *common), "was trained with steps=8 \\(given 4000\\): resume with")
     assert (output / "train_state.safetensors").read_bytes() == state
 
 
@@ -51,8 +54,9 @@ def test_resume_takes_the_recipe_from_the_state(capsys, tmp_path):
     assert cli(capsys, "train", "--resume", "--output", output, *data)[0] == 0
     _, metadata = load_tensors(output / "train_state.safetensors")
     assert metadata["step"] == 4  # the recorded --steps, not the preset's 4000
-    assert {k: v for k, v in metadata["train_config"].items() if k != "stop_at"} == \
-        {k: v for k, v in first.items() if k != "stop_at"}
+    invocation = {"stop_at", "replan_steps"}  # how this start was asked, not the recipe
+    assert {k: v for k, v in metadata["train_config"].items() if k not in invocation} == \
+        {k: v for k, v in first.items() if k not in invocation}
     assert_one_line_error(cli(capsys, "train", "--resume", "--output", output, "--lr-scale", "1", *data),
                           "was trained with lr_conv")
 

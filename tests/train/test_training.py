@@ -56,12 +56,12 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(image_folders, tm
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
-@pytest.mark.parametrize("change", [{"steps": 2}, {"batch_size": 2}, {"lr_scale": 0.5}, {"seed": 1},
+@pytest.mark.parametrize("change", [{"steps": 8}, {"batch_size": 2}, {"lr_scale": 0.5}, {"seed": 1},
                                     {"activation": "relu"}, {"channels": 6}])
 def test_resuming_with_another_recipe_is_refused_and_changes_nothing(image_folders, tmp_path, change):
     train(tiny_config(image_folders, tmp_path, stop_at=2), progress=False)
     before = (tmp_path / "train_state.safetensors").read_bytes()
-    name = {"steps": "steps=4 \\(given 2\\); .* step 2 is past 0.75 x 2", "batch_size": "batch_size=4 \\(given 2\\)", "lr_scale": "lr_conv=",
+    name = {"steps": "steps=4 \\(given 8\\)", "batch_size": "batch_size=4 \\(given 2\\)", "lr_scale": "lr_conv=",
             "seed": "seed=0 \\(given 1\\)", "activation": "activation='spline' \\(given 'relu'\\)",
             "channels": "the network"}[next(iter(change))]
     with pytest.raises(ValueError, match=f"was trained with .*{name}"):
@@ -72,13 +72,14 @@ def test_resuming_with_another_recipe_is_refused_and_changes_nothing(image_folde
     assert summary["step"] == 4
 
 
-@pytest.mark.parametrize("planned, stop, replanned", [(8, 4, 12), (12, 3, 8)])
+@pytest.mark.parametrize("planned, stop, replanned", [(8, 4, 12), (12, 3, 8), (8, 6, 12)])
 def test_a_step_budget_changed_before_the_decay_gives_the_run_planned_so_from_the_start(
         image_folders, tmp_path, planned, stop, replanned):
-    # decay at 0.75 of the budget: 6 of 8, 9 of 12; step `stop` is before both
+    # decay at 0.75 of the budget: from the step 6 -> 7 of 8 and 9 -> 10 of 12; steps before `stop` precede both
     train(tiny_config(image_folders, tmp_path / "straight", steps=replanned), progress=False)
     train(tiny_config(image_folders, tmp_path / "replanned", steps=planned, stop_at=stop), progress=False)
-    summary = train(tiny_config(image_folders, tmp_path / "replanned", steps=replanned), progress=False)
+    summary = train(tiny_config(image_folders, tmp_path / "replanned", steps=replanned, replan_steps=True),
+                    progress=False)
     assert summary["step"] == replanned
     a, _ = load_tensors(tmp_path / "straight" / "train_state.safetensors")
     b, meta = load_tensors(tmp_path / "replanned" / "train_state.safetensors")
@@ -95,9 +96,9 @@ def test_a_step_budget_changed_before_the_decay_gives_the_run_planned_so_from_th
 
 
 def test_a_step_budget_is_not_changed_after_a_decayed_step(image_folders, tmp_path):
-    train(tiny_config(image_folders, tmp_path, steps=8, stop_at=7), progress=False)  # steps 6 and 7 decayed
-    with pytest.raises(ValueError, match="steps=8 \\(given 12\\); .* step 7 is past 0.75 x 8"):
-        train(tiny_config(image_folders, tmp_path, steps=12), progress=False)
+    train(tiny_config(image_folders, tmp_path, steps=8, stop_at=7), progress=False)  # the step 6 -> 7 decayed
+    with pytest.raises(ValueError, match="steps=8 \\(given 12\\); .* step 7 is past the decay at 0.75 x 8"):
+        train(tiny_config(image_folders, tmp_path, steps=12, replan_steps=True), progress=False)
 
 
 def test_a_stop_step_not_ahead_is_refused_and_a_new_run_keeps_the_old_log_aside(image_folders, tmp_path):
