@@ -40,20 +40,17 @@ def _same(recorded: Any, given: Any) -> bool:
 PREDATED_RECIPE = {"init_from": None}
 
 
-def schedule_replans_exactly(recorded: dict[str, Any], config: TrainConfig, step: int) -> bool:
-    """Whether a run that recorded ``recorded`` and stands at ``step`` may go on with the step budget
-    ``config.steps`` in place of its recorded one, as if it had been planned so from the start.
+def schedule_replans_exactly(recorded_steps: int, config: TrainConfig, step: int) -> bool:
+    """Whether a run planned for ``recorded_steps`` that stands at ``step`` may go on with the step
+    budget ``config.steps`` instead, as if it had been planned so from the start.
 
     The learning rates are constant until step ``lr_decay_at * steps`` and multiplied by
     ``lr_decay_factor`` for every step ``k >= lr_decay_at * steps``, so the steps ``0 .. step - 1``
     taken so far are the same under both budgets exactly when
-    ``step - 1 < lr_decay_at * min(recorded steps, config.steps)``: none was taken at a decayed
-    rate under either. (A time-budget decay does not depend on ``steps``.)"""
-    old_steps, new_steps, decay_at = recorded.get("steps"), config.steps, recorded.get("lr_decay_at")
-    if not isinstance(old_steps, int) or new_steps is None or not isinstance(decay_at, (int, float)) \
-            or not _same(decay_at, config.lr_decay_at):
-        return False
-    return step - 1 < decay_at * min(old_steps, new_steps)
+    ``step - 1 < lr_decay_at * min(recorded_steps, config.steps)``: none was taken at a decayed
+    rate under either. (A time-budget decay does not depend on ``steps``; another ``lr_decay_at``
+    is a difference of its own.)"""
+    return step - 1 < config.lr_decay_at * min(recorded_steps, config.steps or 0)
 
 
 def recipe_differences(recorded: dict[str, Any], config: TrainConfig, step: int | None = None) -> list[str]:
@@ -69,12 +66,11 @@ def recipe_differences(recorded: dict[str, Any], config: TrainConfig, step: int 
             continue
         difference = f"{name}={recorded[name]!r} (given {getattr(config, name)!r})"
         if name == "steps" and config.replan_steps and step is not None:
-            if schedule_replans_exactly(recorded, config, step):
+            if schedule_replans_exactly(recorded[name], config, step):
                 continue
-            if _same(recorded.get("lr_decay_at"), config.lr_decay_at):
-                smaller = min(recorded[name], config.steps or 0)
-                difference += (f"; the step budget can change only before the learning-rate decay of both "
-                               f"budgets, and step {step} is past the decay at {config.lr_decay_at} x {smaller}")
+            difference += (f"; the step budget can change only before the learning-rate decay of both "
+                           f"budgets, and step {step} is past the decay at {config.lr_decay_at} x "
+                           f"{min(recorded[name], config.steps or 0)}")
         differences.append(difference)
     return differences
 
