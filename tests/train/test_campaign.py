@@ -16,21 +16,34 @@ from tests.helpers import ROOT
 RECIPE = "--channels 64 --batch-size 64 --lr-scale 0.5 --validate-every 500"
 FIRST = "--steps 180000"  # the schedule of the claim runs and the sigma-25 head
 FULL = "--steps 186250 --stop-at 186250"  # the paper's 11.92M patches
+PLAN = "--steps 186250"  # a run trained until it is flat, a chunk at a time
+
+
+def write_log(folder, slope_db_per_hour: float, hours: float = 6.0, last_step: int = 12000) -> None:
+    """A log.csv of validations every quarter hour on a straight learning curve of the given slope."""
+    folder.mkdir(parents=True, exist_ok=True)
+    points = int(hours * 4) + 1
+    rows = ["step,elapsed_s,loss_per_patch,val_psnr,lr_factor"]
+    for i in range(points):
+        step = last_step - (points - 1 - i) * 500
+        rows.append(f"{step},{900.0 * i},1.0,{30 + slope_db_per_hour * i / 4:.4f},1.0")
+    (folder / "log.csv").write_text("\n".join(rows) + "\n")
 
 
 @pytest.fixture
 def campaign(tmp_path):
     """A copy of the script in an empty repository root; ``next_actions(**steps)`` gives each slot's next action
-    for runs whose states are at those steps."""
+    for runs whose states are at those steps (and, with ``reports=True``, the slopes it measured)."""
     if shutil.which("sh") is None:
         pytest.skip("needs a POSIX sh")
     (tmp_path / "checkpoints").mkdir()
     shutil.copy(ROOT / "checkpoints" / "campaign.sh", tmp_path / "checkpoints")
 
-    def next_actions(claim: tuple[str, ...] = (), **steps: int) -> list[str]:
-        for run, step in steps.items():
+    def next_actions(claim: tuple[str, ...] = (), reports: bool = False, **steps: int | tuple[int, int]) -> list[str]:
+        for run, step in steps.items():  # a step, or (step, the step budget the run is planned for)
+            (step, plan) = step if isinstance(step, tuple) else (step, 180000)
             save_tensors_atomic({"x": torch.zeros(1)}, tmp_path / "checkpoints" / run / "train_state.safetensors",
-                                {"step": step})
+                                {"step": step, "train_config": {"steps": plan, "lr_decay_at": 0.75}})
         for activation in claim:  # the claim's entries kept so far: weights and record
             (tmp_path / "checkpoints" / "claim-sigma15").mkdir(exist_ok=True)
             for suffix, content in ((".safetensors", b"weights"), (".json", b"{}")):
@@ -39,57 +52,77 @@ def campaign(tmp_path):
         result = subprocess.run(["sh", "checkpoints/campaign.sh"], cwd=tmp_path, capture_output=True, text=True,
                                 env={**os.environ, "DRY_RUN": "1", "PATH": path}, timeout=120)
         assert result.returncode == 0, result.stderr
-        return result.stdout.splitlines()
+        return [line for line in result.stdout.splitlines()  # without the slope reports unless asked
+                if reports or not line.startswith("checkpoints/spline64-sigma")]
 
     return next_actions
 
 
 def test_new_runs_start_with_the_recipe_and_started_ones_resume(campaign):
     assert campaign() == [
-        f"python cli.py train --quiet --sigma 15 --activation relu {RECIPE} {FIRST} --stop-at 31250 --output "
-        "checkpoints/relu64-sigma15",
-        f"python cli.py train --quiet --sigma 25 --init-from spline-sigma15 {RECIPE} {FIRST} --stop-at 15625 --output "
-        "checkpoints/spline64-sigma25"]
-    assert campaign(**{"relu64-sigma15": 900, "spline64-sigma25": 3000}) == [
-        f"python cli.py train --quiet --resume {FIRST} --stop-at 31250 --output checkpoints/relu64-sigma15",
-        f"python cli.py train --quiet --resume {FIRST} --stop-at 15625 --output checkpoints/spline64-sigma25"]
+        f"python cli.py train --quiet --sigma 25 --init-from spline-sigma15 {RECIPE} {PLAN} --stop-at 2500 --output "
+        "checkpoints/spline64-sigma25",
+        f"python cli.py train --quiet --sigma 15 {RECIPE} {FIRST} --stop-at 31250 --output checkpoints/spline64-sigma15"]
+    assert campaign(**{"spline64-sigma25": 3000, "spline64-sigma15": 900}) == [
+        f"python cli.py train --quiet --resume {PLAN} --stop-at 5500 --output checkpoints/spline64-sigma25",
+        f"python cli.py train --quiet --resume {FIRST} --stop-at 31250 --output checkpoints/spline64-sigma15"]
 
 
 BASELINES = ("relu", "absolute_value", "groupsort", "householder")
+DONE = {"spline64-sigma25": (20834, 20834), "spline64-sigma5": (40000, 40000)}  # both ended by their decay
 
 
-def test_slot1_keeps_each_baselines_best_at_the_claim_budget_then_trains_sigma5(campaign):
-    assert campaign(**{"relu64-sigma15": 31250})[0] == \
+def test_slot1_trains_sigma25_and_sigma5_until_flat_then_their_decay(campaign, tmp_path):
+    sigma25 = tmp_path / "checkpoints" / "spline64-sigma25"
+    write_log(sigma25, slope_db_per_hour=0.05, last_step=15500)  # still rising: one more chunk
+    assert campaign(reports=True, **{"spline64-sigma25": 15625})[:2] == [
+        "checkpoints/spline64-sigma25: +0.0500 dB/h (standard error 0.0000) over the last 5 hours, steps 5500-15500 "
+        "(21 validations): still rising",
+        f"python cli.py train --quiet --resume {PLAN} --stop-at 18125 --output checkpoints/spline64-sigma25"]
+    write_log(sigma25, slope_db_per_hour=0.01, last_step=15500)  # flat: its decay comes at its step, 15,625
+    assert campaign(**{"spline64-sigma25": 15625})[0] == \
+        "python cli.py train --quiet --resume --steps 20834 --stop-at 20834 --output checkpoints/spline64-sigma25"
+    # re-planned so, it goes on to the end of its plan without a new look at its slope
+    write_log(sigma25, slope_db_per_hour=0.05, last_step=15500)
+    assert campaign(**{"spline64-sigma25": (17000, 20834)})[0] == \
+        "python cli.py train --quiet --resume --steps 20834 --stop-at 20834 --output checkpoints/spline64-sigma25"
+    # less than 5 hours of validations are not judged
+    sigma5 = tmp_path / "checkpoints" / "spline64-sigma5"
+    write_log(sigma5, slope_db_per_hour=0.0, hours=4, last_step=8000)
+    assert campaign(reports=True, **{"spline64-sigma25": (20834, 20834), "spline64-sigma5": 8000})[:2] == [
+        "checkpoints/spline64-sigma5: less than 5 hours of constant-rate validations, not judged",
+        f"python cli.py train --quiet --resume {PLAN} --stop-at 10500 --output checkpoints/spline64-sigma5"]
+    shutil.rmtree(sigma5)
+    assert campaign(**{"spline64-sigma25": (20834, 20834)})[0] == \
+        f"python cli.py train --quiet --sigma 5 {RECIPE} {PLAN} --stop-at 2500 --output checkpoints/spline64-sigma5"
+
+
+def test_slot1_then_keeps_each_baselines_best_at_the_claim_budget(campaign):
+    assert campaign(**DONE)[0] == \
+        f"python cli.py train --quiet --sigma 15 --activation relu {RECIPE} {FIRST} --stop-at 31250 --output " \
+        "checkpoints/relu64-sigma15"
+    assert campaign(**DONE, **{"relu64-sigma15": 31250})[0] == \
         "keep checkpoints/relu64-sigma15/best.safetensors as checkpoints/claim-sigma15/relu-2M.safetensors"
-    assert campaign(claim=("relu",))[0] == \
+    assert campaign(claim=("relu",), **DONE)[0] == \
         f"python cli.py train --quiet --sigma 15 --activation absolute_value {RECIPE} {FIRST} --stop-at 31250 " \
         "--output checkpoints/absolute_value64-sigma15"
-    assert campaign(claim=("relu",), **{"absolute_value64-sigma15": 900})[0] \
+    assert campaign(claim=("relu",), **DONE, **{"absolute_value64-sigma15": 900})[0] \
         == f"python cli.py train --quiet --resume {FIRST} --stop-at 31250 --output checkpoints/absolute_value64-sigma15"
-    assert campaign(claim=BASELINES)[0] == \
-        f"python cli.py train --quiet --sigma 5 {RECIPE} {FULL} --output checkpoints/spline64-sigma5"
-    # a run planned for 180,000 steps goes on re-planned to the full budget
-    assert campaign(claim=BASELINES, **{"spline64-sigma5": 18500})[0] == \
-        f"python cli.py train --quiet --resume {FULL} --output checkpoints/spline64-sigma5"
-    assert campaign(claim=BASELINES, **{"spline64-sigma5": 186250})[0] == "slot 1: every run is done"
+    assert campaign(claim=BASELINES, **DONE)[0] == "slot 1: every run is done"
 
 
-def test_slot2_trains_sigma25_from_sigma15_then_the_spline_to_its_claim_and_full_budget(campaign):
-    head = {"spline64-sigma25": 15625}
-    assert campaign(**head)[1] == \
-        f"python cli.py train --quiet --sigma 15 {RECIPE} {FIRST} --stop-at 31250 --output checkpoints/spline64-sigma15"
-    assert campaign(**head, **{"spline64-sigma15": 31250})[1] == \
+def test_slot2_trains_the_spline_to_its_claim_and_on_to_the_full_budget(campaign):
+    assert campaign(**DONE, **{"spline64-sigma15": 31250})[1] == \
         "keep checkpoints/spline64-sigma15/best.safetensors as checkpoints/claim-sigma15/spline-2M.safetensors"
-    assert campaign(claim=("spline",), **head, **{"spline64-sigma15": 31250})[1] == \
+    # a run planned for 180,000 steps goes on re-planned to the full budget, whatever its slope
+    assert campaign(claim=("spline",), **DONE, **{"spline64-sigma15": 31250})[1] == \
         f"python cli.py train --quiet --resume {FULL} --output checkpoints/spline64-sigma15"
-    assert campaign(claim=("spline",), **head, **{"spline64-sigma15": 186250})[1] == \
-        f"python cli.py train --quiet --resume {FULL} --output checkpoints/spline64-sigma25"
-    assert campaign(claim=("spline",), **{"spline64-sigma15": 186250, "spline64-sigma25": 186250})[1] == \
+    assert campaign(claim=("spline",), **DONE, **{"spline64-sigma15": (186250, 186250)})[1] == \
         "slot 2: every run is done"
 
 
 def test_a_baseline_past_the_budget_without_its_entry_is_reported(campaign):
-    (line, _) = campaign(**{"relu64-sigma15": 31300})
+    (line, _) = campaign(**DONE, **{"relu64-sigma15": 31300})
     assert line == "relu64-sigma15 is at step 31300, not 31250: its best is not the claim's entry"
 
 
@@ -104,8 +137,6 @@ def test_the_entry_is_kept_with_the_runs_recipe(tmp_path):
     save_tensors_atomic({"x": torch.zeros(1)}, run / "train_state.safetensors",
                         {"step": 31250, "train_config": recipe, "config": {"channels": 64}})
     save_tensors_atomic({"x": torch.ones(1)}, run / "best.safetensors", {"step": 19000, "val_psnr": 31.06})
-    save_tensors_atomic({"x": torch.zeros(1)}, tmp_path / "checkpoints" / "spline64-sigma25" / "train_state.safetensors",
-                        {"step": 15625})  # the sigma-25 head done
     path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
     subprocess.run(["sh", "checkpoints/campaign.sh"], cwd=tmp_path, capture_output=True, text=True,
                    env={**os.environ, "PATH": path}, timeout=120)
@@ -118,15 +149,15 @@ def test_the_entry_is_kept_with_the_runs_recipe(tmp_path):
 
 
 def test_a_sigma15_run_past_the_budget_without_its_claim_is_reported(campaign):
-    (_, line) = campaign(**{"spline64-sigma15": 40000, "spline64-sigma25": 15625})
-    assert line == "spline64-sigma15 is at step 40000, not 31250: its best is not the claim's entry"
+    assert campaign(**DONE, **{"spline64-sigma15": 40000})[1] == \
+        "spline64-sigma15 is at step 40000, not 31250: its best is not the claim's entry"
 
 
 def test_an_unreadable_state_stops_its_slot_instead_of_starting_the_run_again(campaign, tmp_path):
     folder = tmp_path / "checkpoints" / "spline64-sigma25"
     folder.mkdir()
     (folder / "train_state.safetensors").write_bytes(b"\x04\x00\x00\x00\x00\x00\x00\x00{}}}")
-    assert campaign()[1] == "cannot read the step of checkpoints/spline64-sigma25/train_state.safetensors"
+    assert campaign()[0] == "cannot read the step of checkpoints/spline64-sigma25/train_state.safetensors"
 
 
 def test_a_second_campaign_is_refused_while_one_runs(tmp_path):
