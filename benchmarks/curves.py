@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 
 from lipden.models.checkpoint import load_tensors
+from lipden.models.denoiser import is_spline
+from lipden.train.config import PREDATED_RECIPE
 from lipden.train.state import patches_at, read_log
 
 from .common import compact, save_figure, table_cell, write_results
@@ -34,6 +36,8 @@ def read_run(folder: Path) -> dict | None:
     record = {
         "run": folder.name,
         "activation": config.get("activation"),
+        "spline_init": (config.get("spline_init", PREDATED_RECIPE["spline_init"])
+                        if is_spline(str(config.get("activation", ""))) else None),
         "sigma": config.get("sigma"),
         "channels": metadata.get("config", {}).get("channels"),
         "batch_size": batch,
@@ -101,10 +105,19 @@ def _markdown(runs: list[dict]) -> str:
         name = run["run"] + (f" (started from weights that had seen {run['warm_start_patches'] / 1e6:.2f}M patches)"
                              if "warm_start_patches" in run else "")
         lines.append(
-            f"| {table_cell(name)} | {run['activation']} | {run['sigma']:g} | {run['channels']} | "
+            f"| {table_cell(name)} | {table_cell(_activation(run))} | {run['sigma']:g} | {run['channels']} | "
             f"{run['batch_size']} | {run['lr_conv']:g} | {precision} | {run['step'][-1]} / {run['steps_planned']} | "
             f"{run['patches'][-1] / 1e6:.2f} | {hours[-1]:.2f} | {psnr[-1]:.3f} | {max(psnr):.3f} | {gain} |")
     return "\n".join(lines) + "\n"
+
+
+def _activation(run: dict) -> str:
+    """The activation, for a spline with the function its splines started as (a run recorded before
+    the start was: the |x| every spline run started from then; a warm start: its source's)."""
+    if not is_spline(run["activation"]):
+        return run["activation"]
+    start = run.get("spline_init") or PREDATED_RECIPE["spline_init"]
+    return f"spline ({'|x|' if start == 'absolute_value' else start} start)"
 
 
 def run(quick: bool = False, output: str = "results", runs: str = "checkpoints") -> dict:

@@ -9,14 +9,16 @@
 # `pkill -STOP -f "cli.py train"` (and -CONT) while timing anything. `DRY_RUN=1 sh checkpoints/campaign.sh`
 # prints the next command of each slot instead of training.
 #
-#   slot 1: spline64-sigma25 (started from the shipped spline-sigma15 weights, same network) and then
-#           spline64-sigma5, each until it is flat (below); then the four 1-Lipschitz baselines at
-#           sigma 15 (ReLU, |x|, GroupSort, HouseHolder), one after the other, each with the spline's
-#           recipe up to the claim budget (31,250 steps of 64 patches, 2M patches); each run's best set12
-#           weights within the budget are kept with its recipe as the claim's entry,
-#           claim-sigma15/<activation>-2M.{safetensors,json} (compared by `python cli.py benchmark claim`).
-#   slot 2: spline64-sigma15 up to the claim budget, where its entry is kept the same way, and on to
-#           the full budget.
+#   slot 1: spline64-identity-sigma5 and then spline64-identity-sigma25, each until it is flat (below);
+#           then the four 1-Lipschitz baselines at sigma 15 (ReLU, |x|, GroupSort, HouseHolder), one
+#           after the other, each with the spline's recipe up to the claim budget (31,250 steps of 64
+#           patches, 2M patches); each run's best set12 weights within the budget are kept with its
+#           recipe as the claim's entry, claim-sigma15/<activation>-2M.{safetensors,json} (compared by
+#           `python cli.py benchmark claim`).
+#   slot 2: spline64-identity-sigma15 up to the claim budget, where its entry is kept the same way,
+#           and on to the full budget.
+# Every spline run starts from identity splines (`train --spline-init identity`, the default: the
+# paper's start); the runs before it started from |x| and are kept only as learning curves.
 # The full budget is the paper's sample budget: 50 epochs of 238,400 patches, 11.92M patches, or
 # 186,250 steps of 64. The claim runs keep the schedule they were planned with (180,000 steps,
 # decay at 75 %); a run planned so is re-planned to the full budget when it goes on past the claim
@@ -84,6 +86,7 @@ train_to() {
 # claim's entry (weights and record, lipden.train.comparison), unless the entry is there already.
 claim_entry() {
     entry_run=$1"64-sigma15" entry=checkpoints/claim-sigma15/$1-2M.safetensors
+    [ "$1" = spline ] && entry_run=spline64-identity-sigma15
     [ -f "${entry%.safetensors}.json" ] && return 0
     if [ "$1" = spline ]; then
         train_to "$entry_run" "$CLAIM_STEPS" "$FIRST_PLAN" --sigma 15 || return 1
@@ -136,8 +139,8 @@ train_until_flat() {
 }
 
 slot1() {
-    train_until_flat spline64-sigma25 --sigma 25 --init-from spline-sigma15 || return 1
-    train_until_flat spline64-sigma5 --sigma 5 || return 1
+    train_until_flat spline64-identity-sigma5 --sigma 5 || return 1
+    train_until_flat spline64-identity-sigma25 --sigma 25 || return 1
     for activation in relu absolute_value groupsort householder; do
         claim_entry "$activation" || return 1
     done
@@ -146,7 +149,7 @@ slot1() {
 
 slot2() {
     claim_entry spline || return 1
-    train_to spline64-sigma15 "$FULL_STEPS" "$FULL_STEPS" --sigma 15 && echo "slot 2: every run is done"
+    train_to spline64-identity-sigma15 "$FULL_STEPS" "$FULL_STEPS" --sigma 15 && echo "slot 2: every run is done"
 }
 
 if [ -n "${DRY_RUN:-}" ]; then

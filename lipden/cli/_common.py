@@ -22,6 +22,8 @@ AUTO_TILE = 512
 #: Activation names of ``--activation`` (the keys of ``lipden.nn.activations.ACTIVATIONS``, which
 #: imports torch: a test keeps the two equal).
 ACTIVATION_CHOICES = ["spline", "relu", "absolute_value", "prelu", "groupsort", "householder"]
+#: Starts of ``--spline-init`` (``lipden.nn.splines.SPLINE_INITS``, kept equal by the same test).
+SPLINE_INIT_CHOICES = ["identity", "relu", "absolute_value", "maxmin", "zero"]
 
 
 class UserError(Exception):

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from lipden.cli._common import ACTIVATION_CHOICES, UserError, add_command_parser
+from lipden.cli._common import (
+    ACTIVATION_CHOICES,
+    SPLINE_INIT_CHOICES,
+    UserError,
+    add_command_parser,
+)
 
 EXAMPLES = """examples:
   python cli.py train --sigma 15 --output checkpoints/spline-sigma15 --minutes 60
@@ -76,6 +81,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "(spline-sigma15), a denoiser file (a run's best.safetensors) or a training state, "
                              "of the same network; "
                              "its noise level may differ (fine-tuning, a warm start at another sigma)")
+    parser.add_argument("--spline-init", choices=SPLINE_INIT_CHOICES,
+                        help="what the splines of a run from a random init start as: identity (default, the "
+                             "paper's), relu, absolute_value, maxmin or zero; with --init-from they start as "
+                             "the source's")
     parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -108,12 +117,12 @@ def _recorded_recipe(output: str, given: dict) -> dict:
     from pathlib import Path
 
     from lipden.models.checkpoint import load_tensors
-    from lipden.train.config import RECIPE_FIELDS
+    from lipden.train.config import PREDATED_RECIPE, RECIPE_FIELDS
 
     state = Path(output) / "train_state.safetensors"
     if not state.is_file():
         raise UserError(f"--resume: {state} does not exist (nothing to go on with)")
-    recorded = load_tensors(state)[1].get("train_config", {})
+    recorded = {**PREDATED_RECIPE, **load_tensors(state)[1].get("train_config", {})}
     keep = set(RECIPE_FIELDS) | {"preset", "channels", "depth", "validate_every", "max_minutes", "lr_scale"}
     if {"preset", "lr_scale"} & set(given):
         keep -= {"lr_conv", "lr_spline", "lr_scaling"} | ({"batch_size", "steps"} if "preset" in given else set())
@@ -134,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = {"sigma": args.sigma, "preset": args.preset, "activation": args.activation, "conv": args.conv,
               "batch_size": args.batch_size, "steps": args.steps, "validate_every": args.validate_every,
               "seed": args.seed, "lr_scale": args.lr_scale, "max_minutes": args.minutes, "channels": args.channels,
-              "depth": args.depth, "init_from": args.init_from}
+              "depth": args.depth, "init_from": args.init_from, "spline_init": args.spline_init}
     given = {key: value for key, value in recipe.items() if value is not None}
     base = _recorded_recipe(args.output, given) if args.resume else RECIPE_DEFAULTS
     config = TrainConfig(

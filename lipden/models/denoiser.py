@@ -76,7 +76,15 @@ class DenoiserConfig:
         return cls(**data)
 
 
+#: Spline settings of a config that does not name them. ``init`` only shapes a network built
+#: before any training (weights replace the coefficients); a training run names its own start in
+#: ``activation_kwargs`` where it differs (``lipden.train.config.TrainConfig.spline_init``).
 SPLINE_DEFAULTS = {"num_knots": 51, "x_range": 0.1, "init": "absolute_value"}
+
+
+def is_spline(activation: str) -> bool:
+    """Whether ``activation`` (a name or alias of ``--activation``) is the learned spline."""
+    return ACTIVATION_ALIASES.get(activation, activation) == "spline"
 
 PRESETS: dict[str, DenoiserConfig] = {
     # The paper's denoiser, sized for a GPU.
@@ -87,7 +95,7 @@ PRESETS: dict[str, DenoiserConfig] = {
 
 
 def _activation_kwargs(config: DenoiserConfig) -> dict:
-    if ACTIVATION_ALIASES.get(config.activation, config.activation) == "spline":
+    if is_spline(config.activation):
         kwargs = {**SPLINE_DEFAULTS, **config.activation_kwargs}
         if config.conv == "free":
             kwargs.setdefault("slope_min", None)

@@ -20,9 +20,10 @@ from lipden.io import atomic_write, atomic_write_text
 from lipden.models.checkpoint import load_tensors, sha256_of
 from lipden.train.config import RECIPE_FIELDS
 
-#: recipe settings that may differ between the entries of one comparison (what is compared, and
-#: where a run started from: every entry must start from a random init)
-VARYING = ("activation",)
+#: recipe settings that may differ between the entries of one comparison: what is compared, the
+#: activation with the start of its splines (every entry starts from a random init: ``init_from``
+#: must agree)
+VARYING = ("activation", "spline_init")
 
 
 def keep_entry(run: str | Path, entry: str | Path, budget_steps: int) -> dict:

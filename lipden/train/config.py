@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lipden.io import default_data_root
-from lipden.models.denoiser import PRESETS, DenoiserConfig
+from lipden.models.denoiser import PRESETS, SPLINE_DEFAULTS, DenoiserConfig, is_spline
+from lipden.nn.splines import SPLINE_INITS
 
 DEFAULT_DATA = default_data_root()  # $LIPDEN_DATA, else ../shared/data
 SPLINE_KERNELS = ("auto", "eager", "compiled", "native")
@@ -27,7 +28,7 @@ TRAINING_PRESETS = {
 #: and data folders may change, and so may ``max_minutes`` (a time budget that can be raised).
 #: ``steps`` may change where asked (``replan_steps``) and exact (:func:`schedule_replans_exactly`).
 RECIPE_FIELDS = ("sigma", "activation", "conv", "batch_size", "patch_size", "steps", "lr_conv", "lr_spline",
-                 "lr_scaling", "tv2_weight", "lr_decay_at", "lr_decay_factor", "seed", "init_from")
+                 "lr_scaling", "tv2_weight", "lr_decay_at", "lr_decay_factor", "seed", "init_from", "spline_init")
 
 
 def _same(recorded: Any, given: Any) -> bool:
@@ -37,7 +38,7 @@ def _same(recorded: Any, given: Any) -> bool:
 
 
 #: Recipe settings some records predate, with the value every run had before they were recorded.
-PREDATED_RECIPE = {"init_from": None}
+PREDATED_RECIPE = {"init_from": None, "spline_init": "absolute_value"}
 
 
 def schedule_replans_exactly(recorded_steps: int, config: TrainConfig, step: int) -> bool:
@@ -110,6 +111,7 @@ class TrainConfig:
     channels: int | None = None  # override the preset's width
     depth: int | None = None  # override the preset's number of convolutions
     init_from: str | None = None  # a new run starts from these weights (a shipped name or a file; lipden.train.warm_start)
+    spline_init: str = "identity"  # what every spline of a run from a random init starts as (the paper's identity)
 
     def resolved(self) -> TrainConfig:
         """Fill unset values from the preset."""
@@ -130,6 +132,8 @@ class TrainConfig:
             raise ValueError(f"spline_kernel must be one of {', '.join(SPLINE_KERNELS)}, got {config.spline_kernel!r}")
         if config.stop_at is not None and config.stop_at < 1:
             raise ValueError(f"stop_at must be >= 1, got {config.stop_at}")
+        if config.spline_init not in SPLINE_INITS:
+            raise ValueError(f"spline_init must be one of {', '.join(SPLINE_INITS)}, got {config.spline_init!r}")
         if not 0 < config.sigma < 255:
             raise ValueError(f"sigma is on the 0-255 scale and must be in (0, 255), got {config.sigma}")
         return config
@@ -141,4 +145,6 @@ class TrainConfig:
             base["channels"] = self.channels
         if self.depth is not None:
             base["depth"] = self.depth
+        if is_spline(self.activation) and self.init_from is None and self.spline_init != SPLINE_DEFAULTS["init"]:
+            base["activation_kwargs"] = {**base.get("activation_kwargs", {}), "init": self.spline_init}
         return DenoiserConfig.from_dict(base)

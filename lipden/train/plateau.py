@@ -11,7 +11,7 @@ smallest budget whose decay (at ``lr_decay_at`` of it) comes at the run's curren
 :func:`lipden.train.config.schedule_replans_exactly` accepts, so the run goes on exactly as if it
 had been planned so from the start.
 
-    python -m lipden.train.plateau checkpoints/spline64-sigma25
+    python -m lipden.train.plateau checkpoints/spline64-identity-sigma25
 
 prints the re-planned step budget on stdout when the run is flat (nothing while it is still
 rising, or when it cannot be judged yet) and the measured slope on stderr.

@@ -65,6 +65,13 @@ def _origin(path: Path, card: dict | None, metadata: dict) -> dict:
     return {"run": run, "step": metadata.get("step")}
 
 
+def _network(config: DenoiserConfig) -> DenoiserConfig:
+    """What a warm start must share with the run: the network, without its noise level and without
+    the spline init (the source's trained coefficients replace it)."""
+    kwargs = {k: v for k, v in config.activation_kwargs.items() if k != "init"}
+    return dataclasses.replace(config, sigma=None, activation_kwargs=kwargs)
+
+
 def load_warm_start(source: str, config: DenoiserConfig) -> tuple[dict[str, Tensor], dict]:
     """The state dict of ``source`` for a network of ``config``, and the record of the start.
 
@@ -84,8 +91,8 @@ def load_warm_start(source: str, config: DenoiserConfig) -> tuple[dict[str, Tens
         if card is not None and card.get("sha256") != sha256:
             raise WeightsError(f"--init-from {source}: {path} does not match the sha256 in its card")
         model, metadata = load_denoiser_file(copy)
-    found = dataclasses.replace(model.config, sigma=None)
-    if found != dataclasses.replace(config, sigma=None):
+    found = _network(model.config)
+    if found != _network(config):
         given = {k: v for k, v in found.to_dict().items() if k != "sigma"}
         wanted = {k: v for k, v in config.to_dict().items() if k != "sigma"}
         raise ValueError(f"--init-from {source}: its network {given} is not the run's {wanted}")

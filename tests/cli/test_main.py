@@ -66,7 +66,9 @@ def test_python_dash_m_lipden_is_the_same_program():
 
 
 def test_activation_choices_are_the_activations():
-    from lipden.cli._common import ACTIVATION_CHOICES
+    from lipden.cli._common import ACTIVATION_CHOICES, SPLINE_INIT_CHOICES
     from lipden.nn.activations import ACTIVATIONS
+    from lipden.nn.splines import SPLINE_INITS
 
     assert ACTIVATION_CHOICES == list(ACTIVATIONS)
+    assert SPLINE_INIT_CHOICES == list(SPLINE_INITS)

@@ -17,6 +17,7 @@ RECIPE = "--channels 64 --batch-size 64 --lr-scale 0.5 --validate-every 500"
 FIRST = "--steps 180000"  # the schedule of the claim runs and the sigma-25 head
 FULL = "--steps 186250 --stop-at 186250"  # the paper's 11.92M patches
 PLAN = "--steps 186250"  # a run trained until it is flat, a chunk at a time
+SIGMA5, SIGMA15, SIGMA25 = (f"spline64-identity-sigma{sigma}" for sigma in (5, 15, 25))
 
 
 def write_log(folder, slope_db_per_hour: float, hours: float = 6.0, last_step: int = 12000) -> None:
@@ -53,48 +54,45 @@ def campaign(tmp_path):
                                 env={**os.environ, "DRY_RUN": "1", "PATH": path}, timeout=120)
         assert result.returncode == 0, result.stderr
         return [line for line in result.stdout.splitlines()  # without the slope reports unless asked
-                if reports or not line.startswith("checkpoints/spline64-sigma")]
+                if reports or not line.startswith("checkpoints/spline64-")]
 
     return next_actions
 
 
 def test_new_runs_start_with_the_recipe_and_started_ones_resume(campaign):
     assert campaign() == [
-        f"python cli.py train --quiet --sigma 25 --init-from spline-sigma15 {RECIPE} {PLAN} --stop-at 2500 --output "
-        "checkpoints/spline64-sigma25",
-        f"python cli.py train --quiet --sigma 15 {RECIPE} {FIRST} --stop-at 31250 --output checkpoints/spline64-sigma15"]
-    assert campaign(**{"spline64-sigma25": 3000, "spline64-sigma15": 900}) == [
-        f"python cli.py train --quiet --resume {PLAN} --stop-at 5500 --output checkpoints/spline64-sigma25",
-        f"python cli.py train --quiet --resume {FIRST} --stop-at 31250 --output checkpoints/spline64-sigma15"]
+        f"python cli.py train --quiet --sigma 5 {RECIPE} {PLAN} --stop-at 2500 --output checkpoints/{SIGMA5}",
+        f"python cli.py train --quiet --sigma 15 {RECIPE} {FIRST} --stop-at 31250 --output checkpoints/{SIGMA15}"]
+    assert campaign(**{SIGMA5: 3000, SIGMA15: 900}) == [
+        f"python cli.py train --quiet --resume {PLAN} --stop-at 5500 --output checkpoints/{SIGMA5}",
+        f"python cli.py train --quiet --resume {FIRST} --stop-at 31250 --output checkpoints/{SIGMA15}"]
 
 
 BASELINES = ("relu", "absolute_value", "groupsort", "householder")
-DONE = {"spline64-sigma25": (20834, 20834), "spline64-sigma5": (40000, 40000)}  # both ended by their decay
+DONE = {SIGMA5: (53334, 53334), SIGMA25: (20834, 20834)}  # both ended by their decay
 
 
-def test_slot1_trains_sigma25_and_sigma5_until_flat_then_their_decay(campaign, tmp_path):
-    sigma25 = tmp_path / "checkpoints" / "spline64-sigma25"
-    write_log(sigma25, slope_db_per_hour=0.05, last_step=15500)  # still rising: one more chunk
-    assert campaign(reports=True, **{"spline64-sigma25": 15625})[:2] == [
-        "checkpoints/spline64-sigma25: +0.0500 dB/h (standard error 0.0000) over the last 5 hours, steps 5500-15500 "
+def test_slot1_trains_sigma5_then_sigma25_until_flat_then_their_decay(campaign, tmp_path):
+    sigma5 = tmp_path / "checkpoints" / SIGMA5
+    write_log(sigma5, slope_db_per_hour=0.05, last_step=15500)  # still rising: one more chunk
+    assert campaign(reports=True, **{SIGMA5: 15625})[:2] == [
+        f"checkpoints/{SIGMA5}: +0.0500 dB/h (standard error 0.0000) over the last 5 hours, steps 5500-15500 "
         "(21 validations): still rising",
-        f"python cli.py train --quiet --resume {PLAN} --stop-at 18125 --output checkpoints/spline64-sigma25"]
-    write_log(sigma25, slope_db_per_hour=0.01, last_step=15500)  # flat: its decay comes at its step, 15,625
-    assert campaign(**{"spline64-sigma25": 15625})[0] == \
-        "python cli.py train --quiet --resume --steps 20834 --stop-at 20834 --output checkpoints/spline64-sigma25"
+        f"python cli.py train --quiet --resume {PLAN} --stop-at 18125 --output checkpoints/{SIGMA5}"]
+    write_log(sigma5, slope_db_per_hour=0.01, last_step=15500)  # flat: its decay comes at its step, 15,625
+    assert campaign(**{SIGMA5: 15625})[0] == \
+        f"python cli.py train --quiet --resume --steps 20834 --stop-at 20834 --output checkpoints/{SIGMA5}"
     # re-planned so, it goes on to the end of its plan without a new look at its slope
-    write_log(sigma25, slope_db_per_hour=0.05, last_step=15500)
-    assert campaign(**{"spline64-sigma25": (17000, 20834)})[0] == \
-        "python cli.py train --quiet --resume --steps 20834 --stop-at 20834 --output checkpoints/spline64-sigma25"
-    # less than 5 hours of validations are not judged
-    sigma5 = tmp_path / "checkpoints" / "spline64-sigma5"
-    write_log(sigma5, slope_db_per_hour=0.0, hours=4, last_step=8000)
-    assert campaign(reports=True, **{"spline64-sigma25": (20834, 20834), "spline64-sigma5": 8000})[:2] == [
-        "checkpoints/spline64-sigma5: less than 5 hours of constant-rate validations, not judged",
-        f"python cli.py train --quiet --resume {PLAN} --stop-at 10500 --output checkpoints/spline64-sigma5"]
-    shutil.rmtree(sigma5)
-    assert campaign(**{"spline64-sigma25": (20834, 20834)})[0] == \
-        f"python cli.py train --quiet --sigma 5 {RECIPE} {PLAN} --stop-at 2500 --output checkpoints/spline64-sigma5"
+    write_log(sigma5, slope_db_per_hour=0.05, last_step=15500)
+    assert campaign(**{SIGMA5: (17000, 20834)})[0] == \
+        f"python cli.py train --quiet --resume --steps 20834 --stop-at 20834 --output checkpoints/{SIGMA5}"
+    # then sigma 25, new; less than 5 hours of validations are not judged
+    assert campaign(**{SIGMA5: (20834, 20834)})[0] == \
+        f"python cli.py train --quiet --sigma 25 {RECIPE} {PLAN} --stop-at 2500 --output checkpoints/{SIGMA25}"
+    write_log(tmp_path / "checkpoints" / SIGMA25, slope_db_per_hour=0.0, hours=4, last_step=8000)
+    assert campaign(reports=True, **{SIGMA5: (20834, 20834), SIGMA25: 8000})[:2] == [
+        f"checkpoints/{SIGMA25}: less than 5 hours of constant-rate validations, not judged",
+        f"python cli.py train --quiet --resume {PLAN} --stop-at 10500 --output checkpoints/{SIGMA25}"]
 
 
 def test_slot1_then_keeps_each_baselines_best_at_the_claim_budget(campaign):
@@ -112,12 +110,12 @@ def test_slot1_then_keeps_each_baselines_best_at_the_claim_budget(campaign):
 
 
 def test_slot2_trains_the_spline_to_its_claim_and_on_to_the_full_budget(campaign):
-    assert campaign(**DONE, **{"spline64-sigma15": 31250})[1] == \
-        "keep checkpoints/spline64-sigma15/best.safetensors as checkpoints/claim-sigma15/spline-2M.safetensors"
+    assert campaign(**DONE, **{SIGMA15: 31250})[1] == \
+        f"keep checkpoints/{SIGMA15}/best.safetensors as checkpoints/claim-sigma15/spline-2M.safetensors"
     # a run planned for 180,000 steps goes on re-planned to the full budget, whatever its slope
-    assert campaign(claim=("spline",), **DONE, **{"spline64-sigma15": 31250})[1] == \
-        f"python cli.py train --quiet --resume {FULL} --output checkpoints/spline64-sigma15"
-    assert campaign(claim=("spline",), **DONE, **{"spline64-sigma15": (186250, 186250)})[1] == \
+    assert campaign(claim=("spline",), **DONE, **{SIGMA15: 31250})[1] == \
+        f"python cli.py train --quiet --resume {FULL} --output checkpoints/{SIGMA15}"
+    assert campaign(claim=("spline",), **DONE, **{SIGMA15: (186250, 186250)})[1] == \
         "slot 2: every run is done"
 
 
@@ -132,7 +130,7 @@ def test_the_entry_is_kept_with_the_runs_recipe(tmp_path):
         pytest.skip("needs a POSIX sh")
     (tmp_path / "checkpoints").mkdir()
     shutil.copy(ROOT / "checkpoints" / "campaign.sh", tmp_path / "checkpoints")
-    run = tmp_path / "checkpoints" / "spline64-sigma15"
+    run = tmp_path / "checkpoints" / SIGMA15
     recipe = {"sigma": 15.0, "activation": "spline", "batch_size": 64, "lr_conv": 4e-4}
     save_tensors_atomic({"x": torch.zeros(1)}, run / "train_state.safetensors",
                         {"step": 31250, "train_config": recipe, "config": {"channels": 64}})
@@ -149,15 +147,15 @@ def test_the_entry_is_kept_with_the_runs_recipe(tmp_path):
 
 
 def test_a_sigma15_run_past_the_budget_without_its_claim_is_reported(campaign):
-    assert campaign(**DONE, **{"spline64-sigma15": 40000})[1] == \
-        "spline64-sigma15 is at step 40000, not 31250: its best is not the claim's entry"
+    assert campaign(**DONE, **{SIGMA15: 40000})[1] == \
+        f"{SIGMA15} is at step 40000, not 31250: its best is not the claim's entry"
 
 
 def test_an_unreadable_state_stops_its_slot_instead_of_starting_the_run_again(campaign, tmp_path):
-    folder = tmp_path / "checkpoints" / "spline64-sigma25"
+    folder = tmp_path / "checkpoints" / SIGMA5
     folder.mkdir()
     (folder / "train_state.safetensors").write_bytes(b"\x04\x00\x00\x00\x00\x00\x00\x00{}}}")
-    assert campaign()[0] == "cannot read the step of checkpoints/spline64-sigma25/train_state.safetensors"
+    assert campaign()[0] == f"cannot read the step of checkpoints/{SIGMA5}/train_state.safetensors"
 
 
 def test_a_second_campaign_is_refused_while_one_runs(tmp_path):

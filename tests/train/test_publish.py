@@ -34,7 +34,7 @@ def test_publish_writes_a_loadable_model_and_its_measured_card(tmp_path, monkeyp
     assert step_one[0] == "1" and training["wall_time_minutes"] == round(float(step_one[1]) / 60, 1)
     assert training["schedule"] == {"planned_steps": 3, "planned_patches": 12, "decay_at_fraction": 0.75,
                                     "decay_factor": 0.1}
-    assert training["lr_factor_at_best_step"] == 1.0
+    assert training["lr_factor_at_best_step"] == 1.0 and training["spline_init"] == "identity"
     model, _ = load_denoiser_file(target)
     assert model.config.channels == 4
     assert sorted(p.name for p in weights.iterdir()) == ["tiny-sigma15.json", "tiny-sigma15.safetensors"]
@@ -67,3 +67,4 @@ def test_the_card_of_a_warm_started_run_counts_the_patches_of_its_start(tmp_path
     assert training["warm_start"]["source"] == source and training["warm_start"]["sha256"] == sha256_of(source)
     assert training["warm_start"]["patches_seen"] == 4 * start["step"]
     assert training["patches_seen"] == 4 * start["step"] + 4 * best_step
+    assert training["spline_init"] is None  # the splines started as the source's

@@ -192,6 +192,42 @@ def test_a_warm_start_asked_of_a_state_that_records_none_is_refused(image_folder
         train(tiny_config(image_folders, run, init_from=str(first / "best.safetensors")), progress=False)
 
 
+@pytest.mark.parametrize("init", ["identity", "absolute_value", "relu"])
+def test_the_splines_of_a_new_run_start_as_its_recipe_says(image_folders, tmp_path, init):
+    from lipden.nn.splines import LinearSpline
+
+    summary = train(tiny_config(image_folders, tmp_path, steps=1, lr_scale=1e-12, spline_init=init), progress=False)
+    assert summary["step"] == 1
+    model, metadata = load_denoiser_file(tmp_path / "best.safetensors")
+    splines = [m for m in model.modules() if isinstance(m, LinearSpline)]
+    assert len(splines) == 2
+    for spline in splines:
+        knots = spline.knots().expand_as(spline.coefficients)
+        expected = {"identity": knots, "absolute_value": knots.abs(), "relu": knots.clamp(min=0)}[init]
+        torch.testing.assert_close(spline.constrained_coefficients().detach(), expected, rtol=0, atol=1e-6)
+    # the network names a start other than the default of a stored config (|x|, what every run had before)
+    assert metadata["config"]["activation_kwargs"] == ({} if init == "absolute_value" else {"init": init})
+    assert load_tensors(tmp_path / "train_state.safetensors")[1]["train_config"]["spline_init"] == init
+
+
+def test_a_run_recorded_before_the_spline_init_resumes_as_the_absolute_value_start(image_folders, tmp_path):
+    from lipden.cli import main
+
+    run = tmp_path / "run"
+    train(tiny_config(image_folders, run, stop_at=2, spline_init="absolute_value"), progress=False)
+    tensors, metadata = load_tensors(run / "train_state.safetensors")
+    del metadata["train_config"]["spline_init"]
+    save_tensors_atomic(tensors, run / "train_state.safetensors", metadata)
+    with pytest.raises(ValueError, match="spline_init='absolute_value' \\(given 'identity'\\)"):
+        train(tiny_config(image_folders, run), progress=False)
+    train_dir, val_dir = image_folders
+    assert main(["train", "--resume", "--quiet", "--output", str(run), "--train-dir", str(train_dir),
+                 "--val-dir", str(val_dir)]) == 0
+    assert load_tensors(run / "train_state.safetensors")[1]["step"] == 4
+    with pytest.raises(ValueError, match="spline_init must be one of"):
+        train(tiny_config(image_folders, tmp_path / "bad", spline_init="cubic"), progress=False)
+
+
 def test_a_shipped_card_without_a_patch_count_gives_its_best_step_times_its_batch():
     from lipden.models.pretrained import denoiser_card, load_denoiser
     from lipden.train.warm_start import load_warm_start
