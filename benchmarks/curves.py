@@ -112,10 +112,14 @@ def _markdown(runs: list[dict]) -> str:
 
 
 def _activation(run: dict) -> str:
-    """The activation, for a spline with the function its splines started as (a run recorded before
-    the start was: the |x| every spline run started from then; a warm start: its source's)."""
-    if not is_spline(run["activation"]):
-        return run["activation"]
+    """The activation, for a spline with the function its splines started as: the run's recorded
+    start (a run recorded before the start was: the |x| every spline run started from then), or
+    "from weights" for a run started from trained weights."""
+    activation = str(run.get("activation"))
+    if not is_spline(activation):
+        return activation
+    if "warm_start_patches" in run:
+        return "spline (from weights)"
     start = run.get("spline_init") or PREDATED_RECIPE["spline_init"]
     return f"spline ({'|x|' if start == 'absolute_value' else start} start)"
 

@@ -25,14 +25,15 @@
 # (exact before the decay: `train --resume --steps` then gives the run planned so from the start).
 # Sigma 5 and 25 follow the issue's rule for ending a run before the full budget: they train at the
 # constant rate, CHECK_STEPS at a time, until their validation gains less than 0.02 dB per hour
-# over their last 5 hours of training (`python -m lipden.train.plateau RUN` fits the slope); such a
+# over their last 5 hours of training (`python -m lipden.train.plateau RUN` fits the slope and
+# judges it flat when the slope plus two standard errors is below the bar); such a
 # run is then re-planned so that its decay comes at that step (a budget of 4/3 of it, exact) and
 # trained to the end of that plan. Sigma 15 trains to the full budget whatever its slope.
 set -u
 cd "$(dirname "$0")/.."
 
 CLAIM_STEPS=31250
-FIRST_PLAN=180000  # the schedule the claim runs and the sigma-25 head were planned with
+FIRST_PLAN=180000  # the schedule the claim runs are planned with
 FULL_STEPS=186250
 CHECK_STEPS=2500  # steps between two looks at the slope of a run trained until it is flat
 RECIPE="--channels 64 --batch-size 64 --lr-scale 0.5 --validate-every 500"
@@ -108,8 +109,8 @@ claim_entry() {
 
 # Train checkpoints/$1 (resumed; new with the options "$2 ..." and the recipe) at the constant rate of
 # the full budget, CHECK_STEPS at a time, until it is flat; then re-plan it so that its decay comes at
-# that step and train it to the end of that plan. A run re-planned so (planned for fewer steps than
-# FIRST_PLAN) goes on to the end of its plan.
+# that step and train it to the end of that plan. A run planned for another budget (re-planned so)
+# goes on to the end of its plan; past the full budget's own decay the slope is not looked at again.
 train_until_flat() {
     name=$1 folder=checkpoints/$1
     shift
@@ -120,17 +121,18 @@ train_until_flat() {
                 '' | *[!0-9]*) echo "cannot read the step of $folder/train_state.safetensors" >&2; return 1 ;;
             esac
         done
-        if [ "$step" -gt 0 ] && [ "$plan" -gt 0 ] && [ "$plan" -lt "$FIRST_PLAN" ]; then
+        if [ "$step" -gt 0 ] && [ "$plan" -ne "$FULL_STEPS" ]; then
             train_to "$name" "$plan" "$plan"
             return
         elif [ "$step" -ge "$FULL_STEPS" ]; then
             return 0
-        elif [ "$step" -gt 0 ]; then
+        elif [ "$step" -gt 0 ] && [ $((step * 4)) -lt $((FULL_STEPS * 3)) ]; then
             budget=$(python -m lipden.train.plateau "$folder") || return 1
-            if [ -n "$budget" ]; then
-                train_to "$name" "$budget" "$budget"
-                return
-            fi
+            case $budget in
+                '') ;;
+                *[!0-9]*) echo "lipden.train.plateau printed no step budget for $folder: $budget" >&2; return 1 ;;
+                *) train_to "$name" "$budget" "$budget"; return ;;
+            esac
         fi
         next=$((step + CHECK_STEPS))
         [ "$next" -gt "$FULL_STEPS" ] && next=$FULL_STEPS

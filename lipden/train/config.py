@@ -65,6 +65,8 @@ def recipe_differences(recorded: dict[str, Any], config: TrainConfig, step: int 
     for name in RECIPE_FIELDS:
         if name not in recorded or _same(recorded[name], getattr(config, name)):
             continue
+        if name == "spline_init" and (not is_spline(config.activation) or config.init_from is not None):
+            continue  # no spline starts from it: no learned spline, or the splines of trained weights
         difference = f"{name}={recorded[name]!r} (given {getattr(config, name)!r})"
         if name == "steps" and config.replan_steps and step is not None:
             if schedule_replans_exactly(recorded[name], config, step):

@@ -3,18 +3,23 @@
 The campaign's rule (the priors issue): a run trains at its constant learning rate towards the
 paper's sample budget unless its learning curve has flattened, that is, unless its set12
 validation PSNR gains less than ``threshold`` dB per hour of training at the end. The gain is
-measured as the least-squares slope of the validation PSNR against the trainer's wall clock
-over the last ``window_hours`` of constant-rate validations, which averages the validation noise
-(about 0.05 dB from one validation to the next at the constant rate) instead of comparing two
-maxima. A flat run then ends with the schedule's own decay: its step budget is re-planned to the
-smallest budget whose decay (at ``lr_decay_at`` of it) comes at the run's current step, which
-:func:`lipden.train.config.schedule_replans_exactly` accepts, so the run goes on exactly as if it
-had been planned so from the start.
+measured as the least-squares slope of the validation PSNR against the trainer's clock over the
+last ``window_hours`` of constant-rate validations, which averages the validation noise (about
+0.05 dB from one validation to the next at the constant rate) instead of comparing two maxima;
+a run counts as flat only when the slope plus two standard errors is below the bar, since the
+decay that ends it cannot be undone. The trainer's clock (``elapsed_s``) also runs while a
+trainer is paused (SIGSTOP), so long pauses read as hours without gain: keep them short.
+
+A flat run then ends with the schedule's own decay: its step budget is re-planned to the budget
+``N`` whose first decayed step (the trainer decays every step ``k >= lr_decay_at * N``) is the
+run's current step, which :func:`lipden.train.config.schedule_replans_exactly` accepts, so the run
+goes on exactly as if it had been planned for ``N`` from the start.
 
     python -m lipden.train.plateau checkpoints/spline64-identity-sigma25
 
 prints the re-planned step budget on stdout when the run is flat (nothing while it is still
-rising, or when it cannot be judged yet) and the measured slope on stderr.
+rising, when it cannot be judged yet, or when it is past a decay already) and the measured slope
+on stderr.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lipden.models.checkpoint import load_tensors
+from lipden.train.config import TrainConfig, schedule_replans_exactly
 from lipden.train.state import read_log
 
 #: the issue's flatness bar (dB of set12 validation PSNR per hour of training)
@@ -70,15 +76,27 @@ def validation_slope(rows: list[dict[str, float]], window_hours: float = WINDOW_
 
 
 def decay_budget(step: int, lr_decay_at: float = 0.75) -> int:
-    """The smallest step budget ``N`` whose learning-rate decay (every step ``k >= lr_decay_at * N``)
-    comes at ``step`` or after it: the steps taken so far stay undecayed, so the run re-planned to
-    ``N`` is the run planned for ``N`` from the start, and its decayed tail is ``N - step`` steps."""
+    """The step budget ``N`` whose first decayed step is ``step``: the trainer decays every step
+    ``k >= lr_decay_at * N``, so ``N`` is the largest budget with ``lr_decay_at * N <= step``
+    (then ``lr_decay_at * N > step - 1``). The steps ``0 .. step - 1`` taken so far stay undecayed,
+    so the run re-planned to ``N`` is the run planned for ``N`` from the start; its decayed tail is
+    the ``N - step`` steps from ``step`` on."""
     if step < 1 or not 0 < lr_decay_at < 1:
         raise ValueError(f"need a step >= 1 and a decay point in (0, 1), got {step} and {lr_decay_at}")
-    budget = math.ceil(step / lr_decay_at)
-    while lr_decay_at * (budget - 1) >= step:  # guard against the rounding of step / lr_decay_at
+    budget = math.floor(step / lr_decay_at)
+    while lr_decay_at * (budget + 1) <= step:  # guards against the rounding of step / lr_decay_at,
+        budget += 1  # in the trainer's own product
+    while lr_decay_at * budget > step:
         budget -= 1
+    if budget <= step:
+        raise ValueError(f"step {step} is too early for a decayed tail at {lr_decay_at} of a budget")
     return budget
+
+
+def is_flat(slope: Slope, threshold: float = FLAT_DB_PER_HOUR) -> bool:
+    """Whether the curve gains less than ``threshold`` dB per hour with confidence: the slope plus
+    two standard errors is below it."""
+    return slope.db_per_hour + 2 * slope.standard_error < threshold
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         _, metadata = load_tensors(state)
-        step, lr_decay_at = int(metadata["step"]), float(metadata["train_config"]["lr_decay_at"])
-    except (OSError, ValueError, KeyError) as error:
+        step = int(metadata["step"])
+        planned, lr_decay_at = int(metadata["train_config"]["steps"]), float(metadata["train_config"]["lr_decay_at"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
         print(f"error: cannot read the step and schedule of {state}: {error}", file=sys.stderr)
         return 1
     rows = read_log(args.run)
@@ -110,12 +129,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.run}: less than {args.window:g} hours of constant-rate validations, not judged",
               file=sys.stderr)
         return 0
-    flat = slope.db_per_hour < args.threshold
+    flat = is_flat(slope, args.threshold)
     print(f"{args.run}: {slope.db_per_hour:+.4f} dB/h (standard error {slope.standard_error:.4f}) over the "
           f"last {args.window:g} hours, steps {slope.first_step}-{slope.last_step} ({slope.validations} "
-          f"validations): {'flat' if flat else 'still rising'}", file=sys.stderr)
+          f"validations): {'flat' if flat else 'not flat'}", file=sys.stderr)
     if flat:
-        print(decay_budget(step, lr_decay_at))  # the state's step: it may be past the last validation
+        try:
+            budget = decay_budget(step, lr_decay_at)
+        except ValueError as error:
+            print(f"{args.run}: {error}", file=sys.stderr)
+            return 0
+        replanned = TrainConfig(output=str(args.run), steps=budget, lr_decay_at=lr_decay_at)
+        if not schedule_replans_exactly(planned, replanned, step):  # the state's step, maybe past the last validation
+            print(f"{args.run}: step {step} is past the decay of its plan ({planned} steps); it goes on to its end",
+                  file=sys.stderr)
+            return 0
+        print(budget)
     return 0
 
 

@@ -8,7 +8,7 @@ import torch
 
 from lipden.models.checkpoint import save_tensors_atomic
 from lipden.train.config import schedule_replans_exactly
-from lipden.train.plateau import decay_budget, main, validation_slope
+from lipden.train.plateau import Slope, decay_budget, is_flat, main, validation_slope
 
 
 def curve(slope: float, hours: float = 8.0, noise: float = 0.0, decayed_after: float | None = None) -> list[dict]:
@@ -47,27 +47,35 @@ def test_decayed_validations_and_short_curves_are_not_judged():
         validation_slope(curve(0.0), window_hours=0)
 
 
-@pytest.mark.parametrize("step", [1, 2, 3, 4, 15625, 19000, 39900, 40000, 40001, 123457])
-@pytest.mark.parametrize("lr_decay_at", [0.75, 0.5, 0.9])
-def test_the_budget_puts_the_decay_at_the_step_and_replans_exactly(step, lr_decay_at):
+@pytest.mark.parametrize("step", [10, 11, 12, 15625, 16100, 19000, 39900, 40000, 40001, 123457])
+@pytest.mark.parametrize("lr_decay_at", [0.75, 0.5, 0.9, 0.3])
+def test_the_budget_puts_the_first_decayed_step_at_the_step_and_replans_exactly(step, lr_decay_at):
     budget = decay_budget(step, lr_decay_at)
-    # the trainer decays at every step k >= lr_decay_at * budget (lipden.train.loop): the steps taken so far
-    # (0 .. step - 1) are undecayed, and the next one is decayed with the budget one step smaller
-    assert lr_decay_at * budget >= step and lr_decay_at * (budget - 1) < step
+    # the trainer (lipden.train.loop) takes step k at the decayed rate when k >= lr_decay_at * budget
+    decayed = [k for k in range(max(0, step - 3), budget) if k >= lr_decay_at * budget]
+    assert decayed[0] == step
+    assert lr_decay_at * (budget + 1) > step  # the largest such budget: one more step would move the decay
     config = SimpleNamespace(steps=budget, lr_decay_at=lr_decay_at)
     assert schedule_replans_exactly(10**6, config, step)  # a run planned for a longer budget accepts it
+    assert not schedule_replans_exactly(10**6, config, step + 1)  # one step later it would not
 
 
-def test_a_budget_needs_a_step_and_a_decay_point():
-    for step, at in ((0, 0.75), (10, 0.0), (10, 1.0)):
+def test_a_slope_is_flat_only_below_the_bar_with_two_standard_errors():
+    assert is_flat(validation_slope(curve(0.0, noise=0.02), 5))
+    assert not is_flat(validation_slope(curve(0.019, noise=0.0), 5), 0.019)
+    assert not is_flat(Slope(0.01, 0.006, 20, 0, 1))  # 0.01 + 0.012 is not below 0.02
+
+
+def test_a_budget_needs_a_step_a_decay_point_and_room_for_a_tail():
+    for step, at in ((0, 0.75), (10, 0.0), (10, 1.0), (1, 0.75), (2, 0.75), (5, 0.9)):
         with pytest.raises(ValueError):
             decay_budget(step, at)
 
 
-def write_run(folder, slope: float, step: int) -> None:
+def write_run(folder, slope: float, step: int, planned: int = 186250) -> None:
     folder.mkdir(parents=True)
     save_tensors_atomic({"x": torch.zeros(1)}, folder / "train_state.safetensors",
-                        {"step": step, "train_config": {"steps": 186250, "lr_decay_at": 0.75}})
+                        {"step": step, "train_config": {"steps": planned, "lr_decay_at": 0.75}})
     lines = ["step,elapsed_s,loss_per_patch,val_psnr,lr_factor"]
     lines += [f"{row['step']:.0f},{row['elapsed_s']},1.0,{row['val_psnr']},1.0" for row in curve(slope)]
     (folder / "log.csv").write_text("\n".join(lines) + "\n")
@@ -78,12 +86,17 @@ def test_the_command_prints_the_budget_of_a_flat_run_only(tmp_path, capsys):
     write_run(tmp_path / "rising", slope=0.05, step=16000)
     assert main([str(tmp_path / "flat")]) == 0
     captured = capsys.readouterr()
-    assert captured.out == "21467\n" and "+0.0100 dB/h" in captured.err and "flat" in captured.err
+    assert captured.out == "21466\n" and "+0.0100 dB/h" in captured.err and "flat" in captured.err
     assert main([str(tmp_path / "rising")]) == 0
     captured = capsys.readouterr()
-    assert captured.out == "" and "still rising" in captured.err
+    assert captured.out == "" and "not flat" in captured.err
     assert main([str(tmp_path / "rising"), "--threshold", "0.06"]) == 0  # flat by a looser bar
-    assert capsys.readouterr().out == "21334\n"
+    assert capsys.readouterr().out == "21333\n"
+    # a run past the decay of its plan is not re-planned again
+    write_run(tmp_path / "decayed", slope=0.0, step=16100, planned=20000)
+    assert main([str(tmp_path / "decayed")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "past the decay of its plan (20000 steps)" in captured.err
 
 
 def test_the_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):

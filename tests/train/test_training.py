@@ -226,6 +226,13 @@ def test_a_run_recorded_before_the_spline_init_resumes_as_the_absolute_value_sta
     assert load_tensors(run / "train_state.safetensors")[1]["step"] == 4
     with pytest.raises(ValueError, match="spline_init must be one of"):
         train(tiny_config(image_folders, tmp_path / "bad", spline_init="cubic"), progress=False)
+    # a run without splines has no start to disagree on
+    relu = tmp_path / "relu"
+    train(tiny_config(image_folders, relu, stop_at=2, activation="relu"), progress=False)
+    tensors, metadata = load_tensors(relu / "train_state.safetensors")
+    del metadata["train_config"]["spline_init"]
+    save_tensors_atomic(tensors, relu / "train_state.safetensors", metadata)
+    assert train(tiny_config(image_folders, relu, activation="relu"), progress=False)["step"] == 4
 
 
 def test_a_shipped_card_without_a_patch_count_gives_its_best_step_times_its_batch():
