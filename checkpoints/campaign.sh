@@ -9,7 +9,8 @@
 # `pkill -STOP -f "cli.py train"` (and -CONT) while timing anything. `DRY_RUN=1 sh checkpoints/campaign.sh`
 # prints the next command of each slot instead of training.
 #
-#   slot 1: spline64-identity-sigma5 and then spline64-identity-sigma25, each until it is flat (below);
+#   slot 1: spline64-identity-sigma5 and spline64-identity-sigma25 by turns, CHECK_STEPS at a time, each
+#           until it is flat (below);
 #           then the four 1-Lipschitz baselines at sigma 15 (ReLU, |x|, GroupSort, HouseHolder), one
 #           after the other, each with the spline's recipe up to the claim budget (31,250 steps of 64
 #           patches, 2M patches); each run's best set12 weights within the budget are kept with its
@@ -24,11 +25,11 @@
 # decay at 75 %); a run planned so is re-planned to the full budget when it goes on past the claim
 # (exact before the decay: `train --resume --steps` then gives the run planned so from the start).
 # Sigma 5 and 25 follow the issue's rule for ending a run before the full budget: they train at the
-# constant rate, CHECK_STEPS at a time, until their validation gains less than 0.02 dB per hour
+# constant rate until their validation gains less than 0.02 dB per hour
 # over their last 5 hours of training (`python -m lipden.train.plateau RUN` fits the slope and
 # judges it flat when the slope plus two standard errors is below the bar); such a
 # run is then re-planned so that its decay comes at that step (a budget of 4/3 of it, exact) and
-# trained to the end of that plan. Sigma 15 trains to the full budget whatever its slope.
+# trained to the end of that plan, still by turns. Sigma 15 trains to the full budget whatever its slope.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -107,42 +108,55 @@ claim_entry() {
         python -m lipden.train.comparison "checkpoints/$entry_run" "$entry" "$CLAIM_STEPS"
 }
 
-# Train checkpoints/$1 (resumed; new with the options "$2 ..." and the recipe) at the constant rate of
-# the full budget, CHECK_STEPS at a time, until it is flat; then re-plan it so that its decay comes at
-# that step and train it to the end of that plan. A run planned for another budget (re-planned so)
-# goes on to the end of its plan; past the full budget's own decay the slope is not looked at again.
-train_until_flat() {
+# One stage of checkpoints/$1, a run trained until it is flat (resumed; new with the options "$2 ..." and
+# the recipe): CHECK_STEPS more steps at the constant rate of the full budget while it is not flat; once
+# it is, re-planned so that its decay comes at that step, and then CHECK_STEPS at a time to the end of
+# that plan. A run planned for another budget (re-planned so) goes on to the end of its plan; past the
+# full budget's own decay the slope is not looked at again. Returns 0 after a stage, 3 when the run is
+# done, 1 when it failed (or, in a dry run, after printing the stage).
+advance_until_flat() {
     name=$1 folder=checkpoints/$1
     shift
-    while :; do
-        step=$(state_step "$folder") plan=$(state_step "$folder" plan)
-        for number in "$step" "$plan"; do
-            case $number in
-                '' | *[!0-9]*) echo "cannot read the step of $folder/train_state.safetensors" >&2; return 1 ;;
-            esac
-        done
-        if [ "$step" -gt 0 ] && [ "$plan" -ne "$FULL_STEPS" ]; then
-            train_to "$name" "$plan" "$plan"
-            return
-        elif [ "$step" -ge "$FULL_STEPS" ]; then
-            return 0
-        elif [ "$step" -gt 0 ] && [ $((step * 4)) -lt $((FULL_STEPS * 3)) ]; then
+    step=$(state_step "$folder") plan=$(state_step "$folder" plan)
+    for number in "$step" "$plan"; do
+        case $number in
+            '' | *[!0-9]*) echo "cannot read the step of $folder/train_state.safetensors" >&2; return 1 ;;
+        esac
+    done
+    if [ "$step" -gt 0 ] && [ "$plan" -ne "$FULL_STEPS" ]; then
+        [ "$step" -ge "$plan" ] && return 3
+    elif [ "$step" -ge "$FULL_STEPS" ]; then
+        return 3
+    else
+        plan=$FULL_STEPS
+        if [ "$step" -gt 0 ] && [ $((step * 4)) -lt $((FULL_STEPS * 3)) ]; then
             budget=$(python -m lipden.train.plateau "$folder") || return 1
             case $budget in
                 '') ;;
                 *[!0-9]*) echo "lipden.train.plateau printed no step budget for $folder: $budget" >&2; return 1 ;;
-                *) train_to "$name" "$budget" "$budget"; return ;;
+                *) plan=$budget ;;
             esac
         fi
-        next=$((step + CHECK_STEPS))
-        [ "$next" -gt "$FULL_STEPS" ] && next=$FULL_STEPS
-        train_to "$name" "$next" "$FULL_STEPS" "$@" || return 1
-    done
+    fi
+    next=$((step + CHECK_STEPS))
+    [ "$next" -gt "$plan" ] && next=$plan
+    train_to "$name" "$next" "$plan" "$@" || return 1
 }
 
 slot1() {
-    train_until_flat spline64-identity-sigma5 --sigma 5 || return 1
-    train_until_flat spline64-identity-sigma25 --sigma 25 || return 1
+    # sigma 5 and sigma 25 by turns, a stage each, so that both gain while neither is flat
+    sigma5=0 sigma25=0
+    while [ "$sigma5" -ne 3 ] || [ "$sigma25" -ne 3 ]; do
+        if [ "$sigma5" -ne 3 ]; then
+            advance_until_flat spline64-identity-sigma5 --sigma 5
+            sigma5=$?
+        fi
+        if [ "$sigma25" -ne 3 ]; then
+            advance_until_flat spline64-identity-sigma25 --sigma 25
+            sigma25=$?
+        fi
+        [ "$sigma5" -eq 1 ] || [ "$sigma25" -eq 1 ] && return 1
+    done
     for activation in relu absolute_value groupsort householder; do
         claim_entry "$activation" || return 1
     done

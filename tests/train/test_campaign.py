@@ -60,11 +60,13 @@ def campaign(tmp_path):
 
 
 def test_new_runs_start_with_the_recipe_and_started_ones_resume(campaign):
-    assert campaign() == [
+    assert campaign() == [  # slot 1: a stage of sigma 5, then one of sigma 25; slot 2
         f"python cli.py train --quiet --sigma 5 {RECIPE} {PLAN} --stop-at 2500 --output checkpoints/{SIGMA5}",
+        f"python cli.py train --quiet --sigma 25 {RECIPE} {PLAN} --stop-at 2500 --output checkpoints/{SIGMA25}",
         f"python cli.py train --quiet --sigma 15 {RECIPE} {FIRST} --stop-at 31250 --output checkpoints/{SIGMA15}"]
-    assert campaign(**{SIGMA5: 3000, SIGMA15: 900}) == [
+    assert campaign(**{SIGMA5: 3000, SIGMA25: 2500, SIGMA15: 900}) == [
         f"python cli.py train --quiet --resume {PLAN} --stop-at 5500 --output checkpoints/{SIGMA5}",
+        f"python cli.py train --quiet --resume {PLAN} --stop-at 5000 --output checkpoints/{SIGMA25}",
         f"python cli.py train --quiet --resume {FIRST} --stop-at 31250 --output checkpoints/{SIGMA15}"]
 
 
@@ -72,7 +74,7 @@ BASELINES = ("relu", "absolute_value", "groupsort", "householder")
 DONE = {SIGMA5: (53334, 53334), SIGMA25: (20833, 20833)}  # both ended by their decay
 
 
-def test_slot1_trains_sigma5_then_sigma25_until_flat_then_their_decay(campaign, tmp_path):
+def test_slot1_trains_sigma5_and_sigma25_by_turns_until_flat_then_their_decay(campaign, tmp_path):
     sigma5 = tmp_path / "checkpoints" / SIGMA5
     write_log(sigma5, slope_db_per_hour=0.05, last_step=15500)  # still rising: one more chunk
     assert campaign(reports=True, **{SIGMA5: 15625})[:2] == [
@@ -81,19 +83,26 @@ def test_slot1_trains_sigma5_then_sigma25_until_flat_then_their_decay(campaign, 
         f"python cli.py train --quiet --resume {PLAN} --stop-at 18125 --output checkpoints/{SIGMA5}"]
     write_log(sigma5, slope_db_per_hour=0.01, last_step=15500)  # flat: its decay comes at its step, 15,625
     assert campaign(**{SIGMA5: 15625})[0] == \
-        f"python cli.py train --quiet --resume --steps 20833 --stop-at 20833 --output checkpoints/{SIGMA5}"
-    # re-planned so, it goes on to the end of its plan without a new look at its slope
+        f"python cli.py train --quiet --resume --steps 20833 --stop-at 18125 --output checkpoints/{SIGMA5}"
+    # re-planned so, it goes on to the end of its plan without a new look at its slope, a stage at a time
     write_log(sigma5, slope_db_per_hour=0.05, last_step=15500)
     assert campaign(**{SIGMA5: (17000, 20833)})[0] == \
+        f"python cli.py train --quiet --resume --steps 20833 --stop-at 19500 --output checkpoints/{SIGMA5}"
+    assert campaign(**{SIGMA5: (19500, 20833)})[0] == \
         f"python cli.py train --quiet --resume --steps 20833 --stop-at 20833 --output checkpoints/{SIGMA5}"
     # a run that goes flat late still ends with its decay; past the full budget's own decay it is not looked at
     write_log(sigma5, slope_db_per_hour=0.0, last_step=136000)
     assert campaign(**{SIGMA5: 136000})[0] == \
-        f"python cli.py train --quiet --resume --steps 181333 --stop-at 181333 --output checkpoints/{SIGMA5}"
+        f"python cli.py train --quiet --resume --steps 181333 --stop-at 138500 --output checkpoints/{SIGMA5}"
     write_log(sigma5, slope_db_per_hour=0.0, last_step=140000)
     assert campaign(reports=True, **{SIGMA5: 140000})[0] == \
         f"python cli.py train --quiet --resume {PLAN} --stop-at 142500 --output checkpoints/{SIGMA5}"
-    # then sigma 25, new; less than 5 hours of validations are not judged
+    # a flat sigma 25 is re-planned the same way while sigma 5 goes on
+    write_log(tmp_path / "checkpoints" / SIGMA25, slope_db_per_hour=0.0, last_step=12000)
+    assert campaign(**{SIGMA5: 12000, SIGMA25: 12000})[1] == \
+        f"python cli.py train --quiet --resume --steps 16000 --stop-at 14500 --output checkpoints/{SIGMA25}"
+    # once sigma 5 is done, sigma 25 alone; less than 5 hours of validations are not judged
+    shutil.rmtree(tmp_path / "checkpoints" / SIGMA25)
     assert campaign(**{SIGMA5: (20833, 20833)})[0] == \
         f"python cli.py train --quiet --sigma 25 {RECIPE} {PLAN} --stop-at 2500 --output checkpoints/{SIGMA25}"
     write_log(tmp_path / "checkpoints" / SIGMA25, slope_db_per_hour=0.0, hours=4, last_step=8000)
