@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lipden.models.checkpoint import load_tensors
 from lipden.models.denoiser import is_spline
-from lipden.train.config import PREDATED_RECIPE
+from lipden.train.config import spline_start
 from lipden.train.state import patches_at, read_log
 
 from .common import compact, save_figure, table_cell, write_results
@@ -36,8 +36,7 @@ def read_run(folder: Path) -> dict | None:
     record = {
         "run": folder.name,
         "activation": config.get("activation"),
-        "spline_init": (config.get("spline_init", PREDATED_RECIPE["spline_init"])
-                        if is_spline(str(config.get("activation", ""))) else None),
+        "spline_init": spline_start(str(config.get("activation", "")), False, config.get("spline_init")),
         "sigma": config.get("sigma"),
         "channels": metadata.get("config", {}).get("channels"),
         "batch_size": batch,
@@ -116,11 +115,9 @@ def _activation(run: dict) -> str:
     start (a run recorded before the start was: the |x| every spline run started from then), or
     "from weights" for a run started from trained weights."""
     activation = str(run.get("activation"))
-    if not is_spline(activation):
-        return activation
-    if "warm_start_patches" in run:
-        return "spline (from weights)"
-    start = run.get("spline_init") or PREDATED_RECIPE["spline_init"]
+    start = spline_start(activation, "warm_start_patches" in run, run.get("spline_init"))
+    if start is None:
+        return "spline (from weights)" if is_spline(activation) else activation
     return f"spline ({'|x|' if start == 'absolute_value' else start} start)"
 
 

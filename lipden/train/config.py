@@ -41,6 +41,15 @@ def _same(recorded: Any, given: Any) -> bool:
 PREDATED_RECIPE = {"init_from": None, "spline_init": "absolute_value"}
 
 
+def spline_start(activation: str, from_weights: bool, spline_init: str | None) -> str | None:
+    """What the learned splines of a run start as: its recorded ``spline_init`` (None, for a record
+    that predates it: the |x| every run started from then); None for a run without learned splines
+    or one started from trained weights (``from_weights``), whose splines are its source's."""
+    if not is_spline(activation) or from_weights:
+        return None
+    return spline_init or PREDATED_RECIPE["spline_init"]
+
+
 def schedule_replans_exactly(recorded_steps: int, config: TrainConfig, step: int) -> bool:
     """Whether a run planned for ``recorded_steps`` that stands at ``step`` may go on with the step
     budget ``config.steps`` instead, as if it had been planned so from the start.
@@ -65,7 +74,7 @@ def recipe_differences(recorded: dict[str, Any], config: TrainConfig, step: int 
     for name in RECIPE_FIELDS:
         if name not in recorded or _same(recorded[name], getattr(config, name)):
             continue
-        if name == "spline_init" and (not is_spline(config.activation) or config.init_from is not None):
+        if name == "spline_init" and config.spline_start is None:
             continue  # no spline starts from it: no learned spline, or the splines of trained weights
         difference = f"{name}={recorded[name]!r} (given {getattr(config, name)!r})"
         if name == "steps" and config.replan_steps and step is not None:
@@ -140,6 +149,11 @@ class TrainConfig:
             raise ValueError(f"sigma is on the 0-255 scale and must be in (0, 255), got {config.sigma}")
         return config
 
+    @property
+    def spline_start(self) -> str | None:
+        """What this run's learned splines start as (:func:`spline_start`)."""
+        return spline_start(self.activation, self.init_from is not None, self.spline_init)
+
     def model_config(self) -> DenoiserConfig:
         base = PRESETS[self.preset].to_dict()
         base.update(activation=self.activation, conv=self.conv, sigma=self.sigma / 255)
@@ -147,6 +161,6 @@ class TrainConfig:
             base["channels"] = self.channels
         if self.depth is not None:
             base["depth"] = self.depth
-        if is_spline(self.activation) and self.init_from is None and self.spline_init != SPLINE_DEFAULTS["init"]:
-            base["activation_kwargs"] = {**base.get("activation_kwargs", {}), "init": self.spline_init}
+        if self.spline_start not in (None, SPLINE_DEFAULTS["init"]):
+            base["activation_kwargs"] = {**base.get("activation_kwargs", {}), "init": self.spline_start}
         return DenoiserConfig.from_dict(base)

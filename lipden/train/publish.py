@@ -13,9 +13,8 @@ import torch
 
 from lipden.io import atomic_write, atomic_write_text, list_images, load_grayscale
 from lipden.models.checkpoint import load_denoiser_file, load_tensors, save_denoiser, sha256_of
-from lipden.models.denoiser import is_spline
 from lipden.models.pretrained import CERTIFY_SHAPE, weights_dir
-from lipden.train.config import DEFAULT_DATA, PREDATED_RECIPE
+from lipden.train.config import DEFAULT_DATA, spline_start
 from lipden.train.data import noisy_versions
 from lipden.train.loop import evaluate
 from lipden.train.state import patches_at, read_log
@@ -55,14 +54,6 @@ def _earlier_precision(train_config: dict) -> str:
     flag = train_config.get("mixed_precision")
     amp = flag if flag is not None else str(train_config.get("device", "cpu")).startswith("cuda")
     return "bf16 convolutions (autocast), float32 weights" if amp else "float32"
-
-
-def _spline_init(model, train_config: dict, state: dict) -> str | None:
-    """What the run's splines started as: its recipe's start (a record that predates it: the
-    |x| every run started from then), None for a run without splines or started from weights."""
-    if not is_spline(model.config.activation) or state.get("warm_start"):
-        return None
-    return train_config.get("spline_init", PREDATED_RECIPE["spline_init"])
 
 
 def _log_row(run_dir: Path, step: int | None) -> dict:
@@ -107,7 +98,8 @@ def _card(model, name: str, metadata: dict, state: dict, train_config: dict, sig
             "steps_total": state["step"],
             "patches_seen": patches,
             "warm_start": state.get("warm_start"),
-            "spline_init": _spline_init(model, train_config, state),
+            "spline_init": spline_start(model.config.activation, bool(state.get("warm_start")),
+                                        train_config.get("spline_init")),
             "precision": state.get("precision") or _earlier_precision(train_config),
             "best_step": best_step,
             "wall_time_minutes": round(best_row["elapsed_s"] / 60, 1) if "elapsed_s" in best_row else None,
