@@ -134,7 +134,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, held: ExitStack) -
     if start is not None:  # a resumed run has its weights in its state
         run.model.load_state_dict(start[0])
         run.warm_start = start[1]
-    run.spline_kernel = _spline_kernel(config, device, recorded.get("spline_kernel"))
+    run.spline_kernel = _spline_kernel(config, device, recorded.get("spline_kernel"), recorded.get("device"))
     set_spline_backend(run.spline_kernel)
     run.wrap_for_ranks()
     run.load_validation_images()
@@ -167,12 +167,15 @@ def _hold_lock(held: ExitStack, output: Path, rank: int, world: int, device: tor
         raise refused
 
 
-def _spline_kernel(config: TrainConfig, device: torch.device, recorded: str | None) -> str:
-    """The spline backend of the run: the one asked for; else the one a resumed run recorded;
-    else the native C++ kernel on a CPU where it builds; else compiled (``--compile``) or eager."""
+def _spline_kernel(config: TrainConfig, device: torch.device, recorded: str | None,
+                   recorded_device: str | None = None) -> str:
+    """The spline backend of the run: the one asked for; else the one a resumed run recorded on
+    the same kind of device (a run back from a GPU takes this device's own); else the native C++
+    kernel on a CPU where it builds; else compiled (``--compile``) or eager."""
     if config.spline_kernel != "auto":
         return config.spline_kernel
-    if recorded is not None:
+    same_device = recorded_device is None or torch.device(recorded_device).type == device.type
+    if recorded is not None and same_device:
         return recorded
     if device.type == "cpu" and native_kernel_available():
         return "native"
@@ -218,7 +221,7 @@ class _Run:
 
     def resume(self) -> dict[str, str]:
         """Load the training state; returns how the run was trained: its ``precision`` and, if
-        recorded, its ``spline_kernel``."""
+        recorded, its ``spline_kernel`` and the ``device`` it was trained on."""
         config, rank = self.config, self.rank
         tensors, metadata = load_tensors(self.state_path)
         differences = recipe_differences(metadata.get("train_config", {}), config, metadata["step"])
@@ -243,6 +246,8 @@ class _Run:
         recorded = {"precision": metadata.get("precision") or ("bf16" if earlier_amp else "float32")}
         if metadata.get("spline_kernel"):
             recorded["spline_kernel"] = metadata["spline_kernel"]
+        if metadata.get("train_config", {}).get("device"):
+            recorded["device"] = metadata["train_config"]["device"]
         return recorded
 
     def wrap_for_ranks(self) -> None:

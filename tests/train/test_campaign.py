@@ -125,13 +125,20 @@ def test_slot1_then_keeps_each_baselines_best_at_the_claim_budget(campaign):
     assert campaign(claim=BASELINES, **DONE)[0] == "slot 1: every run is done"
 
 
-def test_slot2_trains_the_spline_to_its_claim_and_on_to_the_full_budget(campaign):
+def test_slot2_trains_the_spline_to_its_claim_then_baselines_then_on_to_the_full_budget(campaign):
     assert campaign(**DONE, **{SIGMA15: 31250})[1] == \
         f"keep checkpoints/{SIGMA15}/best.safetensors as checkpoints/claim-sigma15/spline-2M.safetensors"
-    # a run planned for 180,000 steps goes on re-planned to the full budget, whatever its slope
+    # the baselines from the other end of slot 1's list
     assert campaign(claim=("spline",), **DONE, **{SIGMA15: 31250})[1] == \
+        f"python cli.py train --quiet --sigma 15 --activation householder {RECIPE} {FIRST} --stop-at 31250 " \
+        "--output checkpoints/householder64-sigma15"
+    assert campaign(claim=("spline", "householder", "groupsort"), **DONE, **{SIGMA15: 31250})[1] == \
+        f"python cli.py train --quiet --sigma 15 --activation absolute_value {RECIPE} {FIRST} --stop-at 31250 " \
+        "--output checkpoints/absolute_value64-sigma15"
+    # a run planned for 180,000 steps goes on re-planned to the full budget, whatever its slope
+    assert campaign(claim=("spline", *BASELINES), **DONE, **{SIGMA15: 31250})[-1] == \
         f"python cli.py train --quiet --resume {FULL} --output checkpoints/{SIGMA15}"
-    assert campaign(claim=("spline",), **DONE, **{SIGMA15: (186250, 186250)})[1] == \
+    assert campaign(claim=("spline", *BASELINES), **DONE, **{SIGMA15: (186250, 186250)})[-1] == \
         "slot 2: every run is done"
 
 
@@ -159,7 +166,9 @@ def test_the_entry_is_kept_with_the_runs_recipe(tmp_path):
     assert record["recipe"]["lr_conv"] == 4e-4 and record["network"] == {"channels": 64}
     assert (tmp_path / "checkpoints" / "claim-sigma15" / "spline-2M.safetensors").read_bytes() == \
         (run / "best.safetensors").read_bytes()
-    assert "cli.py" in (tmp_path / "checkpoints" / "campaign-slot2.log").read_text()  # then the spline goes on
+    log = (tmp_path / "checkpoints" / "campaign-slot2.log").read_text()
+    # the first baseline fails (as one that slot 1 holds would), and the spline goes on
+    assert "householder is not done here; the spline goes on" in log and "cli.py" in log
 
 
 def test_a_sigma15_run_past_the_budget_without_its_claim_is_reported(campaign):

@@ -506,15 +506,23 @@ def test_the_lock_of_a_killed_trainer_is_taken_over(image_folders, tmp_path):
     assert summary["step"] == 2
 
 
-def test_a_run_records_its_spline_kernel_and_a_resumed_run_keeps_it(image_folders, tmp_path):
+def test_a_run_records_its_spline_kernel_and_a_resumed_run_keeps_it_on_the_same_device(image_folders, tmp_path):
     from lipden.nn.splines import get_spline_backend, native_kernel_available
 
     train(tiny_config(image_folders, tmp_path, stop_at=2, validate_every=1, spline_kernel="eager"), progress=False)
     _, metadata = load_tensors(tmp_path / "train_state.safetensors")
     assert metadata["spline_kernel"] == "eager"
-    train(tiny_config(image_folders, tmp_path, validate_every=1), progress=False)  # "auto"
+    train(tiny_config(image_folders, tmp_path, stop_at=3, validate_every=1), progress=False)  # "auto"
     _, metadata = load_tensors(tmp_path / "train_state.safetensors")
-    assert metadata["step"] == 4 and metadata["spline_kernel"] == "eager"
+    assert metadata["step"] == 3 and metadata["spline_kernel"] == "eager"
+    # a run trained on a GPU and resumed on this CPU takes the CPU's kernel, not the GPU's
+    tensors, metadata = load_tensors(tmp_path / "train_state.safetensors")
+    save_tensors_atomic(tensors, tmp_path / "train_state.safetensors",
+                        {**metadata, "train_config": {**metadata["train_config"], "device": "cuda:0"}})
+    train(tiny_config(image_folders, tmp_path, validate_every=1), progress=False)
+    _, metadata = load_tensors(tmp_path / "train_state.safetensors")
+    assert metadata["step"] == 4
+    assert metadata["spline_kernel"] == ("native" if native_kernel_available() else "eager")
     fresh = tmp_path / "fresh"
     train(tiny_config(image_folders, fresh, steps=1, validate_every=1), progress=False)
     _, metadata = load_tensors(fresh / "train_state.safetensors")
