@@ -15,7 +15,7 @@ and each of its :class:`lipden.LinearSpline` layers (one learned function per ch
 
 The figure shows, per layer, six channels at the 0, 20, ..., 100 % quantiles of that
 layer's TV2 (lowest to highest), over the knot range plus 25 % on each side (the linear
-extension dashed), with |x| (the initialisation) in grey for reference.
+extension dashed), with |x| in grey for reference.
 """
 
 from __future__ import annotations
