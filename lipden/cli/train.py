@@ -30,8 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                 "train a 1-Lipschitz denoiser on image patches (CPU, GPU, torchrun)", EXAMPLES)
     parser.add_argument("--output", required=True, help="folder for checkpoints, best model and log.csv")
     parser.add_argument("--resume", action="store_true",
-                        help="go on with the run in --output, its recipe (noise level, network, batch, steps, "
-                             "learning rates, seed, validation interval, time budget) taken from its state; "
+                        help="go on with the run in --output, its recipe (noise level, network and activation, batch, "
+                             "steps, learning rates, seed, start, validation interval, time budget) taken from "
+                             "its state; "
                              "the options given here must agree with it")
     parser.add_argument("--sigma", type=float, help="noise level on the 0-255 scale (default 15)")
     parser.add_argument("--preset", choices=["paper", "cpu"],

@@ -23,7 +23,7 @@ TRAINING_PRESETS = {
 
 
 #: The step-based recipe of a run: its noise level, network, batch, step schedule, learning rates,
-#: regularisation and seed. A run resumed with other values would silently become another run,
+#: regularisation, seed and start (``init_from``, ``spline_init``). A run resumed with other values would silently become another run,
 #: so resuming refuses them; the device, kernel, precision, checkpoint and validation intervals
 #: and data folders may change, and so may ``max_minutes`` (a time budget that can be raised).
 #: ``steps`` may change where asked (``replan_steps``) and exact (:func:`schedule_replans_exactly`).

@@ -1,8 +1,9 @@
 """Start a training run from trained weights (fine-tuning, a warm start at another noise level, a
 lower learning rate from a run's best) instead of a random initialisation.
 
-The weights come from a shipped model (by name, checked against its card's sha256) or a denoiser
-file (a run's ``best.safetensors``, a published file); the network must be the run's (width,
+The weights come from a shipped model (by name, checked against its card's sha256), a denoiser
+file (a run's ``best.safetensors``, a published file) or a training state
+(``train_state.safetensors``: its latest weights); the network must be the run's (width,
 depth, activation and its knots, convolution type, padding); only the noise level it was trained
 for may differ. The run records where its start came from (:func:`load_warm_start`), so its
 model card can state how many patches its weights have seen in all.
