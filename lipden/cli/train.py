@@ -59,6 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="stop (validate and save) at this step, keeping the schedule of --steps; "
                              "rerun without it to go on")
     parser.add_argument("--lr-scale", type=float, help="multiply the preset's learning rates (default 1)")
+    parser.add_argument("--lr-spline", type=float, metavar="LR",
+                        help="learning rate of the spline coefficients instead of the preset's (times "
+                             "--lr-scale)")
     parser.add_argument("--validate-every", type=int,
                         help="steps between validations and checkpoints (default 250)")
     parser.add_argument("--checkpoint-minutes", type=float, default=10.0,
@@ -99,6 +102,8 @@ def check(args: argparse.Namespace) -> None:
         raise UserError("--steps must be >= 1")
     if args.stop_at is not None and args.stop_at < 1:
         raise UserError("--stop-at must be >= 1")
+    if args.lr_spline is not None and not args.lr_spline > 0:
+        raise UserError(f"--lr-spline must be > 0, got {args.lr_spline:g}")
     if args.validate_every is not None and args.validate_every < 1:
         raise UserError("--validate-every must be >= 1")
     if not args.checkpoint_minutes > 0:
@@ -144,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
     recipe = {"sigma": args.sigma, "preset": args.preset, "activation": args.activation, "conv": args.conv,
               "batch_size": args.batch_size, "steps": args.steps, "validate_every": args.validate_every,
               "seed": args.seed, "lr_scale": args.lr_scale, "max_minutes": args.minutes, "channels": args.channels,
-              "depth": args.depth, "init_from": args.init_from, "spline_init": args.spline_init}
+              "depth": args.depth, "init_from": args.init_from, "spline_init": args.spline_init,
+              "lr_spline": args.lr_spline}
     given = {key: value for key, value in recipe.items() if value is not None}
     base = _recorded_recipe(args.output, given) if args.resume else RECIPE_DEFAULTS
     config = TrainConfig(

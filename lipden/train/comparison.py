@@ -18,12 +18,15 @@ from pathlib import Path
 
 from lipden.io import atomic_write, atomic_write_text
 from lipden.models.checkpoint import load_tensors, sha256_of
+from lipden.models.denoiser import is_spline
 from lipden.train.config import RECIPE_FIELDS
 
 #: recipe settings that may differ between the entries of one comparison: what is compared, the
 #: activation with the start of its splines (every entry starts from a random init: ``init_from``
 #: must agree)
 VARYING = ("activation", "spline_init")
+#: recipe settings that act only on learned splines: compared only between entries that have them
+SPLINE_ONLY = ("lr_spline", "lr_scaling", "tv2_weight")
 
 
 def keep_entry(run: str | Path, entry: str | Path, budget_steps: int) -> dict:
@@ -75,18 +78,20 @@ def read_entries(folder: str | Path) -> dict[str, dict]:
 
 
 def unequal_settings(entries: dict[str, dict]) -> list[str]:
-    """What differs between the entries apart from :data:`VARYING`: the budget, recipe settings,
-    the network's width, depth, convolution and padding; one line per setting."""
+    """What differs between the entries apart from :data:`VARYING`: the budget, recipe settings
+    (those of :data:`SPLINE_ONLY` between entries with learned splines only), the network's width,
+    depth, convolution and padding; one line per setting."""
     def settings(record: dict) -> dict:
         network = {k: v for k, v in record["network"].items() if k not in ("activation", "activation_kwargs")}
-        recipe = {k: v for k, v in record["recipe"].items() if k not in VARYING}
+        ignored = VARYING + (() if is_spline(str(record["recipe"].get("activation"))) else SPLINE_ONLY)
+        recipe = {k: v for k, v in record["recipe"].items() if k not in ignored}
         return {"budget_patches": record["budget_patches"], **recipe, **network}
 
     values = {name: settings(record) for name, record in entries.items()}
     keys = sorted({k for v in values.values() for k in v})
     lines = []
     for key in keys:
-        seen = {name: v.get(key) for name, v in values.items()}
+        seen = {name: v[key] for name, v in values.items() if key in v}
         if len({json.dumps(v, sort_keys=True) for v in seen.values()}) > 1:
             lines.append(f"{key}: " + ", ".join(f"{name} {value!r}" for name, value in seen.items()))
     return lines

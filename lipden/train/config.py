@@ -131,6 +131,9 @@ class TrainConfig:
         defaults = TRAINING_PRESETS[self.preset]
         if not self.lr_scale > 0:
             raise ValueError(f"lr_scale must be positive, got {self.lr_scale}")
+        for k in ("lr_conv", "lr_spline", "lr_scaling"):
+            if getattr(self, k) is not None and not getattr(self, k) > 0:
+                raise ValueError(f"{k} must be positive, got {getattr(self, k)}")
         values: dict[str, Any] = {
             k: (defaults[k] if getattr(self, k) is None and k in defaults else getattr(self, k))
             for k in (f.name for f in dataclasses.fields(self))

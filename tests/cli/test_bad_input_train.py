@@ -16,6 +16,8 @@ def test_cuda_graph_training_off_a_gpu_is_refused_before_any_work(capsys, tmp_pa
 def test_a_bad_stop_step_is_refused_before_any_work(capsys, tmp_path):
     output = tmp_path / "run"
     assert_one_line_error(cli(capsys, "train", "--stop-at", "0", "--output", output, "--quiet"), "--stop-at")
+    assert_one_line_error(cli(capsys, "train", "--lr-spline", "0", "--output", output, "--quiet"),
+                          "--lr-spline must be > 0")
     assert not output.exists()
 
 
@@ -48,9 +50,10 @@ def test_resume_takes_the_recipe_from_the_state(capsys, tmp_path):
     assert_one_line_error(cli(capsys, "train", "--resume", "--output", output, *data), "nothing to go on with")
     assert_one_line_error(cli(capsys, "train", "--resume", "--no-resume", "--output", output, *data), "contradict")
     assert cli(capsys, "train", "--output", output, "--channels", "4", "--depth", "3", "--batch-size", "4",
-               "--steps", "4", "--stop-at", "2", "--lr-scale", "0.5", "--seed", "3", "--validate-every", "1",
-               "--sigma", "10", *data)[0] == 0
+               "--steps", "4", "--stop-at", "2", "--lr-scale", "0.5", "--lr-spline", "3e-5", "--seed", "3",
+               "--validate-every", "1", "--sigma", "10", *data)[0] == 0
     first = load_tensors(output / "train_state.safetensors")[1]["train_config"]
+    assert first["lr_spline"] == 3e-5 and first["lr_conv"] == 4e-4  # given as is; the preset's rate x 0.5
     assert cli(capsys, "train", "--resume", "--output", output, *data)[0] == 0
     _, metadata = load_tensors(output / "train_state.safetensors")
     assert metadata["step"] == 4  # the recorded --steps, not the preset's 4000
@@ -59,6 +62,8 @@ def test_resume_takes_the_recipe_from_the_state(capsys, tmp_path):
         {k: v for k, v in first.items() if k not in invocation}
     assert_one_line_error(cli(capsys, "train", "--resume", "--output", output, "--lr-scale", "1", *data),
                           "was trained with lr_conv")
+    assert_one_line_error(cli(capsys, "train", "--resume", "--output", output, "--lr-spline", "1e-4", *data),
+                          "was trained with lr_spline=3e-05 \\(given 0.0001\\)")
 
 
 def test_warm_start_weights_that_do_not_fit_are_one_line_and_start_nothing(capsys, tmp_path):

@@ -25,7 +25,8 @@ def runs(tmp_path_factory):
         return root / name
 
     return {"spline": run("spline", "spline", 4), "relu": run("relu", "relu", 4),
-            "short": run("short", "relu", 2), "faster": run("faster", "relu", 4, lr_scale=2.0), "root": root}
+            "short": run("short", "relu", 2), "faster": run("faster", "relu", 4, lr_scale=2.0),
+            "spline_lr": run("spline_lr", "spline", 4, lr_spline=1e-3), "root": root}
 
 
 def test_an_entry_is_the_runs_best_with_its_budget_and_recipe(runs, tmp_path):
@@ -65,6 +66,14 @@ def test_entries_that_differ_in_more_than_the_activation_are_named(runs, tmp_pat
     assert any(line.startswith("budget_patches:") and "short 8" in line for line in lines)
     assert any(line.startswith("lr_conv:") for line in lines)
     assert not any(line.startswith("activation") for line in lines)
+
+
+def test_spline_settings_are_compared_between_spline_entries_only(runs, tmp_path):
+    entries = {name: keep_entry(runs[name], tmp_path / f"{name}.safetensors", 4) for name in ("spline_lr", "relu")}
+    assert entries["spline_lr"]["recipe"]["lr_spline"] == 1e-3 != entries["relu"]["recipe"]["lr_spline"]
+    assert unequal_settings(entries) == []  # ReLU has no spline to learn at any rate
+    entries["spline"] = keep_entry(runs["spline"], tmp_path / "spline.safetensors", 4)
+    assert [line.split(":")[0] for line in unequal_settings(entries)] == ["lr_spline"]
 
 
 def test_the_command_line_answers_bad_input_in_one_line(runs, tmp_path, capsys):
