@@ -118,12 +118,14 @@ RECIPE_DEFAULTS = {"sigma": 15.0, "preset": "cpu", "activation": "spline", "conv
 def _recorded_recipe(output: str, given: dict) -> dict:
     """The recipe a run's state recorded (``--resume``): the resolved settings of
     ``lipden.train.config.RECIPE_FIELDS`` plus the preset, width, depth, rate scale, validation
-    interval and time budget. A given ``--preset`` or ``--lr-scale`` derives the batch, steps and rates again
-    (the resume then compares them with the recorded ones)."""
+    interval and time budget. A given ``--preset`` or ``--lr-scale`` derives the batch, steps and the rates
+    that came from the preset again (the resume then compares them with the recorded ones); a rate that
+    was given (``--lr-spline``) stays."""
+    import math
     from pathlib import Path
 
     from lipden.models.checkpoint import load_tensors
-    from lipden.train.config import PREDATED_RECIPE, RECIPE_FIELDS
+    from lipden.train.config import PREDATED_RECIPE, RECIPE_FIELDS, TRAINING_PRESETS
 
     state = Path(output) / "train_state.safetensors"
     if not state.is_file():
@@ -131,7 +133,10 @@ def _recorded_recipe(output: str, given: dict) -> dict:
     recorded = {**PREDATED_RECIPE, **load_tensors(state)[1].get("train_config", {})}
     keep = set(RECIPE_FIELDS) | {"preset", "channels", "depth", "validate_every", "max_minutes", "lr_scale"}
     if {"preset", "lr_scale"} & set(given):
-        keep -= {"lr_conv", "lr_spline", "lr_scaling"} | ({"batch_size", "steps"} if "preset" in given else set())
+        preset, scale = TRAINING_PRESETS.get(recorded.get("preset", "")), recorded.get("lr_scale") or 1.0
+        keep -= {rate for rate in ("lr_conv", "lr_spline", "lr_scaling")  # those the preset gave
+                 if preset is None or math.isclose(recorded.get(rate) or 0.0, preset[rate] * scale, rel_tol=1e-9)}
+        keep -= {"batch_size", "steps"} if "preset" in given else set()
     return {key: value for key, value in recorded.items() if key in keep}
 
 

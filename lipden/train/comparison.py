@@ -91,7 +91,7 @@ def unequal_settings(entries: dict[str, dict]) -> list[str]:
     keys = sorted({k for v in values.values() for k in v})
     lines = []
     for key in keys:
-        seen = {name: v[key] for name, v in values.items() if key in v}
+        seen = {name: v.get(key) for name, v in values.items() if key not in SPLINE_ONLY or key in v}
         if len({json.dumps(v, sort_keys=True) for v in seen.values()}) > 1:
             lines.append(f"{key}: " + ", ".join(f"{name} {value!r}" for name, value in seen.items()))
     return lines

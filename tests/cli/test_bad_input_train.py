@@ -64,6 +64,8 @@ def test_resume_takes_the_recipe_from_the_state(capsys, tmp_path):
                           "was trained with lr_conv")
     assert_one_line_error(cli(capsys, "train", "--resume", "--output", output, "--lr-spline", "1e-4", *data),
                           "was trained with lr_spline=3e-05 \\(given 0.0001\\)")
+    # the rate scale given again derives the preset's rates again; the rate given stays
+    assert cli(capsys, "train", "--resume", "--output", output, "--lr-scale", "0.5", *data)[0] == 0
 
 
 def test_warm_start_weights_that_do_not_fit_are_one_line_and_start_nothing(capsys, tmp_path):
