@@ -168,7 +168,7 @@ def _hold_lock(held: ExitStack, output: Path, rank: int, world: int, device: tor
 
 
 def _spline_kernel(config: TrainConfig, device: torch.device, recorded: str | None,
-                   recorded_device: str | None = None) -> str:
+                   recorded_device: str | None) -> str:
     """The spline backend of the run: the one asked for; else the one a resumed run recorded on
     the same kind of device (a run back from a GPU takes this device's own); else the native C++
     kernel on a CPU where it builds; else compiled (``--compile``) or eager."""
