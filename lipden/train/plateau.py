@@ -15,7 +15,7 @@ A flat run then ends with the schedule's own decay: its step budget is re-planne
 run's current step, which :func:`lipden.train.config.schedule_replans_exactly` accepts, so the run
 goes on exactly as if it had been planned for ``N`` from the start.
 
-    python -m lipden.train.plateau checkpoints/spline64-identity-sigma25
+    python -m lipden.train.plateau checkpoints/spline64-maxmin-sigma25
 
 prints the re-planned step budget on stdout when the run is flat (nothing while it is still
 rising, when it cannot be judged yet, or when it is past a decay already) and the measured slope

@@ -14,10 +14,11 @@ from lipden.models.checkpoint import save_tensors_atomic
 from tests.helpers import ROOT
 
 RECIPE = "--channels 64 --batch-size 64 --lr-scale 0.5 --validate-every 500"
+SPLINE_START = "--spline-init maxmin"  # every spline run's start
 FIRST = "--steps 180000"  # the schedule of the claim runs
 FULL = "--steps 186250 --stop-at 186250"  # the paper's 11.92M patches
 PLAN = "--steps 186250"  # a run trained until it is flat, a chunk at a time
-SIGMA5, SIGMA15, SIGMA25 = (f"spline64-identity-sigma{sigma}" for sigma in (5, 15, 25))
+SIGMA5, SIGMA15, SIGMA25 = (f"spline64-maxmin-sigma{sigma}" for sigma in (5, 15, 25))
 
 
 def write_log(folder, slope_db_per_hour: float, hours: float = 6.0, last_step: int = 12000) -> None:
@@ -61,9 +62,9 @@ def campaign(tmp_path):
 
 def test_new_runs_start_with_the_recipe_and_started_ones_resume(campaign):
     assert campaign() == [  # slot 1: a stage of sigma 5, then one of sigma 25; slot 2
-        f"python cli.py train --quiet --sigma 5 {RECIPE} {PLAN} --stop-at 2500 --output checkpoints/{SIGMA5}",
-        f"python cli.py train --quiet --sigma 25 {RECIPE} {PLAN} --stop-at 2500 --output checkpoints/{SIGMA25}",
-        f"python cli.py train --quiet --sigma 15 {RECIPE} {FIRST} --stop-at 31250 --output checkpoints/{SIGMA15}"]
+        f"python cli.py train --quiet --sigma 5 {SPLINE_START} {RECIPE} {PLAN} --stop-at 2500 --output checkpoints/{SIGMA5}",
+        f"python cli.py train --quiet --sigma 25 {SPLINE_START} {RECIPE} {PLAN} --stop-at 2500 --output checkpoints/{SIGMA25}",
+        f"python cli.py train --quiet --sigma 15 {SPLINE_START} {RECIPE} {FIRST} --stop-at 31250 --output checkpoints/{SIGMA15}"]
     assert campaign(**{SIGMA5: 3000, SIGMA25: 2500, SIGMA15: 900}) == [
         f"python cli.py train --quiet --resume {PLAN} --stop-at 5500 --output checkpoints/{SIGMA5}",
         f"python cli.py train --quiet --resume {PLAN} --stop-at 5000 --output checkpoints/{SIGMA25}",
@@ -104,7 +105,7 @@ def test_slot1_trains_sigma5_and_sigma25_by_turns_until_flat_then_their_decay(ca
     # once sigma 5 is done, sigma 25 alone; less than 5 hours of validations are not judged
     shutil.rmtree(tmp_path / "checkpoints" / SIGMA25)
     assert campaign(**{SIGMA5: (20833, 20833)})[0] == \
-        f"python cli.py train --quiet --sigma 25 {RECIPE} {PLAN} --stop-at 2500 --output checkpoints/{SIGMA25}"
+        f"python cli.py train --quiet --sigma 25 {SPLINE_START} {RECIPE} {PLAN} --stop-at 2500 --output checkpoints/{SIGMA25}"
     write_log(tmp_path / "checkpoints" / SIGMA25, slope_db_per_hour=0.0, hours=4, last_step=8000)
     assert campaign(reports=True, **{SIGMA5: (20833, 20833), SIGMA25: 8000})[:2] == [
         f"checkpoints/{SIGMA25}: less than 5 hours of constant-rate validations, not judged",
