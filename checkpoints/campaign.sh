@@ -21,8 +21,8 @@
 #           is complete before the spline goes on; then the spline on to the full budget.
 # Every spline run starts from maxmin splines (`train --spline-init maxmin`: every other channel |x|,
 # the others the identity): of the four starts screened, the best PnP prior on MRI and within 0.06 dB
-# of the best denoiser (docs/training.md, "Spline start"); the runs before it started from |x| or from
-# the identity and are kept only as learning curves.
+# of the best denoiser (docs/training.md, "How the splines start"); the runs before it started
+# from |x| or from the identity and are kept only as learning curves.
 # The full budget is the paper's sample budget: 50 epochs of 238,400 patches, 11.92M patches, or
 # 186,250 steps of 64. The claim runs keep the schedule they were planned with (180,000 steps,
 # decay at 75 %); a run planned so is re-planned to the full budget when it goes on past the claim
@@ -42,6 +42,7 @@ FULL_STEPS=186250
 CHECK_STEPS=2500  # steps between two looks at the slope of a run trained until it is flat
 RECIPE="--channels 64 --batch-size 64 --lr-scale 0.5 --validate-every 500"
 START=maxmin  # what the splines of every spline run start as
+SPLINE15=spline64-$START-sigma15
 
 # Run one training (in a dry run: print it, and stop the slot there).
 train() {
@@ -91,14 +92,11 @@ train_to() {
 # Train the sigma-15 run of activation $1 to the claim budget and keep its best within it as the
 # claim's entry (weights and record, lipden.train.comparison), unless the entry is there already.
 claim_entry() {
-    entry_run=$1"64-sigma15" entry=checkpoints/claim-sigma15/$1-2M.safetensors
-    [ "$1" = spline ] && entry_run=spline64-$START-sigma15
+    entry_run=$1"64-sigma15" entry=checkpoints/claim-sigma15/$1-2M.safetensors new="--activation $1"
+    [ "$1" = spline ] && entry_run=$SPLINE15 new="--spline-init $START"
     [ -f "${entry%.safetensors}.json" ] && return 0
-    if [ "$1" = spline ]; then
-        train_to "$entry_run" "$CLAIM_STEPS" "$FIRST_PLAN" --sigma 15 --spline-init "$START" || return 1
-    else
-        train_to "$entry_run" "$CLAIM_STEPS" "$FIRST_PLAN" --sigma 15 --activation "$1" || return 1
-    fi
+    # shellcheck disable=SC2086
+    train_to "$entry_run" "$CLAIM_STEPS" "$FIRST_PLAN" --sigma 15 $new || return 1
     step=$(state_step "checkpoints/$entry_run")
     if [ "$step" != "$CLAIM_STEPS" ]; then
         echo "$entry_run is at step $step, not $CLAIM_STEPS: its best is not the claim's entry" >&2
@@ -178,7 +176,7 @@ slot2() {
             break
         fi
     done
-    train_to "spline64-$START-sigma15" "$FULL_STEPS" "$FULL_STEPS" --sigma 15 && echo "slot 2: every run is done"
+    train_to "$SPLINE15" "$FULL_STEPS" "$FULL_STEPS" --sigma 15 && echo "slot 2: every run is done"
 }
 
 if [ -n "${DRY_RUN:-}" ]; then
